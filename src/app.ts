@@ -1,0 +1,27 @@
+import { Elysia } from "elysia";
+import { ApiError, errorBody } from "./errors.ts";
+import { managementRoutes } from "./http/management.ts";
+import { opsRoutes } from "./http/ops.ts";
+import { proxyRoutes } from "./http/proxy.ts";
+import type { Services } from "./services.ts";
+
+export interface AppOptions {
+  /** Where callers reach this server (reported as proxy_base_url). */
+  proxyBaseUrl: () => string;
+}
+
+/** Composes the HTTP modules over the services; never listens by itself. */
+export function createApp(s: Services, opts: AppOptions) {
+  return new Elysia()
+    .onError(({ error, code }) => {
+      if (error instanceof ApiError) return Response.json(errorBody(error.code, error.message, error.details), { status: error.status });
+      if (code === "NOT_FOUND") return Response.json(errorBody("not_found", "No such route."), { status: 404 });
+      if (code === "PARSE") return Response.json(errorBody("invalid_json", "Body could not be parsed."), { status: 400 });
+      // Anything else is our bug: say so without echoing internals (which could hold request data).
+      console.error("internal error:", (error as Error)?.stack ?? error);
+      return Response.json(errorBody("internal_error", "Internal error."), { status: 500 });
+    })
+    .use(opsRoutes(s))
+    .use(proxyRoutes(s.forwarder))
+    .use(managementRoutes(s, opts.proxyBaseUrl));
+}

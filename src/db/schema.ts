@@ -1,0 +1,83 @@
+import { index, integer, primaryKey, real, sqliteTable, text } from "drizzle-orm/sqlite-core";
+
+/** drizzle's view of migrations/*.sql — the SQL files are the source of truth. */
+
+export const managementTokens = sqliteTable("management_tokens", {
+  id: text("id").primaryKey(),
+  name: text("name").notNull(),
+  tokenHash: text("token_hash").notNull().unique(),
+  createdAt: integer("created_at").notNull(),
+  revokedAt: integer("revoked_at"),
+});
+
+export const vendorSecrets = sqliteTable(
+  "vendor_secrets",
+  {
+    vendor: text("vendor").notNull(),
+    field: text("field").notNull(),
+    ciphertext: text("ciphertext").notNull(),
+    last4: text("last4").notNull(),
+    updatedAt: integer("updated_at").notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.vendor, t.field] })],
+);
+
+export const vaultKeys = sqliteTable(
+  "vault_keys",
+  {
+    id: text("id").primaryKey(),
+    keyHash: text("key_hash").notNull().unique(),
+    keyHint: text("key_hint").notNull(),
+    vendor: text("vendor", { enum: ["stripe", "twilio", "resend"] }).notNull(),
+    dailyCapMicros: integer("daily_cap_micros").notNull(),
+    totalCapMicros: integer("total_cap_micros"),
+    allowedEndpoints: text("allowed_endpoints", { mode: "json" }).$type<string[]>().notNull(),
+    agentRunLabel: text("agent_run_label").notNull(),
+    metadata: text("metadata", { mode: "json" }).$type<Record<string, unknown>>().notNull(),
+    dedupeWindowMs: integer("dedupe_window_ms"),
+    requireIdempotencyKey: integer("require_idempotency_key", { mode: "boolean" }).notNull(),
+    allowUnpriced: integer("allow_unpriced", { mode: "boolean" }).notNull(),
+    expiresAt: integer("expires_at").notNull(),
+    createdAt: integer("created_at").notNull(),
+    revokedAt: integer("revoked_at"),
+    spentTotalMicros: integer("spent_total_micros").notNull().default(0),
+    reservedTotalMicros: integer("reserved_total_micros").notNull().default(0),
+  },
+  (t) => [index("vault_keys_label").on(t.agentRunLabel, t.id)],
+);
+
+export const keySpendDays = sqliteTable(
+  "key_spend_days",
+  {
+    keyId: text("key_id").notNull(),
+    day: text("day").notNull(),
+    spentMicros: integer("spent_micros").notNull().default(0),
+    reservedMicros: integer("reserved_micros").notNull().default(0),
+  },
+  (t) => [primaryKey({ columns: [t.keyId, t.day] })],
+);
+
+export const auditLog = sqliteTable("audit_log", {
+  id: integer("id").primaryKey({ autoIncrement: true }),
+  ts: integer("ts").notNull(),
+  keyId: text("key_id"),
+  agentRunLabel: text("agent_run_label"),
+  vendor: text("vendor").notNull(),
+  method: text("method").notNull(),
+  path: text("path").notNull(),
+  outcome: text("outcome").notNull(),
+  errorCode: text("error_code"),
+  vendorStatus: integer("vendor_status"),
+  estimatedMicros: integer("estimated_micros").notNull(),
+  settledMicros: integer("settled_micros"),
+  ledgerState: text("ledger_state").notNull(),
+  spendDay: text("spend_day"),
+  vendorRequestId: text("vendor_request_id"),
+  vendorObjectId: text("vendor_object_id"),
+  idempotencyKey: text("idempotency_key"),
+  latencyMs: real("latency_ms"),
+  replayOf: integer("replay_of"),
+});
+
+export type VaultKeyRow = typeof vaultKeys.$inferSelect;
+export type AuditRow = typeof auditLog.$inferSelect;

@@ -1,0 +1,57 @@
+import { Elysia } from "elysia";
+import { z } from "zod";
+import { issueKeySchema } from "../domain/keys.ts";
+import type { Services } from "../services.ts";
+import { VERSION } from "../version.ts";
+
+const error = { $ref: "#/components/schemas/Error" };
+const json = (schema: object) => ({ content: { "application/json": { schema } } });
+const errors = { "400": { description: "Bad input; details names each field", ...json(error) }, "401": { description: "Missing or wrong management token", ...json(error) } };
+
+/** The OpenAPI document of the management API; the request schema comes from the same zod schema that validates it. */
+function openApi(maxTtlMs: number) {
+  const issueInput = z.toJSONSchema(issueKeySchema(maxTtlMs), { io: "input", unrepresentable: "any" });
+  return {
+    openapi: "3.1.0",
+    info: { title: "Keybrake management API", version: VERSION },
+    components: {
+      securitySchemes: { bearer: { type: "http", scheme: "bearer" } },
+      schemas: {
+        Error: {
+          type: "object",
+          properties: { error: { type: "object", properties: { code: { type: "string" }, message: { type: "string" }, details: {} } } },
+        },
+        IssueKey: issueInput,
+      },
+    },
+    security: [{ bearer: [] }],
+    paths: {
+      "/vault/keys": {
+        post: { summary: "Issue a vault key", requestBody: json({ $ref: "#/components/schemas/IssueKey" }), responses: { "201": { description: "The key; vault_key is shown only here" }, ...errors } },
+        get: { summary: "List keys (label, vendor, status, cursor, limit)", responses: { "200": { description: "{data, next_cursor}" }, ...errors } },
+      },
+      "/vault/keys/{key_id}": {
+        get: { summary: "A key with its spend", responses: { "200": { description: "The key" }, "404": { description: "No such key" } } },
+        delete: { summary: "Revoke a key (idempotent)", responses: { "200": { description: "The revoked key" }, "404": { description: "No such key" } } },
+      },
+      "/vault/keys/revoke": { post: { summary: "Revoke every key of a run ({agent_run_label})", responses: { "200": { description: "Revoked keys" }, ...errors } } },
+      "/vault/audit": { get: { summary: "Audit log (key_id, label, vendor, outcome, since, until, cursor, limit, format=json|csv|jsonl)", responses: { "200": { description: "Rows" }, ...errors } } },
+      "/vault/spend": { get: { summary: "Spend per label and key over [since, until) (default: today UTC)", responses: { "200": { description: "Totals" }, ...errors } } },
+      "/vendors": { get: { summary: "Vendor secrets: configured, last 4, updated_at", responses: { "200": { description: "Status" } } } },
+      "/vendors/{vendor}": { put: { summary: "Set or rotate a vendor secret (write-only)", responses: { "200": { description: "Status" }, ...errors } } },
+      "/metrics": { get: { summary: "Prometheus metrics", responses: { "200": { description: "text/plain" } } } },
+      "/healthz": { get: { summary: "Liveness and database check", security: [], responses: { "200": { description: "ok" } } } },
+    },
+  };
+}
+
+export function opsRoutes(s: Services) {
+  const doc = openApi(s.config.maxKeyTtlMs);
+  const ping = s.db.sqlite.prepare("SELECT 1");
+  return new Elysia({ name: "ops" })
+    .get("/healthz", () => {
+      ping.get();
+      return { status: "ok", version: VERSION };
+    })
+    .get("/openapi.json", () => doc);
+}

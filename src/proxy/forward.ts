@@ -1,0 +1,234 @@
+import { sha256Hex } from "../domain/crypto.ts";
+import { compileAllowlist, isAllowed, joinPath, splitPath, type EndpointRule } from "../domain/endpoints.ts";
+import { VAULT_KEY_PREFIX } from "../domain/keys.ts";
+import type { AuditOutcome, CallFacts, Ledger, LiveKey, Reservation } from "../domain/ledger.ts";
+import type { VendorSecretStore } from "../domain/secrets.ts";
+import type { Metrics } from "../metrics.ts";
+import { microsToDecimalString } from "../money.ts";
+import { ADAPTERS, vendorForPath } from "../vendors/index.ts";
+import type { Pricing, PricingContext, VendorAdapter, VendorName } from "../vendors/types.ts";
+import { downstreamResponseHeaders, readVaultKey, upstreamRequestHeaders } from "./headers.ts";
+
+export interface ForwarderDeps {
+  ledger: Ledger;
+  secrets: VendorSecretStore;
+  pricing: Pricing;
+  metrics: Metrics;
+  baseUrls: Record<VendorName, string>;
+  upstreamTimeoutMs: number;
+  maxBodyBytes: number;
+  fetch?: typeof fetch;
+}
+
+/** Responses larger than this, or not JSON, are streamed through and settled from their status alone. */
+const MAX_BUFFERED_RESPONSE = 1024 * 1024;
+
+/**
+ * One proxied call: identify the key, check it, price and reserve, forward
+ * with the real secret, settle from the answer. Every path through here
+ * leaves exactly one audit row.
+ */
+export class Forwarder {
+  private readonly fetchUpstream: typeof fetch;
+  private readonly allowlists = new Map<string, EndpointRule[]>(); // allowlists never change after issue
+  private readonly pricingContext: PricingContext;
+
+  constructor(private readonly deps: ForwarderDeps) {
+    this.fetchUpstream = deps.fetch ?? fetch;
+    this.pricingContext = {
+      pricing: deps.pricing,
+      createdThroughKeybrake: (id) => deps.ledger.createdThroughKeybrake(id),
+    };
+  }
+
+  /** `prefixVendor` is the vendor named by a /{vendor} prefix (null when the SDK cannot add one); `rawPath` follows it. */
+  async handle(request: Request, prefixVendor: VendorName | null, rawPath: string, query: string): Promise<Response> {
+    const started = performance.now();
+    const now = Date.now();
+    const { ledger } = this.deps;
+    const method = request.method.toUpperCase();
+    const call: CallFacts = {
+      vendor: prefixVendor ?? vendorForPath(rawPath) ?? "stripe",
+      method,
+      path: rawPath.slice(0, 2048),
+      idempotencyKey: request.headers.get("idempotency-key")?.slice(0, 255) ?? null,
+    };
+    const refuse = (adapter: VendorAdapter, key: LiveKey | null, status: number, outcome: AuditOutcome, code: string, message: string) => {
+      ledger.recordRefusal(key, call, outcome, code, now);
+      return this.refusal(adapter, status, outcome, code, message);
+    };
+
+    // 1. Key known → not revoked → not expired.
+    const vaultKey = readVaultKey(request.headers, VAULT_KEY_PREFIX);
+    const key = vaultKey ? ledger.findKeyByHash(sha256Hex(vaultKey)) : null;
+    if (!key) {
+      return refuse(ADAPTERS[call.vendor as VendorName], null, 401, "invalid_key", "invalid_key", "Unknown vault key. Issue one with POST /vault/keys and send it as this vendor's API key.");
+    }
+    const vendor = key.vendor as VendorName;
+    call.vendor = vendor;
+    const adapter = ADAPTERS[vendor];
+    if (key.revoked_at !== null) return refuse(adapter, key, 401, "revoked", "key_revoked", "This vault key has been revoked.");
+    if (key.expires_at <= now) return refuse(adapter, key, 401, "expired", "key_expired", "This vault key has expired.");
+
+    // 2. Endpoint allowed, matched on the normalised path that is actually forwarded.
+    if (prefixVendor && prefixVendor !== vendor) {
+      return refuse(adapter, key, 403, "endpoint_denied", "wrong_vendor", `This vault key is for ${vendor}, not ${prefixVendor}.`);
+    }
+    const segments = splitPath(rawPath);
+    if (typeof segments === "string") {
+      return refuse(adapter, key, 403, "endpoint_denied", "endpoint_not_allowed", `Path refused: ${segments}.`);
+    }
+    const secret = this.deps.secrets.get(vendor);
+    if (!secret) {
+      return refuse(adapter, key, 503, "upstream_error", "vendor_not_configured", `Keybrake has no ${vendor} secret configured.`);
+    }
+    const upstreamHeaders = upstreamRequestHeaders(request.headers);
+    const path = adapter.authorize(joinPath(segments), upstreamHeaders, secret);
+    call.path = path;
+    const forwardedSegments = splitPath(path) as string[];
+    if (!isAllowed(this.allowlist(key), method, forwardedSegments)) {
+      return refuse(adapter, key, 403, "endpoint_denied", "endpoint_not_allowed", `${method} ${path} is not in this vault key's allowed_endpoints.`);
+    }
+
+    // 3. Price the call.
+    const declared = Number(request.headers.get("content-length") ?? 0);
+    if (declared > this.deps.maxBodyBytes) {
+      return refuse(adapter, key, 413, "invalid_request", "body_too_large", `Request body is larger than ${this.deps.maxBodyBytes} bytes.`);
+    }
+    const body = new Uint8Array(await request.arrayBuffer());
+    if (body.byteLength > this.deps.maxBodyBytes) {
+      return refuse(adapter, key, 413, "invalid_request", "body_too_large", `Request body is larger than ${this.deps.maxBodyBytes} bytes.`);
+    }
+    const estimate = adapter.estimate(
+      { method, path, query, contentType: request.headers.get("content-type") ?? "", body },
+      this.pricingContext,
+    );
+    let micros: number;
+    if (estimate.kind === "invalid") {
+      return refuse(adapter, key, 400, "invalid_request", "cannot_price", estimate.message);
+    } else if (estimate.kind === "unpriced") {
+      if (!key.allow_unpriced) {
+        return refuse(adapter, key, 403, "endpoint_denied", "unpriced_endpoint", `${method} ${path} has no price rule; issue the key with allow_unpriced: true to let it through at $0.`);
+      }
+      micros = 0;
+    } else {
+      micros = estimate.micros;
+    }
+
+    // 4. Reserve atomically (re-checks revocation and expiry inside the transaction).
+    const admission = ledger.admit(key, call, micros, now);
+    if (!admission.ok) {
+      this.deps.metrics.countRequest(vendor, admission.outcome);
+      if (admission.outcome === "cap_hit") {
+        const res = this.refusalResponse(adapter, 429, "cap_exceeded", `Spend cap reached: this call would cost $${microsToDecimalString(micros)} and $${microsToDecimalString(admission.remainingMicros)} is left.`);
+        res.headers.set("x-keybrake-cap-hit", "true");
+        res.headers.set("x-keybrake-remaining-usd", microsToDecimalString(admission.remainingMicros));
+        return res;
+      }
+      const code = admission.outcome === "revoked" ? "key_revoked" : "key_expired";
+      return this.refusalResponse(adapter, 401, code, `This vault key has been ${admission.outcome}.`);
+    }
+
+    // 5. Forward with the real secret and settle from the answer.
+    return this.forward(adapter, admission, upstreamHeaders, method, path, query, body, started);
+  }
+
+  private async forward(
+    adapter: VendorAdapter,
+    reservation: Reservation,
+    headers: Headers,
+    method: string,
+    path: string,
+    query: string,
+    body: Uint8Array,
+    started: number,
+  ): Promise<Response> {
+    const { ledger, metrics } = this.deps;
+    const url = this.deps.baseUrls[adapter.name] + path + query;
+    let upstream: Response;
+    try {
+      upstream = await this.fetchUpstream(url, {
+        method,
+        headers,
+        body: method === "GET" || method === "HEAD" ? undefined : body,
+        redirect: "manual",
+        signal: AbortSignal.timeout(this.deps.upstreamTimeoutMs),
+      });
+    } catch (err) {
+      const timedOut = (err as Error).name === "TimeoutError";
+      const code = timedOut ? "upstream_timeout" : "upstream_unreachable";
+      const latencyMs = performance.now() - started;
+      ledger.keepUnsettled(reservation, { vendorStatus: null, actualMicros: 0, vendorRequestId: null, vendorObjectId: null, latencyMs }, code);
+      metrics.countRequest(adapter.name, "upstream_error");
+      const res = this.refusalResponse(adapter, timedOut ? 504 : 502, code, timedOut ? `${adapter.name} did not answer in time; the call may have gone through.` : `Could not reach ${adapter.name}; the call may have gone through.`);
+      res.headers.delete("stripe-should-retry"); // the SDK's own retry (same Idempotency-Key) is the right move here
+      res.headers.set("x-keybrake-cost-usd", microsToDecimalString(reservation.micros));
+      return res;
+    }
+    metrics.observeUpstream(adapter.name, (performance.now() - started) / 1000);
+
+    const type = upstream.headers.get("content-type") ?? "";
+    const length = Number(upstream.headers.get("content-length") ?? 0);
+    const buffer = type.includes("json") && length <= MAX_BUFFERED_RESPONSE;
+    const bytes = buffer ? new Uint8Array(await upstream.arrayBuffer()) : null;
+    let json: unknown;
+    if (bytes) {
+      try {
+        json = JSON.parse(new TextDecoder().decode(bytes));
+      } catch {
+        json = undefined;
+      }
+    }
+    const latencyMs = performance.now() - started;
+    const facts = {
+      vendorStatus: upstream.status,
+      vendorRequestId: adapter.requestId(upstream.headers),
+      vendorObjectId: upstream.ok ? adapter.objectId(json) : null,
+      latencyMs,
+    };
+
+    let cost: number;
+    let remaining = reservation.remainingMicros;
+    if (upstream.ok) {
+      cost = adapter.settle(reservation.micros, { status: upstream.status, headers: upstream.headers, json }, this.pricingContext);
+      ledger.settle(reservation, { ...facts, actualMicros: cost });
+      remaining = Math.max(0, remaining + reservation.micros - cost);
+      metrics.addSpend(adapter.name, cost);
+      metrics.countRequest(adapter.name, "forwarded");
+    } else if (upstream.status < 500) {
+      cost = 0; // the vendor refused: no money moved
+      ledger.release(reservation, { ...facts, actualMicros: 0 });
+      remaining += reservation.micros;
+      metrics.countRequest(adapter.name, "forwarded");
+    } else {
+      cost = reservation.micros; // outcome unknown: keep the reservation
+      ledger.keepUnsettled(reservation, { ...facts, actualMicros: 0 }, "upstream_5xx");
+      metrics.countRequest(adapter.name, "upstream_error");
+    }
+
+    const out = downstreamResponseHeaders(upstream.headers);
+    out.set("x-keybrake-cost-usd", microsToDecimalString(cost));
+    out.set("x-keybrake-remaining-usd", microsToDecimalString(remaining));
+    return new Response(bytes ?? upstream.body, { status: upstream.status, headers: out });
+  }
+
+  private allowlist(key: LiveKey): EndpointRule[] {
+    let rules = this.allowlists.get(key.id);
+    if (!rules) {
+      rules = compileAllowlist(JSON.parse(key.allowed_endpoints) as string[]);
+      this.allowlists.set(key.id, rules);
+    }
+    return rules;
+  }
+
+  private refusal(adapter: VendorAdapter, status: number, outcome: AuditOutcome, code: string, message: string): Response {
+    this.deps.metrics.countRequest(adapter.name, outcome);
+    return this.refusalResponse(adapter, status, code, message);
+  }
+
+  private refusalResponse(adapter: VendorAdapter, status: number, code: string, message: string): Response {
+    const r = adapter.refusal(status, code, message);
+    const headers = new Headers({ "content-type": "application/json", "x-keybrake-error": code, ...r.headers });
+    return new Response(JSON.stringify(r.body), { status: r.status, headers });
+  }
+}

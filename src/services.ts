@@ -1,0 +1,62 @@
+import type { Config } from "./config.ts";
+import { openDatabase, type Db } from "./db/connection.ts";
+import { AuditService } from "./domain/audit.ts";
+import { loadMasterKey, SecretBox } from "./domain/crypto.ts";
+import { KeyService } from "./domain/keys.ts";
+import { Ledger } from "./domain/ledger.ts";
+import { VendorSecretStore } from "./domain/secrets.ts";
+import { TokenStore } from "./domain/tokens.ts";
+import { Metrics } from "./metrics.ts";
+import { Forwarder } from "./proxy/forward.ts";
+import { loadPricing } from "./vendors/pricing.ts";
+import type { VendorName } from "./vendors/types.ts";
+
+/** Largest proxied request body: Resend accepts 40 MB emails with attachments. */
+export const MAX_PROXY_BODY_BYTES = 40 * 1024 * 1024;
+
+export interface Services {
+  config: Config;
+  db: Db;
+  tokens: TokenStore;
+  secrets: VendorSecretStore;
+  keys: KeyService;
+  ledger: Ledger;
+  audit: AuditService;
+  metrics: Metrics;
+  forwarder: Forwarder;
+  startedAt: number;
+}
+
+/** Opens the data dir (migrating it) and wires the domain services; no HTTP here. */
+export function createServices(config: Config, fetchImpl?: typeof fetch): Services {
+  const db = openDatabase(config.dataDir);
+  const box = new SecretBox(loadMasterKey(config.dataDir, config.masterKey));
+  const secrets = new VendorSecretStore(db.sqlite, box);
+  for (const [vendor, secret] of Object.entries(config.vendorSecretsFromEnv)) {
+    if (secret) secrets.set(vendor as VendorName, secret);
+  }
+  const ledger = new Ledger(db.sqlite);
+  const metrics = new Metrics();
+  const forwarder = new Forwarder({
+    ledger,
+    secrets,
+    pricing: loadPricing(config.pricingFile),
+    metrics,
+    baseUrls: config.baseUrls,
+    upstreamTimeoutMs: config.upstreamTimeoutMs,
+    maxBodyBytes: MAX_PROXY_BODY_BYTES,
+    fetch: fetchImpl,
+  });
+  return {
+    config,
+    db,
+    tokens: new TokenStore(db.sqlite, config.adminToken),
+    secrets,
+    keys: new KeyService(db, config.maxKeyTtlMs),
+    ledger,
+    audit: new AuditService(db),
+    metrics,
+    forwarder,
+    startedAt: Date.now(),
+  };
+}

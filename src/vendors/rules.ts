@@ -1,0 +1,41 @@
+import { isAllowed, parseEndpointRule, type EndpointRule } from "../domain/endpoints.ts";
+import type { Pricing, VendorName } from "./types.ts";
+
+/** Compiles "METHOD /path" patterns once, for the adapters' own price tables. */
+export function rules(...entries: string[]): EndpointRule[] {
+  return entries.map((e) => {
+    const r = parseEndpointRule(e);
+    if (typeof r === "string") throw new Error(r);
+    return r;
+  });
+}
+
+export function matches(list: readonly EndpointRule[], method: string, path: string): boolean {
+  return isAllowed(list, method, segmentsOf(path));
+}
+
+export function segmentsOf(path: string): string[] {
+  return path === "/" ? [] : path.slice(1).split("/").map(decodeURIComponent);
+}
+
+/** An operator's fixed price for this endpoint, if the pricing file names one. */
+export function fixedPrice(pricing: Pricing, vendor: VendorName, method: string, path: string): number | null {
+  for (const f of pricing.fixed[vendor]) {
+    if (matches(rules(f.endpoint), method, path)) return f.micros;
+  }
+  return null;
+}
+
+export const READ_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
+
+export function parseJson(body: Uint8Array): unknown {
+  try {
+    return JSON.parse(new TextDecoder().decode(body));
+  } catch {
+    return undefined;
+  }
+}
+
+export function parseForm(body: Uint8Array): URLSearchParams {
+  return new URLSearchParams(new TextDecoder().decode(body));
+}

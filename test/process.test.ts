@@ -1,0 +1,109 @@
+import { describe, expect, test } from "bun:test";
+import { Database } from "bun:sqlite";
+import { readdirSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { ConfigError, loadConfig } from "../src/config.ts";
+import { migrate } from "../src/db/connection.ts";
+import { MIGRATIONS } from "../src/db/migrations.ts";
+import { apiCall, seedKeyBody, spawnKeybrake, tempDir } from "./helpers.ts";
+
+describe("embedded migrations", () => {
+  test("every file in migrations/ is embedded, in order", () => {
+    const onDisk = readdirSync(join(import.meta.dir, "..", "migrations")).filter((f) => f.endsWith(".sql")).sort();
+    expect(MIGRATIONS.map((m) => m.name)).toEqual(onDisk);
+  });
+
+  test("migrating twice changes nothing", () => {
+    const db = new Database(join(tempDir(), "k.db"));
+    expect(migrate(db)).toEqual(MIGRATIONS.map((m) => m.name));
+    const schema = () => db.query("SELECT name, sql FROM sqlite_master ORDER BY name").all();
+    const before = schema();
+    expect(migrate(db)).toEqual([]);
+    expect(schema()).toEqual(before);
+  });
+});
+
+describe("configuration", () => {
+  const cases: [Record<string, string>, RegExp][] = [
+    [{ KEYBRAKE_PORT: "eighty" }, /^KEYBRAKE_PORT/],
+    [{ KEYBRAKE_PORT: "70000" }, /^KEYBRAKE_PORT/],
+    [{ KEYBRAKE_UPSTREAM_TIMEOUT: "soon" }, /^KEYBRAKE_UPSTREAM_TIMEOUT must be a positive duration/],
+    [{ KEYBRAKE_MAX_KEY_TTL: "0s" }, /^KEYBRAKE_MAX_KEY_TTL/],
+    [{ KEYBRAKE_STRIPE_BASE_URL: "ftp://x" }, /^KEYBRAKE_STRIPE_BASE_URL must be an http\(s\) URL/],
+    [{ KEYBRAKE_MASTER_KEY: "short" }, /^KEYBRAKE_MASTER_KEY must be at least 32 characters/],
+    [{ KEYBRAKE_TWILIO_ACCOUNT_SID: "AC123" }, /KEYBRAKE_TWILIO_AUTH_TOKEN must be set together/],
+  ];
+  for (const [env, message] of cases) {
+    test(`refuses ${JSON.stringify(env)}`, () => {
+      expect(() => loadConfig(env)).toThrow(ConfigError);
+      expect(() => loadConfig(env)).toThrow(message);
+    });
+  }
+  test("defaults follow the spec", () => {
+    const c = loadConfig({});
+    expect([c.port, c.host, c.dataDir, c.upstreamTimeoutMs, c.maxKeyTtlMs]).toEqual([8080, "0.0.0.0", "./keybrake-data", 60_000, 30 * 86_400_000]);
+    expect(c.baseUrls.stripe).toBe("https://api.stripe.com");
+  });
+
+  test("a bad value stops start-up with one line naming the variable", async () => {
+    const proc = Bun.spawn([process.execPath, "src/main.ts", "serve"], {
+      cwd: join(import.meta.dir, ".."),
+      env: { PATH: process.env.PATH ?? "", KEYBRAKE_DATA_DIR: tempDir(), KEYBRAKE_UPSTREAM_TIMEOUT: "-1s" },
+      stderr: "pipe",
+    });
+    expect(await proc.exited).toBe(2);
+    const err = await new Response(proc.stderr).text();
+    expect(err.trim().split("\n")).toHaveLength(1);
+    expect(err).toContain("KEYBRAKE_UPSTREAM_TIMEOUT");
+  });
+});
+
+describe("the process", () => {
+  test("first start prints a token once; a key survives a restart; the CLI mints more tokens", async () => {
+    const dataDir = tempDir();
+    const env = { KEYBRAKE_DATA_DIR: dataDir, KEYBRAKE_STRIPE_SECRET_KEY: "sk_test_env_secret_9876" };
+
+    const first = await spawnKeybrake(env);
+    await Bun.sleep(100);
+    const token = /\n\s+(kbt_[A-Za-z0-9_-]+)\n/.exec(first.output())?.[1];
+    expect(token).toBeDefined();
+    const issued = await apiCall(first.url, "POST", "/vault/keys", seedKeyBody(), token!);
+    expect(issued.status).toBe(201);
+    await first.stop();
+    expect(first.output()).not.toContain("sk_test_env_secret_9876");
+
+    // master key file is private
+    expect(statSync(join(dataDir, "master.key")).mode & 0o777).toBe(0o600);
+
+    const second = await spawnKeybrake(env);
+    await Bun.sleep(100);
+    expect(second.output()).not.toContain("kbt_"); // never printed again
+    const listed = await apiCall(second.url, "GET", "/vault/keys", undefined, token!);
+    expect(listed.json.data.map((k: any) => k.key_id)).toContain(issued.json.key_id);
+    const vendors = await apiCall(second.url, "GET", "/vendors", undefined, token!);
+    expect(vendors.json.data[0].fields.secret_key.last4).toBe("9876");
+    await second.stop();
+
+    const cli = Bun.spawn([process.execPath, "src/main.ts", "token", "create", "--name", "ci"], {
+      cwd: join(import.meta.dir, ".."),
+      env: { PATH: process.env.PATH ?? "", KEYBRAKE_DATA_DIR: dataDir },
+      stdout: "pipe",
+    });
+    expect(await cli.exited).toBe(0);
+    const minted = (await new Response(cli.stdout).text()).trim();
+    expect(minted).toMatch(/^kbt_/);
+    const third = await spawnKeybrake(env);
+    expect((await apiCall(third.url, "GET", "/vault/keys", undefined, minted)).status).toBe(200);
+    await third.stop();
+  }, 30_000);
+
+  test("version and --help", async () => {
+    const run = async (...args: string[]) => {
+      const p = Bun.spawn([process.execPath, "src/main.ts", ...args], { cwd: join(import.meta.dir, ".."), stdout: "pipe" });
+      await p.exited;
+      return new Response(p.stdout).text();
+    };
+    expect((await run("version")).trim()).toMatch(/^\d+\.\d+\.\d+$/);
+    expect(await run("--help")).toContain("keybrake token create --name NAME");
+  });
+});
