@@ -95,7 +95,8 @@ export class Forwarder {
     if (declared > this.deps.maxBodyBytes) {
       return refuse(adapter, key, 413, "invalid_request", "body_too_large", `Request body is larger than ${this.deps.maxBodyBytes} bytes.`);
     }
-    const body = new Uint8Array(await request.arrayBuffer());
+    const bodyBuffer = await request.arrayBuffer();
+    const body = new Uint8Array(bodyBuffer);
     if (body.byteLength > this.deps.maxBodyBytes) {
       return refuse(adapter, key, 413, "invalid_request", "body_too_large", `Request body is larger than ${this.deps.maxBodyBytes} bytes.`);
     }
@@ -130,7 +131,7 @@ export class Forwarder {
     }
 
     // 5. Forward with the real secret and settle from the answer.
-    return this.forward(adapter, admission, upstreamHeaders, method, path, query, body, started);
+    return this.forward(adapter, admission, upstreamHeaders, method, path, query, bodyBuffer, started);
   }
 
   private async forward(
@@ -140,7 +141,7 @@ export class Forwarder {
     method: string,
     path: string,
     query: string,
-    body: Uint8Array,
+    body: ArrayBuffer,
     started: number,
   ): Promise<Response> {
     const { ledger, metrics } = this.deps;
