@@ -36,6 +36,9 @@ export function createServices(config: Config, fetchImpl?: typeof fetch): Servic
     if (secret) secrets.set(vendor as VendorName, secret);
   }
   const ledger = new Ledger(db.sqlite);
+  // Stored answers for replays live 24 h (or the dedupe window); pruning is cheap and indexed.
+  ledger.pruneRepeats(Date.now());
+  setInterval(() => ledger.pruneRepeats(Date.now()), 10 * 60_000).unref();
   const metrics = new Metrics();
   const forwarder = new Forwarder({
     ledger,

@@ -1,8 +1,14 @@
 /**
  * Every SQL file in migrations/, embedded in the binary as text. The name is the
- * version; they run in this order. test/migrations.test.ts fails if a file in
+ * version; they run in this order. test/process.test.ts fails if a file in
  * migrations/ is missing here.
  */
 import m0001 from "../../migrations/0001_init.sql" with { type: "text" };
+import m0002 from "../../migrations/0002_admin_sessions.sql" with { type: "text" };
+import m0003 from "../../migrations/0003_idempotency.sql" with { type: "text" };
 
-export const MIGRATIONS: readonly { name: string; sql: string }[] = [{ name: "0001_init.sql", sql: m0001 }];
+export const MIGRATIONS: readonly { name: string; sql: string }[] = [
+  { name: "0001_init.sql", sql: m0001 },
+  { name: "0002_admin_sessions.sql", sql: m0002 },
+  { name: "0003_idempotency.sql", sql: m0003 },
+];

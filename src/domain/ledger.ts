@@ -4,10 +4,12 @@ import { utcDay } from "./time.ts";
 
 /**
  * The spend ledger. Every proxied call is admitted by one IMMEDIATE SQLite
- * transaction that re-reads the key, checks the caps and reserves the estimate;
- * SQLite's single writer lock makes that atomic across threads, processes and
- * crashes, so settled + reserved never exceeds a cap. After the vendor answers,
- * a second transaction settles, releases or leaves the reservation open.
+ * transaction that re-reads the key, checks the caps, looks up the call's
+ * idempotency record and reserves the estimate; SQLite's single writer lock
+ * makes that atomic across threads, processes and crashes, so settled +
+ * reserved never exceeds a cap and one logical call never reserves twice.
+ * After the vendor answers, a second transaction settles, releases or leaves
+ * the reservation open, and stores the answer for replays.
  *
  * This file uses bun:sqlite prepared statements directly: it is the hot path
  * and both transactions must be a handful of indexed statements.
@@ -46,6 +48,17 @@ export interface CallFacts {
   idempotencyKey: string | null;
 }
 
+/** How a call is recognised as a repeat: the client's Idempotency-Key, or its own hash inside a dedupe window. */
+export interface RepeatGuard {
+  idemKey: string;
+  requestHash: string;
+  ttlMs: number;
+  /** The vendor dedupes by this key itself, so a retry after an unknown outcome may be forwarded on the first reservation. */
+  vendorDedupes: boolean;
+  /** An in-flight record older than this is from a process that died: its outcome is unknown. */
+  staleAfterMs: number;
+}
+
 export interface Reservation {
   auditId: number;
   keyId: string;
@@ -53,11 +66,24 @@ export interface Reservation {
   micros: number;
   /** What may still be spent today after this reservation. */
   remainingMicros: number;
+  /** Set when this attempt carries over an earlier attempt's reservation: this attempt's own audit row. */
+  retryAuditId: number | null;
+  guard: RepeatGuard | null;
+}
+
+export interface StoredAnswer {
+  status: number;
+  headers: [string, string][];
+  body: Uint8Array;
 }
 
 export type Admission =
-  | ({ ok: true } & Reservation)
-  | { ok: false; outcome: "revoked" | "expired" | "cap_hit"; auditId: number; remainingMicros: number };
+  | { kind: "reserved"; reservation: Reservation }
+  | { kind: "refused"; outcome: "revoked" | "expired" | "cap_hit"; auditId: number; remainingMicros: number }
+  | { kind: "replay"; answer: StoredAnswer; auditId: number; remainingMicros: number }
+  | { kind: "mismatch"; auditId: number }
+  /** The first attempt is still in flight: wait and ask again. Nothing was written. */
+  | { kind: "in_flight" };
 
 export interface Settlement {
   vendorStatus: number | null;
@@ -76,11 +102,28 @@ interface CapRow {
   reserved_total_micros: number;
 }
 
+interface RepeatRow {
+  request_hash: string;
+  state: "in_flight" | "completed" | "unknown";
+  audit_id: number;
+  reserved_micros: number;
+  spend_day: string;
+  status: number | null;
+  headers: string | null;
+  body: Uint8Array | null;
+  updated_at: number;
+  expires_at: number;
+}
+
 export class Ledger {
   private readonly q: Record<string, Statement<any, any[]>>;
-  readonly admit: (key: LiveKey, call: CallFacts, micros: number, now: number) => Admission;
-  readonly settle: (r: Reservation, s: Settlement) => void;
-  readonly release: (r: Reservation, s: Settlement) => void;
+  readonly admit: (key: LiveKey, call: CallFacts, micros: number, now: number, guard: RepeatGuard | null) => Admission;
+  /** 2xx: the call cost `actualMicros`; the answer is kept for replays. */
+  readonly settle: (r: Reservation, s: Settlement, answer: StoredAnswer | null) => void;
+  /** Vendor 4xx: no money moved; the answer is kept for replays (a retry gets the same refusal, like the vendor's own idempotency). */
+  readonly release: (r: Reservation, s: Settlement, answer: StoredAnswer | null) => void;
+  /** Timeout, lost connection or 5xx: the money may have moved, so the reservation stays and a retry carries it over. */
+  readonly keepUnsettled: (r: Reservation, s: Settlement, errorCode: string) => void;
 
   constructor(private readonly sqlite: Database) {
     const p = (s: string) => sqlite.prepare(s);
@@ -110,8 +153,8 @@ export class Ledger {
       ),
       insertAudit: p(
         `INSERT INTO audit_log (ts, key_id, agent_run_label, vendor, method, path, outcome, error_code,
-                                estimated_micros, ledger_state, spend_day, idempotency_key, vendor_status, latency_ms, replay_of)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+                                estimated_micros, ledger_state, spend_day, idempotency_key, vendor_status, replay_of)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       ),
       finishAudit: p(
         `UPDATE audit_log SET outcome = ?, ledger_state = ?, settled_micros = ?, vendor_status = ?,
@@ -119,12 +162,38 @@ export class Ledger {
           WHERE id = ?`,
       ),
       knownObject: p(`SELECT 1 FROM audit_log WHERE vendor_object_id = ? LIMIT 1`),
+      repeat: p(
+        `SELECT request_hash, state, audit_id, reserved_micros, spend_day, status, headers, body, updated_at, expires_at
+           FROM idempotency_records WHERE key_id = ? AND idem_key = ?`,
+      ),
+      putRepeat: p(
+        `INSERT OR REPLACE INTO idempotency_records
+           (key_id, idem_key, request_hash, state, audit_id, reserved_micros, spend_day, updated_at, expires_at)
+         VALUES (?, ?, ?, 'in_flight', ?, ?, ?, ?, ?)`,
+      ),
+      markRepeat: p(`UPDATE idempotency_records SET state = ?, updated_at = ? WHERE key_id = ? AND idem_key = ?`),
+      answerRepeat: p(
+        `UPDATE idempotency_records SET state = 'completed', status = ?, headers = ?, body = ?, updated_at = ?
+          WHERE key_id = ? AND idem_key = ?`,
+      ),
+      dropRepeat: p(`DELETE FROM idempotency_records WHERE key_id = ? AND idem_key = ?`),
+      pruneRepeats: p(`DELETE FROM idempotency_records WHERE expires_at <= ?`),
     };
 
-    this.admit = (key, call, micros, now) =>
-      sqlite.transaction(() => this.admitInTransaction(key, call, micros, now)).immediate() as Admission;
-    this.settle = (r, s) => sqlite.transaction(() => this.finish(r, s, s.actualMicros, "forwarded", "settled", null)).immediate();
-    this.release = (r, s) => sqlite.transaction(() => this.finish(r, s, 0, "forwarded", "released", null)).immediate();
+    const tx = <A extends unknown[], R>(fn: (...a: A) => R) => {
+      const t = sqlite.transaction(fn);
+      return (...a: A): R => t.immediate(...a) as R;
+    };
+    this.admit = tx((key, call, micros, now, guard) => this.admitInTransaction(key, call, micros, now, guard));
+    this.settle = tx((r, s, answer) => this.finish(r, s, s.actualMicros, "settled", answer));
+    this.release = tx((r, s, answer) => this.finish(r, s, 0, "released", answer));
+    this.keepUnsettled = tx((r: Reservation, s: Settlement, errorCode: string) => {
+      this.q.finishAudit!.run("upstream_error", "unsettled", null, s.vendorStatus, s.vendorRequestId, s.vendorObjectId, s.latencyMs, errorCode, r.auditId);
+      if (r.retryAuditId !== null) {
+        this.q.finishAudit!.run("upstream_error", "none", 0, s.vendorStatus, s.vendorRequestId, null, s.latencyMs, errorCode, r.retryAuditId);
+      }
+      if (r.guard) this.q.markRepeat!.run("unknown", Date.now(), r.keyId, r.guard.idemKey);
+    });
   }
 
   findKeyByHash(hash: string): LiveKey | null {
@@ -135,33 +204,70 @@ export class Ledger {
     return this.q.knownObject!.get(objectId) !== null;
   }
 
+  /** Forgets stored answers past their time (24 h for Idempotency-Keys, the window for dedupe). */
+  pruneRepeats(now: number): number {
+    return this.q.pruneRepeats!.run(now).changes;
+  }
+
   /** A refusal made before any money is at stake: one audit row, nothing reserved. */
-  recordRefusal(
-    key: Pick<LiveKey, "id" | "agent_run_label"> | null,
-    call: CallFacts,
-    outcome: AuditOutcome,
-    errorCode: string,
-    now: number,
-    estimateMicros = 0,
-  ): number {
-    return this.insertAudit(now, key, call, outcome, errorCode, estimateMicros, "none", null, null, null);
+  recordRefusal(key: Pick<LiveKey, "id" | "agent_run_label"> | null, call: CallFacts, outcome: AuditOutcome, errorCode: string, now: number): number {
+    return this.insertAudit(now, key, call, outcome, errorCode, 0, "none", null, null, null);
   }
 
-  /** Vendor outcome unknown (timeout, 5xx, lost connection): the money may have moved, so the reservation stays. */
-  keepUnsettled(r: Reservation, s: Settlement, errorCode: string | null): void {
-    this.q.finishAudit!.run("upstream_error", "unsettled", null, s.vendorStatus, s.vendorRequestId, s.vendorObjectId, s.latencyMs, errorCode, r.auditId);
-  }
-
-  private admitInTransaction(key: LiveKey, call: CallFacts, micros: number, now: number): Admission {
+  private admitInTransaction(key: LiveKey, call: CallFacts, micros: number, now: number, guard: RepeatGuard | null): Admission {
     const cap = this.q.capRow!.get(key.id) as CapRow;
-    const day = utcDay(now);
     if (cap.revoked_at !== null || cap.expires_at <= now) {
       const outcome = cap.revoked_at !== null ? "revoked" : "expired";
       const auditId = this.insertAudit(now, key, call, outcome, outcome === "revoked" ? "key_revoked" : "key_expired", micros, "none", null, null, null);
-      return { ok: false, outcome, auditId, remainingMicros: 0 };
+      return { kind: "refused", outcome, auditId, remainingMicros: 0 };
     }
-    const today = this.q.day!.get(key.id, day) as { spent_micros: number; reserved_micros: number } | null;
-    const left = remainingMicros(
+    const day = utcDay(now);
+    const left = this.remaining(key.id, cap, day);
+
+    let carried: RepeatRow | null = null;
+    if (guard) {
+      const prior = this.q.repeat!.get(key.id, guard.idemKey) as RepeatRow | null;
+      if (prior && prior.expires_at > now) {
+        if (prior.request_hash !== guard.requestHash) {
+          return { kind: "mismatch", auditId: this.insertAudit(now, key, call, "invalid_request", "idempotency_key_mismatch", 0, "none", null, null, prior.audit_id) };
+        }
+        if (prior.state === "completed") {
+          const answer = { status: prior.status!, headers: JSON.parse(prior.headers ?? "[]"), body: prior.body ?? new Uint8Array() };
+          const auditId = this.insertAudit(now, key, call, "replayed", null, 0, "none", null, prior.status, prior.audit_id);
+          return { kind: "replay", answer, auditId, remainingMicros: left };
+        }
+        const stale = prior.state === "in_flight" && now - prior.updated_at > guard.staleAfterMs;
+        if (prior.state === "in_flight" && !stale) return { kind: "in_flight" };
+        // Unknown outcome (or a dead process's attempt). Where the vendor dedupes by this key, forward the retry
+        // on the first attempt's reservation; otherwise it is a new call and reserves anew.
+        if (guard.vendorDedupes) carried = prior;
+      }
+    }
+
+    if (carried) {
+      const retryAuditId = this.insertAudit(now, key, call, "forwarded", null, 0, "none", day, null, carried.audit_id);
+      this.q.markRepeat!.run("in_flight", now, key.id, guard!.idemKey);
+      return {
+        kind: "reserved",
+        reservation: { auditId: carried.audit_id, keyId: key.id, day: carried.spend_day, micros: carried.reserved_micros, remainingMicros: left, retryAuditId, guard },
+      };
+    }
+    if (micros > left) {
+      const auditId = this.insertAudit(now, key, call, "cap_hit", "cap_exceeded", micros, "none", day, null, null);
+      return { kind: "refused", outcome: "cap_hit", auditId, remainingMicros: left };
+    }
+    if (micros > 0) {
+      this.q.reserveDay!.run(key.id, day, micros);
+      this.q.reserveTotal!.run(micros, key.id);
+    }
+    const auditId = this.insertAudit(now, key, call, "forwarded", null, micros, micros > 0 ? "reserved" : "none", day, null, null);
+    if (guard) this.q.putRepeat!.run(key.id, guard.idemKey, guard.requestHash, auditId, micros, day, now, now + guard.ttlMs);
+    return { kind: "reserved", reservation: { auditId, keyId: key.id, day, micros, remainingMicros: left - micros, retryAuditId: null, guard } };
+  }
+
+  private remaining(keyId: string, cap: CapRow, day: string): number {
+    const today = this.q.day!.get(keyId, day) as { spent_micros: number; reserved_micros: number } | null;
+    return remainingMicros(
       {
         dailyCapMicros: cap.daily_cap_micros,
         totalCapMicros: cap.total_cap_micros,
@@ -171,24 +277,22 @@ export class Ledger {
       today?.spent_micros ?? 0,
       today?.reserved_micros ?? 0,
     );
-    if (micros > left) {
-      const auditId = this.insertAudit(now, key, call, "cap_hit", "cap_exceeded", micros, "none", day, null, null);
-      return { ok: false, outcome: "cap_hit", auditId, remainingMicros: left };
-    }
-    if (micros > 0) {
-      this.q.reserveDay!.run(key.id, day, micros);
-      this.q.reserveTotal!.run(micros, key.id);
-    }
-    const auditId = this.insertAudit(now, key, call, "forwarded", null, micros, micros > 0 ? "reserved" : "none", day, null, null);
-    return { ok: true, auditId, keyId: key.id, day, micros, remainingMicros: left - micros };
   }
 
-  private finish(r: Reservation, s: Settlement, actual: number, outcome: AuditOutcome, state: string, errorCode: string | null): void {
+  private finish(r: Reservation, s: Settlement, actual: number, state: "settled" | "released", answer: StoredAnswer | null): void {
     if (r.micros > 0 || actual > 0) {
       this.q.settleDay!.run(r.micros, actual, r.keyId, r.day);
       this.q.settleTotal!.run(r.micros, actual, r.keyId);
     }
-    this.q.finishAudit!.run(outcome, state, actual, s.vendorStatus, s.vendorRequestId, s.vendorObjectId, s.latencyMs, errorCode, r.auditId);
+    this.q.finishAudit!.run("forwarded", state, actual, s.vendorStatus, s.vendorRequestId, s.vendorObjectId, s.latencyMs, null, r.auditId);
+    if (r.retryAuditId !== null) {
+      this.q.finishAudit!.run("forwarded", "none", 0, s.vendorStatus, s.vendorRequestId, s.vendorObjectId, s.latencyMs, null, r.retryAuditId);
+    }
+    if (r.guard) {
+      const now = Date.now();
+      if (answer) this.q.answerRepeat!.run(answer.status, JSON.stringify(answer.headers), answer.body, now, r.keyId, r.guard.idemKey);
+      else this.q.dropRepeat!.run(r.keyId, r.guard.idemKey); // not replayable (streamed or a transient refusal): let a retry through
+    }
   }
 
   private insertAudit(
@@ -217,7 +321,6 @@ export class Ledger {
       day,
       call.idempotencyKey,
       vendorStatus,
-      null,
       replayOf,
     );
     return Number(res.lastInsertRowid);

@@ -1,11 +1,12 @@
 import { sha256Hex } from "../domain/crypto.ts";
 import { compileAllowlist, isAllowed, joinPath, splitPath, type EndpointRule } from "../domain/endpoints.ts";
 import { VAULT_KEY_PREFIX } from "../domain/keys.ts";
-import type { AuditOutcome, CallFacts, Ledger, LiveKey, Reservation } from "../domain/ledger.ts";
+import type { AuditOutcome, CallFacts, Ledger, LiveKey, RepeatGuard, Reservation } from "../domain/ledger.ts";
 import type { VendorSecretStore } from "../domain/secrets.ts";
 import type { Metrics } from "../metrics.ts";
 import { microsToDecimalString } from "../money.ts";
 import { ADAPTERS, vendorForPath } from "../vendors/index.ts";
+import { READ_METHODS } from "../vendors/rules.ts";
 import type { Pricing, PricingContext, VendorAdapter, VendorName } from "../vendors/types.ts";
 import { downstreamResponseHeaders, readVaultKey, upstreamRequestHeaders } from "./headers.ts";
 
@@ -22,6 +23,8 @@ export interface ForwarderDeps {
 
 /** Responses larger than this, or not JSON, are streamed through and settled from their status alone. */
 const MAX_BUFFERED_RESPONSE = 1024 * 1024;
+/** How long an answer to an Idempotency-Key is kept for replays, as Stripe does. */
+export const IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000;
 
 /**
  * One proxied call: identify the key, check it, price and reserve, forward
@@ -116,22 +119,67 @@ export class Forwarder {
       micros = estimate.micros;
     }
 
-    // 4. Reserve atomically (re-checks revocation and expiry inside the transaction).
-    const admission = ledger.admit(key, call, micros, now);
-    if (!admission.ok) {
-      this.deps.metrics.countRequest(vendor, admission.outcome);
-      if (admission.outcome === "cap_hit") {
-        const res = this.refusalResponse(adapter, 429, "cap_exceeded", `Spend cap reached: this call would cost $${microsToDecimalString(micros)} and $${microsToDecimalString(admission.remainingMicros)} is left.`);
-        res.headers.set("x-keybrake-cap-hit", "true");
-        res.headers.set("x-keybrake-remaining-usd", microsToDecimalString(admission.remainingMicros));
+    // 4. Recognise repeats, then reserve atomically (revocation and expiry are re-checked inside the transaction).
+    if (call.idempotencyKey !== null && call.idempotencyKey.length > 255) {
+      return refuse(adapter, key, 400, "invalid_request", "invalid_idempotency_key", "Idempotency-Key must be at most 255 characters.");
+    }
+    if (key.require_idempotency_key && micros > 0 && call.idempotencyKey === null) {
+      return refuse(adapter, key, 400, "invalid_request", "idempotency_key_required", `This vault key requires an Idempotency-Key header on calls that move money (${method} ${path}).`);
+    }
+    const guard = this.repeatGuard(adapter, key, method, path, body, call.idempotencyKey);
+    const deadline = performance.now() + this.deps.upstreamTimeoutMs + 15_000;
+    let admission = ledger.admit(key, call, micros, Date.now(), guard);
+    while (admission.kind === "in_flight") {
+      // A duplicate of a call still in flight is never forwarded twice: wait for the first answer, then replay it.
+      if (performance.now() > deadline) {
+        const res = refuse(adapter, key, 409, "invalid_request", "idempotency_key_in_use", "A request with this Idempotency-Key is still in progress; retry later.");
+        res.headers.set("stripe-should-retry", "true");
         return res;
       }
-      const code = admission.outcome === "revoked" ? "key_revoked" : "key_expired";
-      return this.refusalResponse(adapter, 401, code, `This vault key has been ${admission.outcome}.`);
+      await Bun.sleep(10);
+      admission = ledger.admit(key, call, micros, Date.now(), guard);
     }
+    switch (admission.kind) {
+      case "reserved":
+        return this.forward(adapter, admission.reservation, upstreamHeaders, method, path, query, bodyBuffer, started);
+      case "replay": {
+        this.deps.metrics.countRequest(vendor, "replayed");
+        const headers = new Headers(admission.answer.headers);
+        headers.set("idempotent-replayed", "true");
+        headers.set("x-keybrake-cost-usd", microsToDecimalString(0));
+        headers.set("x-keybrake-remaining-usd", microsToDecimalString(admission.remainingMicros));
+        return new Response(admission.answer.body as Uint8Array<ArrayBuffer>, { status: admission.answer.status, headers });
+      }
+      case "mismatch":
+        return this.refusal(adapter, adapter.idempotency.mismatchStatus, "invalid_request", "idempotency_key_mismatch", "Keys for idempotent requests can only be used with the same parameters they were first used with.");
+      case "refused": {
+        this.deps.metrics.countRequest(vendor, admission.outcome);
+        if (admission.outcome === "cap_hit") {
+          const res = this.refusalResponse(adapter, 429, "cap_exceeded", `Spend cap reached: this call would cost $${microsToDecimalString(micros)} and $${microsToDecimalString(admission.remainingMicros)} is left.`);
+          res.headers.set("x-keybrake-cap-hit", "true");
+          res.headers.set("x-keybrake-remaining-usd", microsToDecimalString(admission.remainingMicros));
+          return res;
+        }
+        const code = admission.outcome === "revoked" ? "key_revoked" : "key_expired";
+        return this.refusalResponse(adapter, 401, code, `This vault key has been ${admission.outcome}.`);
+      }
+    }
+  }
 
-    // 5. Forward with the real secret and settle from the answer.
-    return this.forward(adapter, admission, upstreamHeaders, method, path, query, bodyBuffer, started);
+  /**
+   * How a repeat of this call is recognised: its Idempotency-Key (kept 24 h), else, where the key has a
+   * dedupe window, the call itself. Reads are never deduplicated.
+   */
+  private repeatGuard(adapter: VendorAdapter, key: LiveKey, method: string, path: string, body: Uint8Array, idempotencyKey: string | null): RepeatGuard | null {
+    if (READ_METHODS.has(method)) return null;
+    if (idempotencyKey === null && !key.dedupe_window_ms) return null;
+    const requestHash = new Bun.CryptoHasher("sha256").update(`${method} ${path}\n`).update(body).digest("hex");
+    const common = { requestHash, staleAfterMs: this.deps.upstreamTimeoutMs + 10_000 };
+    if (idempotencyKey !== null) {
+      return { idemKey: idempotencyKey, ttlMs: IDEMPOTENCY_TTL_MS, vendorDedupes: adapter.idempotency.vendorDedupes, ...common };
+    }
+    // Without a key the vendor cannot dedupe a retry, so an unknown outcome is never carried over.
+    return { idemKey: `dedupe:${requestHash}`, ttlMs: key.dedupe_window_ms!, vendorDedupes: false, ...common };
   }
 
   private async forward(
@@ -188,17 +236,22 @@ export class Forwarder {
       latencyMs,
     };
 
+    const out = downstreamResponseHeaders(upstream.headers);
+    // Kept for replays: definite answers only (a 409 or 429 from the vendor is transient, and a retry should get through).
+    const replayable = bytes !== null && upstream.status !== 409 && upstream.status !== 429;
+    const answer = replayable ? { status: upstream.status, headers: [...out] as [string, string][], body: bytes } : null;
+
     let cost: number;
     let remaining = reservation.remainingMicros;
     if (upstream.ok) {
       cost = adapter.settle(reservation.micros, { status: upstream.status, headers: upstream.headers, json }, this.pricingContext);
-      ledger.settle(reservation, { ...facts, actualMicros: cost });
+      ledger.settle(reservation, { ...facts, actualMicros: cost }, answer);
       remaining = Math.max(0, remaining + reservation.micros - cost);
       metrics.addSpend(adapter.name, cost);
       metrics.countRequest(adapter.name, "forwarded");
     } else if (upstream.status < 500) {
       cost = 0; // the vendor refused: no money moved
-      ledger.release(reservation, { ...facts, actualMicros: 0 });
+      ledger.release(reservation, { ...facts, actualMicros: 0 }, answer);
       remaining += reservation.micros;
       metrics.countRequest(adapter.name, "forwarded");
     } else {
@@ -207,7 +260,6 @@ export class Forwarder {
       metrics.countRequest(adapter.name, "upstream_error");
     }
 
-    const out = downstreamResponseHeaders(upstream.headers);
     out.set("x-keybrake-cost-usd", microsToDecimalString(cost));
     out.set("x-keybrake-remaining-usd", microsToDecimalString(remaining));
     return new Response(bytes ?? upstream.body, { status: upstream.status, headers: out });

@@ -70,6 +70,7 @@ const ERROR_NAME: Record<number, string> = {
 export const resend: VendorAdapter = {
   name: "resend",
   secretFields: ["api_key"],
+  idempotency: { vendorDedupes: true, mismatchStatus: 409 },
   ownPathPrefixes: ["/emails", "/domains", "/audiences", "/contacts", "/api-keys", "/broadcasts"],
   authorize(path, headers, secret) {
     headers.set("authorization", `Bearer ${secret.api_key}`);
@@ -86,6 +87,7 @@ export const resend: VendorAdapter = {
     return null;
   },
   refusal(status, code, message) {
-    return { status, body: { statusCode: status, name: ERROR_NAME[status] ?? "application_error", message, keybrake_error: code }, headers: {} };
+    const name = code === "idempotency_key_mismatch" ? "invalid_idempotent_request" : code === "idempotency_key_in_use" ? "concurrent_idempotent_requests" : (ERROR_NAME[status] ?? "application_error");
+    return { status, body: { statusCode: status, name, message, keybrake_error: code }, headers: {} };
   },
 };

@@ -90,11 +90,13 @@ function estimate(req: PricedRequest, ctx: PricingContext): Estimate {
   return { kind: "unpriced" };
 }
 
+const IDEMPOTENCY_ERRORS = new Set(["idempotency_key_mismatch", "idempotency_key_in_use"]);
 const ERROR_TYPE: Record<number, string> = { 401: "invalid_request_error", 403: "invalid_request_error", 429: "invalid_request_error" };
 
 export const stripe: VendorAdapter = {
   name: "stripe",
   secretFields: ["secret_key"],
+  idempotency: { vendorDedupes: true, mismatchStatus: 400 },
   ownPathPrefixes: ["/v1/"],
   authorize(path, headers, secret) {
     headers.set("authorization", `Bearer ${secret.secret_key}`);
@@ -107,7 +109,7 @@ export const stripe: VendorAdapter = {
   refusal(status, code, message) {
     return {
       status,
-      body: { error: { type: ERROR_TYPE[status] ?? "invalid_request_error", code, message } },
+      body: { error: { type: IDEMPOTENCY_ERRORS.has(code) ? "idempotency_error" : (ERROR_TYPE[status] ?? "invalid_request_error"), code, message } },
       headers: { "stripe-should-retry": "false" },
     };
   },

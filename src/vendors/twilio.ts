@@ -34,11 +34,13 @@ function settle(estimateMicros: number, res: { json: unknown }, ctx: PricingCont
   return estimateMicros;
 }
 
-const TWILIO_CODE: Record<number, number> = { 400: 21000, 401: 20003, 403: 20403, 413: 21617, 429: 20429 };
+const TWILIO_CODE: Record<number, number> = { 400: 21000, 401: 20003, 403: 20403, 409: 20409, 413: 21617, 429: 20429 };
 
 export const twilio: VendorAdapter = {
   name: "twilio",
   secretFields: ["account_sid", "auth_token"],
+  // Twilio has no request idempotency: Keybrake replays answered repeats itself, but cannot dedupe an unknown outcome.
+  idempotency: { vendorDedupes: false, mismatchStatus: 409 },
   ownPathPrefixes: ["/2010-04-01/"],
   authorize(path, headers, secret) {
     headers.set("authorization", "Basic " + btoa(`${secret.account_sid}:${secret.auth_token}`));

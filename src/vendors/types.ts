@@ -57,6 +57,11 @@ export interface VendorAdapter {
   readonly name: VendorName;
   /** The fields of its secret, as set by PUT /vendors/{vendor}; the first is the one shown by last 4. */
   readonly secretFields: readonly string[];
+  /**
+   * vendorDedupes: the vendor itself honours Idempotency-Key, so a retry after an unknown outcome can be
+   * forwarded on the first attempt's reservation. mismatchStatus: its status for a key reused with another body.
+   */
+  readonly idempotency: { vendorDedupes: boolean; mismatchStatus: number };
   /** Path prefixes its SDK sends, so a request with no /{vendor} prefix can be recognised. */
   readonly ownPathPrefixes: readonly string[];
   /** Puts the real credentials on the outgoing headers; returns the path to forward (Twilio swaps in the real Account SID). */
