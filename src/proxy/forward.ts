@@ -268,6 +268,7 @@ export class Forwarder {
   private allowlist(key: LiveKey): EndpointRule[] {
     let rules = this.allowlists.get(key.id);
     if (!rules) {
+      if (this.allowlists.size >= 10_000) this.allowlists.clear(); // keys are short-lived: a bound, not an LRU
       rules = compileAllowlist(JSON.parse(key.allowed_endpoints) as string[]);
       this.allowlists.set(key.id, rules);
     }
