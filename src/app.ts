@@ -1,5 +1,6 @@
 import { Elysia } from "elysia";
 import { ApiError, errorBody } from "./errors.ts";
+import { adminRoutes } from "./http/admin.ts";
 import { managementRoutes } from "./http/management.ts";
 import { opsRoutes } from "./http/ops.ts";
 import { proxyRoutes } from "./http/proxy.ts";
@@ -23,5 +24,6 @@ export function createApp(s: Services, opts: AppOptions) {
     })
     .use(opsRoutes(s))
     .use(proxyRoutes(s.forwarder))
-    .use(managementRoutes(s, opts.proxyBaseUrl));
+    .use(managementRoutes(s, opts.proxyBaseUrl))
+    .use(adminRoutes(s, opts.proxyBaseUrl));
 }

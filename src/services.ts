@@ -1,5 +1,6 @@
 import type { Config } from "./config.ts";
 import { openDatabase, type Db } from "./db/connection.ts";
+import { AdminSessions } from "./domain/admin-sessions.ts";
 import { AuditService } from "./domain/audit.ts";
 import { loadMasterKey, SecretBox } from "./domain/crypto.ts";
 import { KeyService } from "./domain/keys.ts";
@@ -24,6 +25,7 @@ export interface Services {
   audit: AuditService;
   metrics: Metrics;
   forwarder: Forwarder;
+  adminSessions: AdminSessions;
   startedAt: number;
 }
 
@@ -50,16 +52,18 @@ export function createServices(config: Config, fetchImpl?: typeof fetch): Servic
     maxBodyBytes: MAX_PROXY_BODY_BYTES,
     fetch: fetchImpl,
   });
+  const tokens = new TokenStore(db.sqlite, config.adminToken);
   return {
     config,
     db,
-    tokens: new TokenStore(db.sqlite, config.adminToken),
+    tokens,
     secrets,
     keys: new KeyService(db, config.maxKeyTtlMs),
     ledger,
     audit: new AuditService(db),
     metrics,
     forwarder,
+    adminSessions: new AdminSessions(db, tokens),
     startedAt: Date.now(),
   };
 }

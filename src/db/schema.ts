@@ -79,5 +79,13 @@ export const auditLog = sqliteTable("audit_log", {
   replayOf: integer("replay_of"),
 });
 
+export const adminSessions = sqliteTable("admin_sessions", {
+  idHash: text("id_hash").primaryKey(),
+  csrfToken: text("csrf_token").notNull(),
+  createdAt: integer("created_at").notNull(),
+  expiresAt: integer("expires_at").notNull(),
+  endedAt: integer("ended_at"),
+});
+
 export type VaultKeyRow = typeof vaultKeys.$inferSelect;
 export type AuditRow = typeof auditLog.$inferSelect;

@@ -1,11 +1,12 @@
 import { Elysia } from "elysia";
 import { z } from "zod";
-import { AUDIT_COLUMNS, parseAuditQuery, presentAudit, toCsvLine } from "../domain/audit.ts";
+import { parseAuditQuery, presentAudit } from "../domain/audit.ts";
 import { presentKey } from "../domain/keys.ts";
 import { utcDay } from "../domain/time.ts";
 import { ApiError, fieldIssues, validationError } from "../errors.ts";
 import type { Services } from "../services.ts";
 import { VENDORS, type VendorName } from "../vendors/types.ts";
+import { auditExportResponse } from "./audit-export.ts";
 import { bearerToken, queryObject, readJson } from "./request.ts";
 
 const KeyListQuery = z.strictObject({
@@ -89,35 +90,7 @@ export function managementRoutes(s: Services, proxyBaseUrl: () => string) {
         const { rows, nextCursor } = s.audit.page(f);
         return { data: rows.map(presentAudit), next_cursor: nextCursor };
       }
-      const rows = s.audit.all(f);
-      const encoder = new TextEncoder();
-      const csv = f.format === "csv";
-      const stream = new ReadableStream<Uint8Array>({
-        start(c) {
-          if (csv) c.enqueue(encoder.encode(toCsvLine(AUDIT_COLUMNS)));
-        },
-        pull(c) {
-          // A batch of lines per pull keeps memory flat however large the log is.
-          let chunk = "";
-          for (let i = 0; i < 500; i++) {
-            const next = rows.next();
-            if (next.done) {
-              if (chunk) c.enqueue(encoder.encode(chunk));
-              c.close();
-              return;
-            }
-            const entry = presentAudit(next.value);
-            chunk += csv ? toCsvLine(AUDIT_COLUMNS.map((k) => entry[k])) : JSON.stringify(entry) + "\n";
-          }
-          c.enqueue(encoder.encode(chunk));
-        },
-      });
-      return new Response(stream, {
-        headers: {
-          "content-type": csv ? "text/csv; charset=utf-8" : "application/x-ndjson",
-          "content-disposition": `attachment; filename="keybrake-audit.${f.format}"`,
-        },
-      });
+      return auditExportResponse(s.audit.all(f), f.format);
     })
     .get("/vault/spend", ({ request }) => {
       const q = parse(SpendQuery, queryObject(request));

@@ -1,0 +1,164 @@
+import type { DailySeries } from "../src/domain/spend-series.ts";
+import { usdMicros, utc } from "./format.ts";
+
+/**
+ * Server-rendered SVG charts: no chart library, no script, no inline style
+ * (colours come from classes in admin.css, so the CSP holds).
+ */
+
+const W = 880;
+const H = 260;
+const PAD = { left: 64, right: 12, top: 12, bottom: 28 };
+const plotW = W - PAD.left - PAD.right;
+const plotH = H - PAD.top - PAD.bottom;
+
+/** A round number ≥ value for the top of the axis: 1, 2, 2.5 or 5 × 10ⁿ. */
+export function niceCeil(value: number): number {
+  if (value <= 0) return 1;
+  const exp = 10 ** Math.floor(Math.log10(value));
+  for (const m of [1, 2, 2.5, 5, 10]) if (m * exp >= value) return m * exp;
+  return 10 * exp;
+}
+
+function YAxis({ top }: { top: number }) {
+  const ticks = [0, 0.25, 0.5, 0.75, 1];
+  return (
+    <g class="axis y">
+      {ticks.map((t) => {
+        const y = PAD.top + plotH - t * plotH;
+        return (
+          <g>
+            <line x1={String(PAD.left)} x2={String(W - PAD.right)} y1={String(y)} y2={String(y)} class={t === 0 ? "baseline" : "grid"} />
+            <text x={String(PAD.left - 8)} y={String(y + 4)} text-anchor="end" safe>
+              {usdMicros(Math.round(top * t))}
+            </text>
+          </g>
+        );
+      })}
+    </g>
+  );
+}
+
+/** Spend per UTC day, one stacked colour per run. */
+export function DailySpendChart({ data, title }: { data: DailySeries; title: string }) {
+  const top = niceCeil(data.peak);
+  const n = data.days.length;
+  const band = plotW / n;
+  const barW = Math.max(2, band * 0.68);
+  const total = data.series.reduce((s, x) => s + x.total, 0);
+  return (
+    <figure class="chart">
+      <svg viewBox={`0 0 ${W} ${H}`} role="img" aria-labelledby="daily-title daily-desc" preserveAspectRatio="xMidYMid meet">
+        <title id="daily-title" safe>
+          {title}
+        </title>
+        <desc id="daily-desc" safe>
+          {`${usdMicros(total)} settled over ${n} days across ${data.series.length} series; highest day ${usdMicros(data.peak)}.`}
+        </desc>
+        <YAxis top={top} />
+        <g class="bars">
+          {data.days.map((day, i) => {
+            let acc = 0;
+            const x = PAD.left + i * band + (band - barW) / 2;
+            return (
+              <g>
+                {data.series.map((s, si) => {
+                  const m = s.micros[i]!;
+                  if (!m) return "";
+                  const h = (m / top) * plotH;
+                  const y = PAD.top + plotH - ((acc + m) / top) * plotH;
+                  acc += m;
+                  return (
+                    <rect x={x.toFixed(1)} y={y.toFixed(1)} width={barW.toFixed(1)} height={Math.max(1, h).toFixed(1)} class={`s${Math.min(si, 6)}`}>
+                      <title safe>{`${day} · ${s.label || "(no label)"}: ${usdMicros(m)}`}</title>
+                    </rect>
+                  );
+                })}
+              </g>
+            );
+          })}
+        </g>
+        <g class="axis x">
+          {data.days.map((day, i) =>
+            (n - 1 - i) % 7 === 0 ? (
+              <text x={(PAD.left + i * band + band / 2).toFixed(1)} y={String(H - 8)} text-anchor="middle" safe>
+                {day.slice(5)}
+              </text>
+            ) : (
+              ""
+            ),
+          )}
+        </g>
+      </svg>
+      {data.series.length ? (
+        <figcaption>
+          <ul class="legend">
+            {data.series.map((s, si) => (
+              <li>
+                <svg class="swatch" viewBox="0 0 10 10" aria-hidden="true">
+                  <rect width="10" height="10" rx="2" class={`s${Math.min(si, 6)}`} />
+                </svg>
+                <span class="label-text" safe>
+                  {s.label || "(no label)"}
+                </span>{" "}
+                <span class="muted" safe>
+                  {usdMicros(s.total)}
+                </span>
+              </li>
+            ))}
+          </ul>
+        </figcaption>
+      ) : (
+        <figcaption class="muted">No settled spend in this window.</figcaption>
+      )}
+    </figure>
+  );
+}
+
+/** A run's running total: a step line, since money moves call by call. */
+export function CumulativeChart({ points, title }: { points: { t: number; micros: number }[]; title: string }) {
+  if (!points.length) {
+    return <p class="muted">No settled calls for this run in the window.</p>;
+  }
+  const first = points[0]!.t;
+  const last = points[points.length - 1]!.t;
+  // One call (or calls in one instant) still needs a width to draw on.
+  const t0 = first === last ? first - 60_000 : first;
+  const t1 = first === last ? last + 60_000 : last;
+  const top = niceCeil(points[points.length - 1]!.micros);
+  const x = (t: number) => PAD.left + ((t - t0) / (t1 - t0)) * plotW;
+  const y = (m: number) => PAD.top + plotH - (m / top) * plotH;
+  let d = `M${x(t0).toFixed(1)},${y(0).toFixed(1)}`;
+  for (const p of points) d += ` H${x(p.t).toFixed(1)} V${y(p.micros).toFixed(1)}`;
+  const area = `${d} H${x(t1).toFixed(1)} V${y(0).toFixed(1)} Z`;
+  return (
+    <figure class="chart">
+      <svg viewBox={`0 0 ${W} ${H}`} role="img" aria-labelledby="run-title run-desc" preserveAspectRatio="xMidYMid meet">
+        <title id="run-title" safe>
+          {title}
+        </title>
+        <desc id="run-desc" safe>
+          {`${usdMicros(points[points.length - 1]!.micros)} settled between ${utc(first)} and ${utc(last)}.`}
+        </desc>
+        <YAxis top={top} />
+        <path d={area} class="area" />
+        <path d={d} class="line" />
+        {points.length <= 80
+          ? points.map((p) => (
+              <circle cx={x(p.t).toFixed(1)} cy={y(p.micros).toFixed(1)} r="3" class="dot">
+                <title safe>{`${utc(p.t)}: ${usdMicros(p.micros)} so far`}</title>
+              </circle>
+            ))
+          : ""}
+        <g class="axis x">
+          <text x={String(PAD.left)} y={String(H - 8)} text-anchor="start" safe>
+            {utc(t0)}
+          </text>
+          <text x={String(W - PAD.right)} y={String(H - 8)} text-anchor="end" safe>
+            {utc(t1)}
+          </text>
+        </g>
+      </svg>
+    </figure>
+  );
+}
