@@ -110,6 +110,9 @@ describe("vault key lifecycle", () => {
     expect(r.status).toBe(200);
     expect(r.json.revoked).toBe(2);
     for (const id of [a.key_id, b.key_id]) expect((await kb.api("GET", `/vault/keys/${id}`)).json.status).toBe("revoked");
+    const again = await kb.api("POST", "/vault/keys/revoke", { agent_run_label: label });
+    expect(again.json.revoked).toBe(0); // nothing newly revoked
+    expect(again.json.data).toHaveLength(2);
     expect((await kb.api("GET", `/vault/keys/${other.key_id}`)).json.status).toBe("active");
   });
 

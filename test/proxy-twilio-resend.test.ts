@@ -71,6 +71,7 @@ describe("Twilio through Keybrake", () => {
     expect(err).toBeInstanceOf(twilio.RestException);
     expect(err.status).toBe(429);
     expect(err.code).toBe(20429);
+    expect(err.details).toEqual({ keybrake_error: "cap_exceeded" });
   });
 
   test("a Stripe vault key cannot send SMS", async () => {

@@ -185,13 +185,15 @@ export class KeyService {
     return this.get(keyId);
   }
 
-  revokeByLabel(label: string, now = Date.now()): VaultKeyRow[] {
-    this.db.orm
+  /** Revokes every key of a run; `newlyRevoked` counts the keys this call revoked (the rest were already). */
+  revokeByLabel(label: string, now = Date.now()): { rows: VaultKeyRow[]; newlyRevoked: number } {
+    const { changes } = this.db.orm
       .update(vaultKeys)
       .set({ revokedAt: now })
       .where(and(eq(vaultKeys.agentRunLabel, label), isNull(vaultKeys.revokedAt)))
       .run();
-    return this.db.orm.select().from(vaultKeys).where(eq(vaultKeys.agentRunLabel, label)).orderBy(desc(vaultKeys.id)).all();
+    const rows = this.db.orm.select().from(vaultKeys).where(eq(vaultKeys.agentRunLabel, label)).orderBy(desc(vaultKeys.id)).all();
+    return { rows, newlyRevoked: changes };
   }
 
   /** Spend today (UTC) and over the key's life, in USD. */

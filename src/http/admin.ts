@@ -200,11 +200,9 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
         ({ request, body }) => {
           const label = field(body, "agent_run_label")?.trim() ?? "";
           if (!label) return isHtmx(request) ? flash(422, "danger", "Type the run label to revoke.") : redirect("/admin/keys");
-          const now = Date.now();
-          const rows = s.keys.revokeByLabel(label, now);
+          const { rows, newlyRevoked } = s.keys.revokeByLabel(label);
           if (!isHtmx(request)) return redirect(href("/admin/keys", { status: "revoked", label }));
-          const revoked = rows.filter((r) => r.revokedAt === now).length;
-          return fragment(RunRevoked({ label, revoked, total: rows.length }));
+          return fragment(RunRevoked({ label, revoked: newlyRevoked, total: rows.length }));
         },
         { session: true },
       )

@@ -71,8 +71,8 @@ export function managementRoutes(s: Services, proxyBaseUrl: () => string) {
       "/vault/keys/revoke",
       async ({ request }) => {
         const body = parse(z.strictObject({ agent_run_label: z.string().min(1).max(256) }), await readJson(request, maxBody));
-        const rows = s.keys.revokeByLabel(body.agent_run_label);
-        return { agent_run_label: body.agent_run_label, revoked: rows.length, data: rows.map((r) => presentKey(r)) };
+        const { rows, newlyRevoked } = s.keys.revokeByLabel(body.agent_run_label);
+        return { agent_run_label: body.agent_run_label, revoked: newlyRevoked, data: rows.map((r) => presentKey(r)) };
       },
       { parse: "none" },
     )

@@ -55,7 +55,8 @@ export const twilio: VendorAdapter = {
     const twilioCode = TWILIO_CODE[status] ?? 20001;
     return {
       status,
-      body: { code: twilioCode, message, more_info: `https://www.twilio.com/docs/errors/${twilioCode}`, status, keybrake_error: code },
+      // twilio-node's RestException keeps `details`, so that is where callers find Keybrake's own code.
+      body: { code: twilioCode, message, more_info: `https://www.twilio.com/docs/errors/${twilioCode}`, status, details: { keybrake_error: code } },
       headers: {},
     };
   },
