@@ -187,13 +187,14 @@ export class KeyService {
 
   /** Revokes every key of a run; `newlyRevoked` counts the keys this call revoked (the rest were already). */
   revokeByLabel(label: string, now = Date.now()): { rows: VaultKeyRow[]; newlyRevoked: number } {
-    const { changes } = this.db.orm
+    const revoked = this.db.orm
       .update(vaultKeys)
       .set({ revokedAt: now })
       .where(and(eq(vaultKeys.agentRunLabel, label), isNull(vaultKeys.revokedAt)))
-      .run();
+      .returning({ id: vaultKeys.id })
+      .all();
     const rows = this.db.orm.select().from(vaultKeys).where(eq(vaultKeys.agentRunLabel, label)).orderBy(desc(vaultKeys.id)).all();
-    return { rows, newlyRevoked: changes };
+    return { rows, newlyRevoked: revoked.length };
   }
 
   /** Spend today (UTC) and over the key's life, in USD. */
