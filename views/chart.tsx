@@ -1,3 +1,4 @@
+import type { PropsWithChildren } from "@kitajs/html";
 import type { DailySeries } from "../src/domain/spend-series.ts";
 import { usdMicros, utc } from "./format.ts";
 
@@ -39,6 +40,22 @@ function YAxis({ top }: { top: number }) {
   );
 }
 
+/** The SVG both charts draw in: accessible title and description, and the money axis. */
+function PlotFrame(p: PropsWithChildren<{ id: string; title: string; desc: string; top: number }>) {
+  return (
+    <svg viewBox={`0 0 ${W} ${H}`} role="img" aria-labelledby={`${p.id}-title ${p.id}-desc`} preserveAspectRatio="xMidYMid meet">
+      <title id={`${p.id}-title`} safe>
+        {p.title}
+      </title>
+      <desc id={`${p.id}-desc`} safe>
+        {p.desc}
+      </desc>
+      <YAxis top={p.top} />
+      {p.children}
+    </svg>
+  );
+}
+
 /** Spend per UTC day, one stacked colour per run. */
 export function DailySpendChart({ data, title }: { data: DailySeries; title: string }) {
   const top = niceCeil(data.peak);
@@ -48,14 +65,12 @@ export function DailySpendChart({ data, title }: { data: DailySeries; title: str
   const total = data.series.reduce((s, x) => s + x.total, 0);
   return (
     <figure class="chart">
-      <svg viewBox={`0 0 ${W} ${H}`} role="img" aria-labelledby="daily-title daily-desc" preserveAspectRatio="xMidYMid meet">
-        <title id="daily-title" safe>
-          {title}
-        </title>
-        <desc id="daily-desc" safe>
-          {`${usdMicros(total)} settled over ${n} days across ${data.series.length} series; highest day ${usdMicros(data.peak)}.`}
-        </desc>
-        <YAxis top={top} />
+      <PlotFrame
+        id="daily"
+        title={title}
+        desc={`${usdMicros(total)} settled over ${n} days across ${data.series.length} series; highest day ${usdMicros(data.peak)}.`}
+        top={top}
+      >
         <g class="bars">
           {data.days.map((day, i) => {
             let acc = 0;
@@ -89,7 +104,7 @@ export function DailySpendChart({ data, title }: { data: DailySeries; title: str
             ),
           )}
         </g>
-      </svg>
+      </PlotFrame>
       {data.series.length ? (
         <figcaption>
           <ul class="legend">
@@ -133,14 +148,7 @@ export function CumulativeChart({ points, title }: { points: { t: number; micros
   const area = `${d} H${x(t1).toFixed(1)} V${y(0).toFixed(1)} Z`;
   return (
     <figure class="chart">
-      <svg viewBox={`0 0 ${W} ${H}`} role="img" aria-labelledby="run-title run-desc" preserveAspectRatio="xMidYMid meet">
-        <title id="run-title" safe>
-          {title}
-        </title>
-        <desc id="run-desc" safe>
-          {`${usdMicros(points[points.length - 1]!.micros)} settled between ${utc(first)} and ${utc(last)}.`}
-        </desc>
-        <YAxis top={top} />
+      <PlotFrame id="run" title={title} desc={`${usdMicros(points[points.length - 1]!.micros)} settled between ${utc(first)} and ${utc(last)}.`} top={top}>
         <path d={area} class="area" />
         <path d={d} class="line" />
         {points.length <= 80
@@ -158,7 +166,7 @@ export function CumulativeChart({ points, title }: { points: { t: number; micros
             {utc(t1)}
           </text>
         </g>
-      </svg>
+      </PlotFrame>
     </figure>
   );
 }
