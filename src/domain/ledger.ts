@@ -11,8 +11,16 @@ import { utcDay } from "./time.ts";
  * After the vendor answers, a second transaction settles, releases or leaves
  * the reservation open, and stores the answer for replays.
  *
+ * Group commit: a commit costs more than everything else a call does here (a WAL
+ * write, and now and then a checkpoint's fsync), so the ledger writes that
+ * arrive in one event-loop turn share one IMMEDIATE transaction, each in its
+ * own savepoint. Each still runs in order against the state the ones before it
+ * left, under the write lock, so the cap logic is exactly that of one call per
+ * transaction; a call's reservation is committed before it is forwarded, and
+ * its settlement before its answer is returned.
+ *
  * This file uses bun:sqlite prepared statements directly: it is the hot path
- * and both transactions must be a handful of indexed statements.
+ * and every write must be a handful of indexed statements.
  */
 
 export type AuditOutcome =
@@ -115,15 +123,16 @@ interface RepeatRow {
   expires_at: number;
 }
 
+interface PendingWrite {
+  write: () => unknown;
+  resolve: (value: any) => void;
+  reject: (error: unknown) => void;
+}
+
 export class Ledger {
   private readonly q: Record<string, Statement<any, any[]>>;
-  readonly admit: (key: LiveKey, call: CallFacts, micros: number, now: number, guard: RepeatGuard | null) => Admission;
-  /** 2xx: the call cost `actualMicros`; the answer is kept for replays. */
-  readonly settle: (r: Reservation, s: Settlement, answer: StoredAnswer | null) => void;
-  /** Vendor 4xx: no money moved; the answer is kept for replays (a retry gets the same refusal, like the vendor's own idempotency). */
-  readonly release: (r: Reservation, s: Settlement, answer: StoredAnswer | null) => void;
-  /** Timeout, lost connection or 5xx: the money may have moved, so the reservation stays and a retry carries it over. */
-  readonly keepUnsettled: (r: Reservation, s: Settlement, errorCode: string) => void;
+  private pending: PendingWrite[] = [];
+  private readonly commitBatch: (batch: PendingWrite[], results: { ok: boolean; value: unknown }[]) => void;
 
   constructor(private readonly sqlite: Database) {
     const p = (s: string) => sqlite.prepare(s);
@@ -180,20 +189,69 @@ export class Ledger {
       pruneRepeats: p(`DELETE FROM idempotency_records WHERE expires_at <= ?`),
     };
 
-    const tx = <A extends unknown[], R>(fn: (...a: A) => R) => {
-      const t = sqlite.transaction(fn);
-      return (...a: A): R => t.immediate(...a) as R;
-    };
-    this.admit = tx((key, call, micros, now, guard) => this.admitInTransaction(key, call, micros, now, guard));
-    this.settle = tx((r, s, answer) => this.finish(r, s, s.actualMicros, "settled", answer));
-    this.release = tx((r, s, answer) => this.finish(r, s, 0, "released", answer));
-    this.keepUnsettled = tx((r: Reservation, s: Settlement, errorCode: string) => {
+    // One savepoint per write: a write that throws is undone alone; the rest of the batch commits.
+    const savepoint = sqlite.transaction((write: () => unknown) => write());
+    const batchTx = sqlite.transaction((batch: PendingWrite[], results: { ok: boolean; value: unknown }[]) => {
+      for (const w of batch) {
+        try {
+          results.push({ ok: true, value: savepoint(w.write) });
+        } catch (error) {
+          results.push({ ok: false, value: error });
+        }
+      }
+    });
+    this.commitBatch = (batch, results) => batchTx.immediate(batch, results);
+  }
+
+  /** Admits a call: re-checks the key, recognises repeats, checks the caps and reserves; committed when it resolves. */
+  admit(key: LiveKey, call: CallFacts, micros: number, now: number, guard: RepeatGuard | null): Promise<Admission> {
+    return this.write(() => this.admitInTransaction(key, call, micros, now, guard));
+  }
+
+  /** 2xx: the call cost `actualMicros`; the answer is kept for replays. */
+  settle(r: Reservation, s: Settlement, answer: StoredAnswer | null): Promise<void> {
+    return this.write(() => this.finish(r, s, s.actualMicros, "settled", answer));
+  }
+
+  /** Vendor 4xx: no money moved; the answer is kept for replays (a retry gets the same refusal, like the vendor's own idempotency). */
+  release(r: Reservation, s: Settlement, answer: StoredAnswer | null): Promise<void> {
+    return this.write(() => this.finish(r, s, 0, "released", answer));
+  }
+
+  /** Timeout, lost connection or 5xx: the money may have moved, so the reservation stays and a retry carries it over. */
+  keepUnsettled(r: Reservation, s: Settlement, errorCode: string): Promise<void> {
+    return this.write(() => {
       this.q.finishAudit!.run("upstream_error", "unsettled", null, s.vendorStatus, s.vendorRequestId, s.vendorObjectId, s.latencyMs, errorCode, r.auditId);
       if (r.retryAuditId !== null) {
         this.q.finishAudit!.run("upstream_error", "none", 0, s.vendorStatus, s.vendorRequestId, null, s.latencyMs, errorCode, r.retryAuditId);
       }
       if (r.guard) this.q.markRepeat!.run("unknown", Date.now(), r.keyId, r.guard.idemKey);
     });
+  }
+
+  /** A refusal made before any money is at stake: one audit row, nothing reserved. */
+  recordRefusal(key: Pick<LiveKey, "id" | "agent_run_label"> | null, call: CallFacts, outcome: AuditOutcome, errorCode: string, now: number): Promise<number> {
+    return this.write(() => this.insertAudit(now, key, call, outcome, errorCode, 0, "none", null, null, null));
+  }
+
+  /** Queues a write for the next group commit, which runs once this event-loop turn is done. */
+  private write<T>(write: () => T): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      if (this.pending.push({ write, resolve, reject }) === 1) setImmediate(() => this.flush());
+    });
+  }
+
+  private flush(): void {
+    const batch = this.pending;
+    this.pending = [];
+    const results: { ok: boolean; value: unknown }[] = [];
+    try {
+      this.commitBatch(batch, results);
+    } catch (error) {
+      for (const w of batch) w.reject(error); // the commit itself failed: nothing of the batch was written
+      return;
+    }
+    batch.forEach((w, i) => (results[i]!.ok ? w.resolve(results[i]!.value) : w.reject(results[i]!.value)));
   }
 
   findKeyByHash(hash: string): LiveKey | null {
@@ -207,11 +265,6 @@ export class Ledger {
   /** Forgets stored answers past their time (24 h for Idempotency-Keys, the window for dedupe). */
   pruneRepeats(now: number): number {
     return this.q.pruneRepeats!.run(now).changes;
-  }
-
-  /** A refusal made before any money is at stake: one audit row, nothing reserved. */
-  recordRefusal(key: Pick<LiveKey, "id" | "agent_run_label"> | null, call: CallFacts, outcome: AuditOutcome, errorCode: string, now: number): number {
-    return this.insertAudit(now, key, call, outcome, errorCode, 0, "none", null, null, null);
   }
 
   private admitInTransaction(key: LiveKey, call: CallFacts, micros: number, now: number, guard: RepeatGuard | null): Admission {

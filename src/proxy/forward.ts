@@ -56,8 +56,8 @@ export class Forwarder {
       path: rawPath.slice(0, 2048),
       idempotencyKey: request.headers.get("idempotency-key")?.slice(0, 255) ?? null,
     };
-    const refuse = (adapter: VendorAdapter, key: LiveKey | null, status: number, outcome: AuditOutcome, code: string, message: string) => {
-      ledger.recordRefusal(key, call, outcome, code, now);
+    const refuse = async (adapter: VendorAdapter, key: LiveKey | null, status: number, outcome: AuditOutcome, code: string, message: string) => {
+      await ledger.recordRefusal(key, call, outcome, code, now);
       return this.refusal(adapter, status, outcome, code, message);
     };
 
@@ -128,16 +128,16 @@ export class Forwarder {
     }
     const guard = this.repeatGuard(adapter, key, method, path, body, call.idempotencyKey);
     const deadline = performance.now() + this.deps.upstreamTimeoutMs + 15_000;
-    let admission = ledger.admit(key, call, micros, Date.now(), guard);
+    let admission = await ledger.admit(key, call, micros, Date.now(), guard);
     while (admission.kind === "in_flight") {
       // A duplicate of a call still in flight is never forwarded twice: wait for the first answer, then replay it.
       if (performance.now() > deadline) {
-        const res = refuse(adapter, key, 409, "invalid_request", "idempotency_key_in_use", "A request with this Idempotency-Key is still in progress; retry later.");
+        const res = await refuse(adapter, key, 409, "invalid_request", "idempotency_key_in_use", "A request with this Idempotency-Key is still in progress; retry later.");
         res.headers.set("stripe-should-retry", "true");
         return res;
       }
       await Bun.sleep(10);
-      admission = ledger.admit(key, call, micros, Date.now(), guard);
+      admission = await ledger.admit(key, call, micros, Date.now(), guard);
     }
     switch (admission.kind) {
       case "reserved":
@@ -207,7 +207,7 @@ export class Forwarder {
       const timedOut = (err as Error).name === "TimeoutError";
       const code = timedOut ? "upstream_timeout" : "upstream_unreachable";
       const latencyMs = performance.now() - started;
-      ledger.keepUnsettled(reservation, { vendorStatus: null, actualMicros: 0, vendorRequestId: null, vendorObjectId: null, latencyMs }, code);
+      await ledger.keepUnsettled(reservation, { vendorStatus: null, actualMicros: 0, vendorRequestId: null, vendorObjectId: null, latencyMs }, code);
       metrics.countRequest(adapter.name, "upstream_error");
       const res = this.refusalResponse(adapter, timedOut ? 504 : 502, code, timedOut ? `${adapter.name} did not answer in time; the call may have gone through.` : `Could not reach ${adapter.name}; the call may have gone through.`);
       res.headers.delete("stripe-should-retry"); // the SDK's own retry (same Idempotency-Key) is the right move here
@@ -245,18 +245,18 @@ export class Forwarder {
     let remaining = reservation.remainingMicros;
     if (upstream.ok) {
       cost = adapter.settle(reservation.micros, { status: upstream.status, headers: upstream.headers, json }, this.pricingContext);
-      ledger.settle(reservation, { ...facts, actualMicros: cost }, answer);
+      await ledger.settle(reservation, { ...facts, actualMicros: cost }, answer);
       remaining = Math.max(0, remaining + reservation.micros - cost);
       metrics.addSpend(adapter.name, cost);
       metrics.countRequest(adapter.name, "forwarded");
     } else if (upstream.status < 500) {
       cost = 0; // the vendor refused: no money moved
-      ledger.release(reservation, { ...facts, actualMicros: 0 }, answer);
+      await ledger.release(reservation, { ...facts, actualMicros: 0 }, answer);
       remaining += reservation.micros;
       metrics.countRequest(adapter.name, "forwarded");
     } else {
       cost = reservation.micros; // outcome unknown: keep the reservation
-      ledger.keepUnsettled(reservation, { ...facts, actualMicros: 0 }, "upstream_5xx");
+      await ledger.keepUnsettled(reservation, { ...facts, actualMicros: 0 }, "upstream_5xx");
       metrics.countRequest(adapter.name, "upstream_error");
     }
 
