@@ -1,0 +1,184 @@
+/**
+ * Keybrake with a big audit log: RSS, and the latency of the audit-by-label query.
+ *
+ *  1. Start Keybrake on an empty data dir once (it applies its migrations), stop it.
+ *  2. Insert BENCH_AUDIT_ROWS rows (default 1,000,000; 100,000 in smoke mode)
+ *     straight into keybrake.db's audit_log with bun:sqlite, shaped like real
+ *     traffic: 1,000 run labels interleaved over 30 days, 96% forwarded and
+ *     settled with unique pi_… / req_… ids, 4% cap hits.
+ *  3. Start Keybrake on it and measure RSS after start, the median of 20
+ *     `GET /vault/audit?label=…` (a label with 1,000 rows scattered through the
+ *     table, first page of 100), an export of that label as JSONL, and RSS after
+ *     a short wrk load through the proxy on top of the big log.
+ *
+ * Results: bench/results/audit-scale.json.
+ */
+import { Database } from "bun:sqlite";
+import { join } from "node:path";
+import {
+  ADMIN_TOKEN,
+  check,
+  issueKey,
+  keybrakeCommand,
+  keybrakeEnv,
+  makeTempDir,
+  median,
+  memoryMb,
+  ROOT,
+  runBounded,
+  SMOKE,
+  startServer,
+  writeResult,
+  type Check,
+  type Server,
+} from "./lib.ts";
+
+const ROWS = Number(process.env.BENCH_AUDIT_ROWS ?? (SMOKE ? 100_000 : 1_000_000));
+const LABELS = 1000;
+const QUERIES = 20;
+const LOAD_SECONDS = Number(process.env.BENCH_AUDIT_LOAD_SECONDS ?? (SMOKE ? 2 : 5));
+const PORT_BASE = Number(process.env.BENCH_PORT_BASE ?? 18400);
+const DAY_MS = 86_400_000;
+
+const labelOf = (n: number) => `airflow-billing/scheduled__2026-10-01#${String(n).padStart(4, "0")}`;
+/** Cheap, unique, random-looking hex (Stripe ids are random, so the object-id index sees random inserts). */
+const hexId = (i: number) => ((Math.imul(i + 1, 2654435761) >>> 0).toString(16).padStart(8, "0") + i.toString(16)).padEnd(24, "0");
+
+/** Bulk insert in 50k-row transactions with a large page cache; the server is not running. */
+function seedAuditRows(dbFile: string, rows: number): number {
+  const t0 = performance.now();
+  const db = new Database(dbFile);
+  db.exec("PRAGMA synchronous = OFF"); // this connection only: a crash while seeding just means re-running the bench
+  db.exec("PRAGMA cache_size = -262144"); // 256 MB, so index pages stay cached during the bulk load
+  const insert = db.prepare(
+    `INSERT INTO audit_log (ts, key_id, agent_run_label, vendor, method, path, outcome, error_code, vendor_status,
+                            estimated_micros, settled_micros, ledger_state, spend_day, vendor_request_id, vendor_object_id,
+                            idempotency_key, latency_ms, replay_of)
+     VALUES (?, ?, ?, 'stripe', 'POST', '/v1/payment_intents', ?, ?, ?, 29000000, ?, ?, ?, ?, ?, NULL, ?, NULL)`,
+  );
+  const start = Date.now() - 30 * DAY_MS;
+  const step = (30 * DAY_MS) / rows;
+  const chunk = db.transaction((from: number, to: number) => {
+    for (let i = from; i < to; i++) {
+      const ts = Math.floor(start + i * step);
+      const label = i % LABELS;
+      const capHit = i % 25 === 0;
+      const id = hexId(i);
+      insert.run(
+        ts,
+        `key_seed${String(label).padStart(4, "0")}`,
+        labelOf(label),
+        capHit ? "cap_hit" : "forwarded",
+        capHit ? "cap_exceeded" : null,
+        capHit ? null : 200,
+        capHit ? null : 29_000_000,
+        capHit ? "none" : "settled",
+        new Date(ts).toISOString().slice(0, 10),
+        capHit ? null : `req_${id}`,
+        capHit ? null : `pi_${id}`,
+        capHit ? 0.05 : 180 + (i % 97),
+      );
+    }
+  });
+  for (let from = 0; from < rows; from += 50_000) chunk.immediate(from, Math.min(rows, from + 50_000));
+  db.exec("PRAGMA wal_checkpoint(TRUNCATE)");
+  db.close();
+  return (performance.now() - t0) / 1000;
+}
+
+/** Client-side latency of one management API call, body fully read. */
+async function timeGet(url: string): Promise<{ ms: number; status: number; body: string }> {
+  const t0 = performance.now();
+  const res = await fetch(url, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+  const body = await res.text();
+  return { ms: performance.now() - t0, status: res.status, body };
+}
+
+interface Latency {
+  medianMs: number;
+  maxMs: number;
+  status: number;
+  bytes: number;
+  /** Rows in the answer: `data` of a JSON page, lines of a JSONL export. */
+  rows: number;
+}
+
+async function queryLatency(kb: Server, path: string, times: number): Promise<Latency> {
+  await timeGet(kb.url + path); // warm: first call compiles the route and faults in index pages
+  const samples = [];
+  for (let i = 0; i < times; i++) samples.push(await timeGet(kb.url + path));
+  const last = samples[samples.length - 1]!;
+  let rows = last.body.split("\n").filter(Boolean).length;
+  try {
+    rows = (JSON.parse(last.body) as { data: unknown[] }).data.length;
+  } catch {}
+  return { medianMs: median(samples.map((s) => s.ms)), maxMs: Math.max(...samples.map((s) => s.ms)), status: last.status, bytes: last.body.length, rows };
+}
+
+async function proxyLoad(kb: Server, seconds: number): Promise<{ requests: number; ok2xx: number }> {
+  const key = await issueKey(kb.url, 1_000_000_000, "bench/audit-scale/load");
+  const cmd = ["wrk", "-t1", "-c32", `-d${seconds}s`, "-s", join(ROOT, "bench", "pi.lua"), `${kb.url}/v1/payment_intents`, "--", key.vault_key];
+  const { stdout } = await runBounded(cmd, (seconds + 20) * 1000);
+  const m = /requests=(\d+) ok2xx=(\d+)/.exec(stdout);
+  return { requests: Number(m?.[1] ?? 0), ok2xx: Number(m?.[2] ?? 0) };
+}
+
+async function main() {
+  const checks: Check[] = [];
+  const dataDir = makeTempDir("keybrake-bench-audit-");
+  const ports = { vendor: PORT_BASE + 21, kb: PORT_BASE + 20 };
+  const servers: Server[] = [];
+  try {
+    const vendor = await startServer("vendor", [process.execPath, "bench/fake-vendor.ts", String(ports.vendor), "0"], ports.vendor, {}, "/__count");
+    servers.push(vendor);
+    const kbEnv = keybrakeEnv(ports.kb, dataDir, vendor.url);
+
+    // 1. Let Keybrake create and migrate its database, then stop it.
+    const first = await startServer("keybrake (migrate)", keybrakeCommand(), ports.kb, kbEnv, "/healthz");
+    await first.stop();
+
+    // 2. Seed.
+    console.log(`audit scale: inserting ${ROWS.toLocaleString("en")} audit rows…`);
+    const seedSeconds = seedAuditRows(join(dataDir, "keybrake.db"), ROWS);
+    console.log(`  seeded in ${seedSeconds.toFixed(1)} s`);
+
+    // 3. Measure.
+    const kb = await startServer("keybrake", keybrakeCommand(), ports.kb, kbEnv, "/healthz");
+    servers.push(kb);
+    const afterStart = memoryMb(kb.pid);
+    const label = encodeURIComponent(labelOf(421));
+    const page = await queryLatency(kb, `/vault/audit?label=${label}`, QUERIES);
+    const exportJsonl = await queryLatency(kb, `/vault/audit?label=${label}&format=jsonl`, 5);
+    const afterQueries = memoryMb(kb.pid);
+    const load = await proxyLoad(kb, LOAD_SECONDS);
+    const afterLoad = memoryMb(kb.pid);
+
+    const perLabel = Math.ceil(ROWS / LABELS);
+    check(
+      checks,
+      "audit-by-label answers the right rows",
+      page.status === 200 && page.rows === Math.min(100, perLabel) && exportJsonl.status === 200 && exportJsonl.rows === perLabel,
+      `page: ${page.status}, ${page.rows} rows; JSONL export: ${exportJsonl.status}, ${exportJsonl.rows} rows (${perLabel} expected)`,
+    );
+    check(checks, "proxy works on the big log", load.ok2xx > 0 && load.ok2xx === load.requests, `${load.ok2xx}/${load.requests} 2xx in ${LOAD_SECONDS}s`);
+
+    const summary = {
+      rows: ROWS,
+      seedSeconds,
+      rssMb: { afterStart: afterStart.rss, afterQueries: afterQueries.rss, afterLoad: afterLoad.rss, peak: afterLoad.peak },
+      labelQuery: { path: "/vault/audit?label=…", medianMs: page.medianMs, maxMs: page.maxMs, samples: QUERIES },
+      labelExportJsonl: { medianMs: exportJsonl.medianMs, rows: exportJsonl.rows, bytes: exportJsonl.bytes, samples: 5 },
+      load: { seconds: LOAD_SECONDS, ...load },
+    };
+    console.log(
+      `  RSS ${afterStart.rss.toFixed(0)} MB after start, ${afterQueries.rss.toFixed(0)} MB after queries, ${afterLoad.rss.toFixed(0)} MB after ${load.requests} proxied calls (peak ${afterLoad.peak.toFixed(0)} MB)`,
+    );
+    console.log(`  GET /vault/audit?label=… median ${page.medianMs.toFixed(1)} ms (max ${page.maxMs.toFixed(1)} ms, ${QUERIES} samples); JSONL export of the label ${exportJsonl.medianMs.toFixed(1)} ms`);
+    writeResult("audit-scale", { summary, checks });
+  } finally {
+    for (const s of servers.reverse()) await s.stop();
+  }
+  process.exit(checks.every((c) => c.ok) ? 0 : 1);
+}
+
+await main();

@@ -1,0 +1,266 @@
+/**
+ * Helpers shared by the bench scripts (load.ts, contention.ts, audit-scale.ts,
+ * report.ts). Nothing here measures anything by itself.
+ */
+import { Database } from "bun:sqlite";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+export const ROOT = join(import.meta.dir, "..");
+export const RESULTS_DIR = process.env.BENCH_RESULTS_DIR ?? join(ROOT, "bench", "results");
+export const ADMIN_TOKEN = process.env.BENCH_ADMIN_TOKEN ?? "kbt_bench_admin_token_0123456789abcdef";
+export const STRIPE_SECRET = "sk_test_bench_realsecret_51Hxxxxxxxxxxxxxxxxxx";
+export const SMOKE = process.env.BENCH_SMOKE === "1";
+/** Core for servers (Keybrake, nginx, Node, fakes) and core for load generators; see run.sh. */
+export const SERVER_CPU = process.env.BENCH_SERVER_CPU ?? "1";
+export const LOAD_CPU = process.env.BENCH_LOAD_CPU ?? "0";
+/** Price of one bench call: amount=2900 usd → $29.00 in micro-dollars. */
+export const PI_MICROS = 29_000_000;
+
+export function env(name: string): string {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set (run the bench through bench/run.sh)`);
+  return v;
+}
+
+export function median(xs: number[]): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+// ---------------------------------------------------------------------------
+// PASS/FAIL checks: printed as they happen, collected into the results JSON.
+// ---------------------------------------------------------------------------
+
+export interface Check {
+  name: string;
+  ok: boolean;
+  detail: string;
+}
+
+export function check(into: Check[], name: string, ok: boolean, detail: string): boolean {
+  into.push({ name, ok, detail });
+  console.log(`  ${ok ? "PASS" : "FAIL"}  ${name}: ${detail}`);
+  return ok;
+}
+
+export function writeResult(name: string, data: unknown): void {
+  mkdirSync(RESULTS_DIR, { recursive: true });
+  writeFileSync(join(RESULTS_DIR, `${name}.json`), JSON.stringify(data, null, 2));
+}
+
+export function readResult<T>(name: string): T | null {
+  try {
+    return JSON.parse(readFileSync(join(RESULTS_DIR, `${name}.json`), "utf8")) as T;
+  } catch {
+    return null;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Management API.
+// ---------------------------------------------------------------------------
+
+export async function api(base: string, method: string, path: string, body?: unknown): Promise<{ status: number; json: any }> {
+  const res = await fetch(base + path, {
+    method,
+    headers: { authorization: `Bearer ${ADMIN_TOKEN}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  try {
+    return { status: res.status, json: JSON.parse(text) };
+  } catch {
+    return { status: res.status, json: text };
+  }
+}
+
+export interface IssuedKey {
+  key_id: string;
+  vault_key: string;
+}
+
+/** A Stripe vault key allowed to create PaymentIntents, capped at `capUsd` per day. */
+export async function issueKey(base: string, capUsd: number, label: string): Promise<IssuedKey> {
+  const r = await api(base, "POST", "/vault/keys", {
+    vendor: "stripe",
+    daily_usd_cap: capUsd,
+    allowed_endpoints: ["POST /v1/payment_intents"],
+    expires_in: "6h",
+    agent_run_label: label,
+  });
+  if (r.status !== 201) throw new Error(`issuing a key failed: ${r.status} ${JSON.stringify(r.json)}`);
+  return r.json as IssuedKey;
+}
+
+export interface KeyView {
+  spent_total_usd: number;
+  reserved_usd: number;
+  spent_today_usd: number;
+}
+
+export async function keyView(base: string, keyId: string): Promise<KeyView> {
+  const r = await api(base, "GET", `/vault/keys/${keyId}`);
+  if (r.status !== 200) throw new Error(`GET /vault/keys/${keyId} failed: ${r.status}`);
+  return r.json as KeyView;
+}
+
+/**
+ * Waits (bounded) until nothing is reserved on the key any more: when wrk stops,
+ * calls it abandoned may still be in flight inside Keybrake and settle a moment later.
+ */
+export async function settledView(base: string, keyId: string, timeoutMs = 5000): Promise<KeyView> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const v = await keyView(base, keyId);
+    if (v.reserved_usd === 0 || performance.now() > deadline) return v;
+    await Bun.sleep(50);
+  }
+}
+
+/** USD as returned by the API → integer micro-dollars (the API rounds to 6 decimals). */
+export const usdToMicros = (usd: number) => Math.round(usd * 1e6);
+
+/** Audit rows of one key, read straight from the SQLite file (WAL lets us read while Keybrake writes). */
+export function auditCounts(dataDir: string, keyId: string): { rows: number; settled: number; forwarded: number; capHit: number } {
+  const db = new Database(join(dataDir, "keybrake.db"), { readonly: true });
+  try {
+    const r = db
+      .query(
+        `SELECT count(*) AS rows,
+                coalesce(sum(ledger_state = 'settled'), 0) AS settled,
+                coalesce(sum(outcome = 'forwarded'), 0) AS forwarded,
+                coalesce(sum(outcome = 'cap_hit'), 0) AS capHit
+           FROM audit_log WHERE key_id = ?`,
+      )
+      .get(keyId) as { rows: number; settled: number; forwarded: number; capHit: number };
+    return r;
+  } finally {
+    db.close();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Child processes: every server a script starts is pinned to the server core,
+// tracked, and killed by pid on exit, on error and on SIGINT/SIGTERM.
+// ---------------------------------------------------------------------------
+
+const children = new Set<ReturnType<typeof Bun.spawn>>();
+const tempDirs = new Set<string>();
+
+/** A scratch directory (a data dir), removed on exit even when a signal cuts the script short. */
+export function makeTempDir(prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  tempDirs.add(dir);
+  return dir;
+}
+
+function cleanUp(): void {
+  for (const p of children) {
+    if (p.exitCode === null) p.kill("SIGTERM");
+  }
+  children.clear();
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
+  tempDirs.clear();
+}
+
+// process.exit() skips `finally` blocks, so signals clean up here.
+for (const sig of ["SIGINT", "SIGTERM"] as const) {
+  process.on(sig, () => {
+    cleanUp();
+    process.exit(130);
+  });
+}
+process.on("exit", cleanUp);
+
+export interface Server {
+  name: string;
+  url: string;
+  pid: number;
+  proc: ReturnType<typeof Bun.spawn>;
+  log: () => string;
+  stop(): Promise<void>;
+}
+
+/** Starts `cmd` on the server core and waits (bounded) until `readyPath` answers. */
+export async function startServer(name: string, cmd: string[], port: number, envVars: Record<string, string>, readyPath: string): Promise<Server> {
+  // taskset execs the command, so the pid we get is the server's own.
+  const proc = Bun.spawn(["taskset", "-c", SERVER_CPU, ...cmd], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", ...envVars },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  children.add(proc);
+  let out = "";
+  const drain = async (s: ReadableStream<Uint8Array>) => {
+    for await (const chunk of s) out += new TextDecoder().decode(chunk);
+  };
+  void drain(proc.stdout as ReadableStream<Uint8Array>);
+  void drain(proc.stderr as ReadableStream<Uint8Array>);
+  const url = `http://127.0.0.1:${port}`;
+  const server: Server = {
+    name,
+    url,
+    pid: proc.pid,
+    proc,
+    log: () => out,
+    async stop() {
+      if (proc.exitCode === null) proc.kill("SIGTERM");
+      await Promise.race([proc.exited, Bun.sleep(5000)]);
+      if (proc.exitCode === null) proc.kill("SIGKILL");
+      children.delete(proc);
+    },
+  };
+  for (let i = 0; i < 200; i++) {
+    if (proc.exitCode !== null) throw new Error(`${name} exited (${proc.exitCode}): ${out}`);
+    try {
+      const r = await fetch(url + readyPath);
+      await r.arrayBuffer();
+      return server;
+    } catch {}
+    await Bun.sleep(50);
+  }
+  await server.stop();
+  throw new Error(`${name} did not answer on ${url}${readyPath} within 10 s: ${out}`);
+}
+
+/** Runs a load generator on the load core; killed if it outlives `timeoutMs` (every loop here is bounded). */
+export async function runBounded(cmd: string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const proc = Bun.spawn(["taskset", "-c", LOAD_CPU, ...cmd], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
+  children.add(proc);
+  const timer = setTimeout(() => proc.kill("SIGKILL"), timeoutMs);
+  const [stdout, stderr] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+  await proc.exited;
+  clearTimeout(timer);
+  children.delete(proc);
+  return { code: proc.exitCode, stdout, stderr };
+}
+
+/** The Keybrake command: the built binary, unless BENCH_KEYBRAKE_CMD names another (e.g. a scratch checkout). */
+export function keybrakeCommand(): string[] {
+  const custom = process.env.BENCH_KEYBRAKE_CMD;
+  return custom ? custom.split(/\s+/).filter(Boolean) : [join(ROOT, "dist", "keybrake"), "serve"];
+}
+
+export function keybrakeEnv(port: number, dataDir: string, stripeBaseUrl: string): Record<string, string> {
+  return {
+    KEYBRAKE_PORT: String(port),
+    KEYBRAKE_HOST: "127.0.0.1",
+    KEYBRAKE_DATA_DIR: dataDir,
+    KEYBRAKE_ADMIN_TOKEN: ADMIN_TOKEN,
+    KEYBRAKE_STRIPE_BASE_URL: stripeBaseUrl,
+    KEYBRAKE_STRIPE_SECRET_KEY: STRIPE_SECRET,
+    KEYBRAKE_LOG: "silent",
+  };
+}
+
+/** Resident set size and its high-water mark, in MB, from /proc. */
+export function memoryMb(pid: number): { rss: number; peak: number } {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const kb = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? NaN);
+  return { rss: kb("VmRSS") / 1024, peak: kb("VmHWM") / 1024 };
+}

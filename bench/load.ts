@@ -1,0 +1,314 @@
+/**
+ * The interleaved load bench: wrk against five targets in front of the same
+ * fake vendor, round-robin, several rounds, medians reported.
+ *
+ *   direct      wrk → fake vendor                        (the floor)
+ *   nginx       wrk → nginx reverse proxy → fake vendor  (a C proxy, no ledger)
+ *   http-proxy  wrk → http-proxy on Node → fake vendor   (a JS proxy, no ledger)
+ *   bun-floor   wrk → Bun.serve + fetch → fake vendor    (the thinnest Bun proxy: Keybrake's ceiling)
+ *   keybrake    wrk → dist/keybrake → fake vendor        (ledger + audit on every call)
+ *
+ * Scenarios: the nginx fake vendor at 1 and 32 connections, and the 50 ms Bun
+ * fake vendor at 32 connections. After every Keybrake run the ledger is
+ * checked against what really reached the vendor (see checkLedger).
+ *
+ * The servers are started by bench/run.sh, which passes their URLs in the
+ * environment; this script only drives wrk and checks. Results go to
+ * bench/results/load.json; bench/report.ts turns them into the table.
+ */
+import { join } from "node:path";
+import {
+  auditCounts,
+  check,
+  env,
+  issueKey,
+  median,
+  PI_MICROS,
+  ROOT,
+  runBounded,
+  settledView,
+  SMOKE,
+  usdToMicros,
+  writeResult,
+  type Check,
+} from "./lib.ts";
+
+type TargetId = "direct" | "nginx" | "http-proxy" | "bun-floor" | "keybrake";
+type VendorKind = "fast" | "slow";
+
+interface Target {
+  id: TargetId;
+  url: string;
+  /** Set for Keybrake: where its SQLite file lives, for the audit count. */
+  dataDir?: string;
+}
+
+interface Scenario {
+  id: string;
+  vendor: VendorKind;
+  conns: number;
+  seconds: number;
+}
+
+export interface WrkResult {
+  requests: number;
+  ok2xx: number;
+  non2xx: number;
+  connect: number;
+  read: number;
+  write: number;
+  timeout: number;
+  duration_us: number;
+  p50_us: number;
+  p90_us: number;
+  p99_us: number;
+  max_us: number;
+  mean_us: number;
+  rps: number;
+}
+
+export interface Run {
+  round: number; // 0 = warm-up, not in the medians
+  scenario: string;
+  target: TargetId;
+  wrk: WrkResult;
+  ledger?: LedgerSnapshot;
+}
+
+interface LedgerSnapshot {
+  keyId: string;
+  atVendor: number;
+  spentMicros: number;
+  reservedMicros: number;
+  auditRows: number;
+  auditSettled: number;
+}
+
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? (SMOKE ? 1 : 3));
+const SECONDS = Number(process.env.BENCH_DURATION ?? (SMOKE ? 2 : 8));
+const SLOW_SECONDS = Number(process.env.BENCH_SLOW_DURATION ?? (SMOKE ? 2 : 5));
+const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP ?? (SMOKE ? 1 : 2));
+/** Far above what any run can spend ($29 × ~10⁵ calls), below the API's $10⁹ maximum. */
+const BIG_CAP_USD = 1_000_000_000;
+const PI_LUA = join(ROOT, "bench", "pi.lua");
+
+const TARGETS: Record<VendorKind, Target[]> = {
+  fast: [
+    { id: "direct", url: env("VENDOR_URL") },
+    { id: "nginx", url: env("NGINX_PROXY_URL") },
+    { id: "http-proxy", url: env("HTTP_PROXY_URL") },
+    { id: "bun-floor", url: env("BUN_PROXY_URL") },
+    { id: "keybrake", url: env("KEYBRAKE_URL"), dataDir: env("KEYBRAKE_DATA_DIR") },
+  ],
+  slow: [
+    { id: "direct", url: env("SLOW_VENDOR_URL") },
+    { id: "nginx", url: env("NGINX_PROXY_SLOW_URL") },
+    { id: "http-proxy", url: env("HTTP_PROXY_SLOW_URL") },
+    { id: "bun-floor", url: env("BUN_PROXY_SLOW_URL") },
+    { id: "keybrake", url: env("KEYBRAKE_SLOW_URL"), dataDir: env("KEYBRAKE_SLOW_DATA_DIR") },
+  ],
+};
+
+const SCENARIOS: Scenario[] = [
+  { id: "fast-c1", vendor: "fast", conns: 1, seconds: SECONDS },
+  { id: "fast-c32", vendor: "fast", conns: 32, seconds: SECONDS },
+  { id: "slow50-c32", vendor: "slow", conns: 32, seconds: SLOW_SECONDS },
+];
+
+// ---------------------------------------------------------------------------
+// wrk
+// ---------------------------------------------------------------------------
+
+async function runWrk(url: string, conns: number, seconds: number, vaultKey: string): Promise<WrkResult> {
+  const cmd = ["wrk", "-t1", `-c${conns}`, `-d${seconds}s`, "--timeout", "5s", "-s", PI_LUA, `${url}/v1/payment_intents`, "--", vaultKey];
+  const { code, stdout, stderr } = await runBounded(cmd, (seconds + 20) * 1000);
+  const line = stdout.split("\n").find((l) => l.startsWith("WRK_RESULT "));
+  if (code !== 0 || !line) throw new Error(`wrk failed (exit ${code}): ${stderr || stdout}`);
+  const fields = Object.fromEntries(line.slice("WRK_RESULT ".length).trim().split(" ").map((kv) => kv.split("=") as [string, string]));
+  const n = (k: string) => Number(fields[k]);
+  const r = {
+    requests: n("requests"),
+    ok2xx: n("ok2xx"),
+    non2xx: n("non2xx"),
+    connect: n("connect"),
+    read: n("read"),
+    write: n("write"),
+    timeout: n("timeout"),
+    duration_us: n("duration_us"),
+    p50_us: n("p50_us"),
+    p90_us: n("p90_us"),
+    p99_us: n("p99_us"),
+    max_us: n("max_us"),
+    mean_us: n("mean_us"),
+    rps: 0,
+  };
+  r.rps = r.requests / (r.duration_us / 1e6);
+  return r;
+}
+
+const socketErrors = (w: WrkResult) => w.connect + w.read + w.write + w.timeout;
+
+// ---------------------------------------------------------------------------
+// What reached the vendor: nginx's request counter, or the Bun fake's.
+// ---------------------------------------------------------------------------
+
+/** nginx stub_status "requests" counts every request, the probe itself included. */
+async function nginxRequests(): Promise<number> {
+  const text = await (await fetch(`${env("VENDOR_URL")}/__nginx_status`)).text();
+  const m = /\n\s*(\d+)\s+(\d+)\s+(\d+)\s*\n/.exec(text);
+  if (!m) throw new Error(`unexpected stub_status: ${text}`);
+  return Number(m[3]);
+}
+
+async function slowVendorCount(): Promise<number> {
+  return ((await (await fetch(`${env("SLOW_VENDOR_URL")}/__count`)).json()) as { count: number }).count;
+}
+
+/**
+ * Returns a function that, called after the run, says how many calls reached
+ * the vendor since. Starts counting only once the vendor is quiet: when wrk
+ * stops, the previous target (a proxy) may still be forwarding the calls wrk
+ * abandoned, and those must not be counted against Keybrake.
+ */
+async function vendorCounter(kind: VendorKind): Promise<() => Promise<number>> {
+  const read = kind === "fast" ? nginxRequests : slowVendorCount;
+  const probeCost = kind === "fast" ? 1 : 0; // each stub_status read counts itself
+  let before = await read();
+  for (let i = 0; i < 30; i++) {
+    await Bun.sleep(100);
+    const now = await read();
+    const quiet = now - before === probeCost;
+    before = now;
+    if (quiet) break;
+  }
+  return async () => (await read()) - before - probeCost;
+}
+
+// ---------------------------------------------------------------------------
+// One run, and the ledger checks after a Keybrake run.
+// ---------------------------------------------------------------------------
+
+async function runTarget(t: Target, sc: Scenario, round: number, seconds: number, checks: Check[]): Promise<Run> {
+  if (t.id !== "keybrake") {
+    const wrk = await runWrk(t.url, sc.conns, seconds, "vk_unused_by_plain_proxies");
+    return { round, scenario: sc.id, target: t.id, wrk };
+  }
+  // A fresh key per run, so each run's ledger can be checked on its own.
+  const key = await issueKey(t.url, BIG_CAP_USD, `bench/${sc.id}/round-${round}`);
+  const reachedVendor = await vendorCounter(sc.vendor);
+  const wrk = await runWrk(t.url, sc.conns, seconds, key.vault_key);
+  const view = await settledView(t.url, key.key_id);
+  const audit = auditCounts(t.dataDir!, key.key_id);
+  const ledger: LedgerSnapshot = {
+    keyId: key.key_id,
+    atVendor: await reachedVendor(),
+    spentMicros: usdToMicros(view.spent_total_usd),
+    reservedMicros: usdToMicros(view.reserved_usd),
+    auditRows: audit.rows,
+    auditSettled: audit.settled,
+  };
+  checkLedger(`${sc.id} round ${round}`, sc.conns, wrk, ledger, checks);
+  return { round, scenario: sc.id, target: t.id, wrk, ledger };
+}
+
+/**
+ * The ledger must add up exactly against the vendor's own count, and be
+ * consistent with what wrk saw. wrk stops on a clock: calls still in flight at
+ * that instant are dropped from its count, yet Keybrake forwards and settles
+ * them. So the vendor count may exceed wrk's 2xx count, by at most one call per
+ * connection.
+ */
+function checkLedger(what: string, conns: number, wrk: WrkResult, l: LedgerSnapshot, checks: Check[]): void {
+  const inFlight = l.atVendor - wrk.ok2xx;
+  check(checks, `${what}: no refusals or socket errors`, wrk.non2xx === 0 && socketErrors(wrk) === 0, `${wrk.non2xx} non-2xx, ${socketErrors(wrk)} socket errors`);
+  check(checks, `${what}: nothing left reserved`, l.reservedMicros === 0, `reserved_usd = ${l.reservedMicros / 1e6}`);
+  check(
+    checks,
+    `${what}: spent = successes × $29`,
+    l.spentMicros === l.atVendor * PI_MICROS && inFlight >= 0 && inFlight <= conns,
+    `spent $${l.spentMicros / 1e6} = ${l.atVendor} calls at the vendor × $29; wrk counted ${wrk.ok2xx} 2xx (+${inFlight} in flight when wrk stopped, ≤ ${conns})`,
+  );
+  check(
+    checks,
+    `${what}: one audit row per request`,
+    l.auditRows === l.atVendor && l.auditSettled === l.auditRows,
+    `${l.auditRows} audit rows (${l.auditSettled} settled) for ${l.atVendor} calls at the vendor, ${wrk.requests} completed in wrk`,
+  );
+}
+
+// ---------------------------------------------------------------------------
+// Rounds, medians.
+// ---------------------------------------------------------------------------
+
+export interface Summary {
+  scenario: string;
+  target: TargetId;
+  rounds: number;
+  rps: number;
+  p50_us: number;
+  p99_us: number;
+  errors: number;
+}
+
+function summarise(runs: Run[]): Summary[] {
+  const out: Summary[] = [];
+  for (const sc of SCENARIOS) {
+    for (const t of TARGETS[sc.vendor]) {
+      const mine = runs.filter((r) => r.round > 0 && r.scenario === sc.id && r.target === t.id);
+      out.push({
+        scenario: sc.id,
+        target: t.id,
+        rounds: mine.length,
+        rps: median(mine.map((r) => r.wrk.rps)),
+        p50_us: median(mine.map((r) => r.wrk.p50_us)),
+        p99_us: median(mine.map((r) => r.wrk.p99_us)),
+        errors: mine.reduce((n, r) => n + r.wrk.non2xx + socketErrors(r.wrk), 0),
+      });
+    }
+  }
+  return out;
+}
+
+const fmtRun = (r: Run) =>
+  `${r.scenario.padEnd(11)} ${r.target.padEnd(10)} ${Math.round(r.wrk.rps).toString().padStart(7)} rps  p50 ${(r.wrk.p50_us / 1000).toFixed(2).padStart(6)} ms  p99 ${(r.wrk.p99_us / 1000).toFixed(2).padStart(7)} ms  errors ${r.wrk.non2xx + socketErrors(r.wrk)}`;
+
+/** Each round starts one target later, so no target always runs first (or right after Keybrake's writes). */
+const rotate = <T>(xs: T[], by: number) => xs.slice(by % xs.length).concat(xs.slice(0, by % xs.length));
+
+async function main() {
+  const checks: Check[] = [];
+  const runs: Run[] = [];
+  const started = Date.now();
+  console.log(`load: ${ROUNDS} round(s); ${SECONDS}s per run on the nginx fake, ${SLOW_SECONDS}s on the 50 ms fake; warm-up ${WARMUP_SECONDS}s`);
+
+  // Warm-up (JIT, connection pools, SQLite cache): one run per target and vendor, not counted.
+  for (const sc of SCENARIOS.filter((s) => s.conns === 32)) {
+    for (const t of TARGETS[sc.vendor]) {
+      const r = await runTarget(t, sc, 0, WARMUP_SECONDS, checks);
+      runs.push(r);
+      console.log(`[warm-up]   ${fmtRun(r)}`);
+    }
+  }
+  for (let round = 1; round <= ROUNDS; round++) {
+    for (const sc of SCENARIOS) {
+      for (const t of rotate(TARGETS[sc.vendor], round - 1)) {
+        const r = await runTarget(t, sc, round, sc.seconds, checks);
+        runs.push(r);
+        console.log(`[round ${round}/${ROUNDS}] ${fmtRun(r)}`);
+      }
+    }
+  }
+  const summary = summarise(runs);
+  writeResult("load", {
+    config: { rounds: ROUNDS, seconds: SECONDS, slowSeconds: SLOW_SECONDS, warmupSeconds: WARMUP_SECONDS, scenarios: SCENARIOS },
+    elapsedSeconds: (Date.now() - started) / 1000,
+    summary,
+    runs,
+    checks,
+  });
+  const failed = checks.filter((c) => !c.ok).length;
+  console.log(`load: ${checks.length - failed}/${checks.length} ledger checks passed in ${((Date.now() - started) / 1000).toFixed(0)}s`);
+  process.exit(failed ? 1 : 0);
+}
+
+await main();

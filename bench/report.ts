@@ -1,0 +1,199 @@
+/**
+ * Turns bench/results/{load,contention,audit-scale}.json into one Markdown
+ * report: printed to stdout and saved as bench/results/latest.md.
+ *
+ * Exit status: 1 if any correctness check failed or a part left no results;
+ * performance targets are reported as met / not met and only fail the run
+ * with BENCH_STRICT=1 (numbers on a shared 2-core VM are too noisy to gate CI on).
+ */
+import { writeFileSync } from "node:fs";
+import { cpus, release } from "node:os";
+import { join } from "node:path";
+import { keybrakeCommand, readResult, RESULTS_DIR, SMOKE, type Check } from "./lib.ts";
+import type { Run, Summary } from "./load.ts";
+
+interface LoadResult {
+  config: { rounds: number; seconds: number; slowSeconds: number };
+  elapsedSeconds: number;
+  summary: Summary[];
+  runs: Run[];
+  checks: Check[];
+}
+interface ContentionResult {
+  summary: { total: number; allowed: number; rounds: number; drainMs: { direct: number; one: number; two: number } };
+  checks: Check[];
+}
+interface AuditResult {
+  summary: {
+    rows: number;
+    seedSeconds: number;
+    rssMb: { afterStart: number; afterQueries: number; afterLoad: number; peak: number };
+    labelQuery: { medianMs: number; maxMs: number; samples: number };
+    labelExportJsonl: { medianMs: number; rows: number };
+    load: { seconds: number; requests: number };
+  };
+  checks: Check[];
+}
+
+const TARGET_NAMES: Record<string, string> = {
+  direct: "direct (fake vendor)",
+  nginx: "nginx reverse proxy",
+  "http-proxy": "http-proxy on Node",
+  "bun-floor": "Bun floor (Bun.serve + fetch only)",
+  keybrake: "**Keybrake** (ledger + audit)",
+};
+const SCENARIO_NAMES: Record<string, string> = {
+  "fast-c1": "nginx fake vendor, 1 connection",
+  "fast-c32": "nginx fake vendor, 32 connections",
+  "slow50-c32": "50 ms Bun fake vendor, 32 connections",
+};
+
+const ms = (us: number) => (us / 1000).toFixed(2);
+const int = (n: number) => Math.round(n).toLocaleString("en");
+const ratio = (a: number, b: number) => `${(a / b).toFixed(2)}×`;
+
+async function versions(): Promise<string> {
+  const out = async (cmd: string[]) => {
+    try {
+      const p = Bun.spawn(cmd, { stdout: "pipe", stderr: "pipe" });
+      const [a, b] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text()]);
+      return (a || b).trim().split("\n")[0];
+    } catch {
+      return "?";
+    }
+  };
+  const kb = keybrakeCommand();
+  const kbVersion = await out([...kb.slice(0, -1), "version"]);
+  return `keybrake ${kbVersion} (\`${kb.join(" ")}\`), bun ${Bun.version}, node ${await out(["node", "--version"])}, ${await out(["nginx", "-v"])}, ${await out(["wrk", "--version"])}; ${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, Linux ${release()}`;
+}
+
+function loadSection(load: LoadResult): string[] {
+  const lines = [
+    `## Load: medians of ${load.config.rounds} interleaved round(s) (${load.config.seconds} s per run; ${load.config.slowSeconds} s on the 50 ms vendor)`,
+    "",
+    "| scenario | target | RPS | p50 | p99 | errors |",
+    "|---|---|---:|---:|---:|---:|",
+  ];
+  for (const s of load.summary) {
+    lines.push(`| ${SCENARIO_NAMES[s.scenario] ?? s.scenario} | ${TARGET_NAMES[s.target]} | ${int(s.rps)} | ${ms(s.p50_us)} ms | ${ms(s.p99_us)} ms | ${s.errors} |`);
+  }
+  const get = (sc: string, t: string) => load.summary.find((s) => s.scenario === sc && s.target === t)!;
+  lines.push("", "| ratio | nginx fake, 1 conn | nginx fake, 32 conns | 50 ms fake, 32 conns |", "|---|---:|---:|---:|");
+  const row = (name: string, f: (sc: string) => string) => lines.push(`| ${name} | ${["fast-c1", "fast-c32", "slow50-c32"].map(f).join(" | ")} |`);
+  row("Keybrake RPS / nginx-proxy RPS", (sc) => ratio(get(sc, "keybrake").rps, get(sc, "nginx").rps));
+  row("Keybrake RPS / http-proxy RPS", (sc) => ratio(get(sc, "keybrake").rps, get(sc, "http-proxy").rps));
+  row("Keybrake p50 − direct p50", (sc) => `+${int(get(sc, "keybrake").p50_us - get(sc, "direct").p50_us)} µs`);
+  row("nginx-proxy p50 − direct p50", (sc) => `+${int(get(sc, "nginx").p50_us - get(sc, "direct").p50_us)} µs`);
+  row("http-proxy p50 − direct p50", (sc) => `+${int(get(sc, "http-proxy").p50_us - get(sc, "direct").p50_us)} µs`);
+  row("Bun floor p50 − direct p50", (sc) => `+${int(get(sc, "bun-floor").p50_us - get(sc, "direct").p50_us)} µs`);
+  row("Keybrake RPS / Bun floor RPS", (sc) => ratio(get(sc, "keybrake").rps, get(sc, "bun-floor").rps));
+  return lines;
+}
+
+function contentionSection(c: ContentionResult): string[] {
+  const s = c.summary;
+  return [
+    `## Contention: ${s.total} concurrent calls on one key whose cap allows ${s.allowed} (median of ${s.rounds})`,
+    "",
+    "| client → | drain time | vs direct |",
+    "|---|---:|---:|",
+    `| fake vendor directly (all ${s.total} executed) | ${s.drainMs.direct.toFixed(0)} ms | 1.00× |`,
+    `| one Keybrake process | ${s.drainMs.one.toFixed(0)} ms | ${ratio(s.drainMs.one, s.drainMs.direct)} |`,
+    `| two Keybrake processes, one data dir | ${s.drainMs.two.toFixed(0)} ms | ${ratio(s.drainMs.two, s.drainMs.direct)} |`,
+  ];
+}
+
+function auditSection(a: AuditResult): string[] {
+  const s = a.summary;
+  return [
+    `## Audit log at scale: ${int(s.rows)} rows (seeded in ${s.seedSeconds.toFixed(1)} s)`,
+    "",
+    "| measure | value |",
+    "|---|---:|",
+    `| RSS after start | ${s.rssMb.afterStart.toFixed(0)} MB |`,
+    `| RSS after the audit queries | ${s.rssMb.afterQueries.toFixed(0)} MB |`,
+    `| RSS after ${int(s.load.requests)} proxied calls (${s.load.seconds} s, 32 conns) | ${s.rssMb.afterLoad.toFixed(0)} MB |`,
+    `| peak RSS (VmHWM) | ${s.rssMb.peak.toFixed(0)} MB |`,
+    `| GET /vault/audit?label=… (first page of 100), median of ${s.labelQuery.samples} | ${s.labelQuery.medianMs.toFixed(1)} ms (max ${s.labelQuery.maxMs.toFixed(1)} ms) |`,
+    `| GET /vault/audit?label=…&format=jsonl (${int(s.labelExportJsonl.rows)} rows), median of 5 | ${s.labelExportJsonl.medianMs.toFixed(1)} ms |`,
+  ];
+}
+
+interface Target {
+  name: string;
+  measured: string;
+  met: boolean;
+}
+
+function targets(load: LoadResult | null, audit: AuditResult | null): Target[] {
+  const out: Target[] = [];
+  if (load) {
+    const get = (sc: string, t: string) => load.summary.find((s) => s.scenario === sc && s.target === t)!;
+    const kb32 = get("fast-c32", "keybrake");
+    const vsNginx = kb32.rps / get("fast-c32", "nginx").rps;
+    const vsNode = kb32.rps / get("fast-c32", "http-proxy").rps;
+    const added = get("fast-c1", "keybrake").p50_us - get("fast-c1", "direct").p50_us;
+    out.push(
+      { name: "Keybrake RPS ≥ 0.35× nginx-proxy RPS (32 conns)", measured: `${vsNginx.toFixed(2)}× (${int(kb32.rps)} vs ${int(get("fast-c32", "nginx").rps)})`, met: vsNginx >= 0.35 },
+      { name: "Keybrake RPS ≥ 1.5× http-proxy RPS (32 conns)", measured: `${vsNode.toFixed(2)}× (${int(kb32.rps)} vs ${int(get("fast-c32", "http-proxy").rps)})`, met: vsNode >= 1.5 },
+      { name: "added p50 over direct ≤ 100 µs (1 conn)", measured: `+${int(added)} µs`, met: added <= 100 },
+      { name: "p99 ≤ 5 ms (32 conns)", measured: `${ms(kb32.p99_us)} ms`, met: kb32.p99_us <= 5000 },
+    );
+  }
+  if (audit) {
+    const note = audit.summary.rows < 1_000_000 ? ` (only ${int(audit.summary.rows)} rows)` : "";
+    out.push(
+      { name: "RSS < 150 MB after 1M audit rows", measured: `peak ${audit.summary.rssMb.peak.toFixed(0)} MB${note}`, met: audit.summary.rssMb.peak < 150 },
+      { name: "audit-by-label query < 50 ms", measured: `median ${audit.summary.labelQuery.medianMs.toFixed(1)} ms${note}`, met: audit.summary.labelQuery.medianMs < 50 },
+    );
+  }
+  return out;
+}
+
+/** The same four load measures for the Bun floor: what no Bun-based proxy can beat on this machine. */
+function floorNote(load: LoadResult): string {
+  const get = (sc: string, t: string) => load.summary.find((s) => s.scenario === sc && s.target === t)!;
+  const floor32 = get("fast-c32", "bun-floor");
+  return (
+    `For reference, the Bun floor (Bun.serve + fetch, nothing else) measured ${ratio(floor32.rps, get("fast-c32", "nginx").rps)} nginx-proxy RPS, ` +
+    `${ratio(floor32.rps, get("fast-c32", "http-proxy").rps)} http-proxy RPS, +${int(get("fast-c1", "bun-floor").p50_us - get("fast-c1", "direct").p50_us)} µs p50 over direct at 1 connection ` +
+    `and ${ms(floor32.p99_us)} ms p99 at 32 connections.`
+  );
+}
+
+async function main() {
+  const load = readResult<LoadResult>("load");
+  const contention = readResult<ContentionResult>("contention");
+  const audit = readResult<AuditResult>("audit-scale");
+  const lines = [`# Keybrake bench — ${new Date().toISOString()}${SMOKE ? " (smoke mode: short runs, indicative only)" : ""}`, "", await versions(), ""];
+  const missing: string[] = [];
+  for (const [name, part, section] of [
+    ["load", load, loadSection],
+    ["contention", contention, contentionSection],
+    ["audit-scale", audit, auditSection],
+  ] as const) {
+    if (part) lines.push(...(section as (x: unknown) => string[])(part), "");
+    else missing.push(name);
+  }
+
+  const t = targets(load, audit);
+  lines.push("## Targets", "", "| target | measured | |", "|---|---|---|");
+  for (const x of t) lines.push(`| ${x.name} | ${x.measured} | ${x.met ? "met" : "**not met**"} |`);
+  if (load) lines.push("", floorNote(load));
+
+  const checks = [...(load?.checks ?? []), ...(contention?.checks ?? []), ...(audit?.checks ?? [])];
+  const failed = checks.filter((c) => !c.ok);
+  lines.push("", "## Correctness checks", "", `${checks.length - failed.length}/${checks.length} PASS${failed.length ? `, ${failed.length} FAIL:` : ""}`);
+  for (const c of failed) lines.push(`- FAIL ${c.name}: ${c.detail}`);
+  if (missing.length) lines.push(`- FAIL no results from: ${missing.join(", ")}`);
+
+  const md = lines.join("\n") + "\n";
+  writeFileSync(join(RESULTS_DIR, "latest.md"), md);
+  console.log(md);
+  console.log(`(saved to ${join(RESULTS_DIR, "latest.md")})`);
+
+  const strictFail = process.env.BENCH_STRICT === "1" && t.some((x) => !x.met);
+  process.exit(failed.length || missing.length || strictFail ? 1 : 0);
+}
+
+await main();
