@@ -251,6 +251,38 @@ describe("forwarding and settlement", () => {
     expect(fake.calls).toHaveLength(0);
   });
 
+  test("an answer cut off mid-body is an unknown outcome: reservation kept, 502, row unsettled", async () => {
+    // A vendor that sends its headers and half a JSON body, then drops the connection.
+    const cutOff = Bun.serve({
+      port: 0,
+      hostname: "127.0.0.1",
+      fetch: () =>
+        new Response(
+          new ReadableStream({
+            async pull(c) {
+              c.enqueue(new TextEncoder().encode('{"id": "pi_half", "amount": 29'));
+              await Bun.sleep(20);
+              c.error(new Error("connection lost"));
+            },
+          }),
+          { headers: { "content-type": "application/json" } },
+        ),
+    });
+    const s = await startProxyStack({ KEYBRAKE_STRIPE_BASE_URL: `http://127.0.0.1:${cutOff.port}` });
+    try {
+      const key = await s.kb.issueKey(seedKeyBody({ daily_usd_cap: 100 }));
+      const r = await proxied(s.kb.url, key.vault_key, "POST", "/v1/payment_intents", { amount: "2900", currency: "usd" });
+      expect(r.status).toBe(502);
+      expect(r.headers.get("x-keybrake-error")).toBe("upstream_unreachable");
+      expect(ledgerOf(s.kb, key.key_id)).toMatchObject({ spent: 0, reserved: 29_000_000, outcomes: { upstream_error: 1 } });
+      const [row] = (await s.kb.api("GET", `/vault/audit?key_id=${key.key_id}`)).json.data;
+      expect(row.ledger_state).toBe("unsettled");
+    } finally {
+      await s.stop();
+      cutOff.stop(true);
+    }
+  });
+
   test("pricing: zero- and three-decimal currencies, unknown currency refused, free and unpriced writes", async () => {
     const { kb, fake } = stack;
     const key = await kb.issueKey(seedKeyBody({ daily_usd_cap: 1000, allowed_endpoints: ["POST /v1/*", "POST /v1/*/*/*"] }));

@@ -120,6 +120,16 @@ describe("Idempotency-Key", () => {
     expect(ledgerOf(kb, key.key_id)).toMatchObject({ spent: 29_000_000, reserved: 0 });
   }, 15_000);
 
+  test("an Idempotency-Key over 255 characters is refused, not truncated into another key", async () => {
+    const { kb, fake } = stack;
+    const key = await kb.issueKey(seedKeyBody());
+    const long = "k".repeat(300);
+    const r = await proxied(kb.url, key.vault_key, "POST", "/v1/payment_intents", PI, { "idempotency-key": long });
+    expect(r.status).toBe(400);
+    expect(r.headers.get("x-keybrake-error")).toBe("invalid_idempotency_key");
+    expect(fake.calls).toHaveLength(0);
+  });
+
   test("a revoked key gets no replay", async () => {
     const { kb } = stack;
     const key = await kb.issueKey(seedKeyBody());

@@ -50,11 +50,12 @@ export class Forwarder {
     const now = Date.now();
     const { ledger } = this.deps;
     const method = request.method.toUpperCase();
+    const idempotencyHeader = request.headers.get("idempotency-key");
     const call: CallFacts = {
       vendor: prefixVendor ?? vendorForPath(rawPath) ?? "stripe",
       method,
       path: rawPath.slice(0, 2048),
-      idempotencyKey: request.headers.get("idempotency-key")?.slice(0, 255) ?? null,
+      idempotencyKey: idempotencyHeader?.slice(0, 255) ?? null, // as audited; longer keys are refused below
     };
     const refuse = async (adapter: VendorAdapter, key: LiveKey | null, status: number, outcome: AuditOutcome, code: string, message: string) => {
       await ledger.recordRefusal(key, call, outcome, code, now);
@@ -120,7 +121,7 @@ export class Forwarder {
     }
 
     // 4. Recognise repeats, then reserve atomically (revocation and expiry are re-checked inside the transaction).
-    if (call.idempotencyKey !== null && call.idempotencyKey.length > 255) {
+    if (idempotencyHeader !== null && idempotencyHeader.length > 255) {
       return refuse(adapter, key, 400, "invalid_request", "invalid_idempotency_key", "Idempotency-Key must be at most 255 characters.");
     }
     if (key.require_idempotency_key && micros > 0 && call.idempotencyKey === null) {
@@ -195,6 +196,7 @@ export class Forwarder {
     const { ledger, metrics } = this.deps;
     const url = this.deps.baseUrls[adapter.name] + path + query;
     let upstream: Response;
+    let bytes: Uint8Array<ArrayBuffer> | null;
     try {
       upstream = await this.fetchUpstream(url, {
         method,
@@ -203,23 +205,24 @@ export class Forwarder {
         redirect: "manual",
         signal: AbortSignal.timeout(this.deps.upstreamTimeoutMs),
       });
+      // JSON answers are read whole (settlement and replays need them); anything else streams through.
+      const type = upstream.headers.get("content-type") ?? "";
+      const length = Number(upstream.headers.get("content-length") ?? 0);
+      bytes = type.includes("json") && length <= MAX_BUFFERED_RESPONSE ? new Uint8Array(await upstream.arrayBuffer()) : null;
     } catch (err) {
+      // No answer, or an answer cut off: the vendor may have executed the call.
       const timedOut = (err as Error).name === "TimeoutError";
       const code = timedOut ? "upstream_timeout" : "upstream_unreachable";
       const latencyMs = performance.now() - started;
       await ledger.keepUnsettled(reservation, { vendorStatus: null, actualMicros: 0, vendorRequestId: null, vendorObjectId: null, latencyMs }, code);
       metrics.countRequest(adapter.name, "upstream_error");
-      const res = this.refusalResponse(adapter, timedOut ? 504 : 502, code, timedOut ? `${adapter.name} did not answer in time; the call may have gone through.` : `Could not reach ${adapter.name}; the call may have gone through.`);
+      const res = this.refusalResponse(adapter, timedOut ? 504 : 502, code, timedOut ? `${adapter.name} did not answer in time; the call may have gone through.` : `Lost the connection to ${adapter.name}; the call may have gone through.`);
       res.headers.delete("stripe-should-retry"); // the SDK's own retry (same Idempotency-Key) is the right move here
       res.headers.set("x-keybrake-cost-usd", microsToDecimalString(reservation.micros));
       return res;
     }
     metrics.observeUpstream(adapter.name, (performance.now() - started) / 1000);
 
-    const type = upstream.headers.get("content-type") ?? "";
-    const length = Number(upstream.headers.get("content-length") ?? 0);
-    const buffer = type.includes("json") && length <= MAX_BUFFERED_RESPONSE;
-    const bytes = buffer ? new Uint8Array(await upstream.arrayBuffer()) : null;
     let json: unknown;
     if (bytes) {
       try {
@@ -238,8 +241,10 @@ export class Forwarder {
 
     const out = downstreamResponseHeaders(upstream.headers);
     // Kept for replays: definite answers only (a 409 or 429 from the vendor is transient, and a retry should get through).
-    const replayable = bytes !== null && upstream.status !== 409 && upstream.status !== 429;
-    const answer = replayable ? { status: upstream.status, headers: [...out] as [string, string][], body: bytes } : null;
+    const answer =
+      bytes !== null && upstream.status !== 409 && upstream.status !== 429
+        ? { status: upstream.status, headers: [...out] as [string, string][], body: bytes }
+        : null;
 
     let cost: number;
     let remaining = reservation.remainingMicros;
