@@ -58,7 +58,7 @@ export const keySpendDays = sqliteTable(
 );
 
 export const auditLog = sqliteTable("audit_log", {
-  id: integer("id").primaryKey({ autoIncrement: true }),
+  id: integer("id").primaryKey(),
   ts: integer("ts").notNull(),
   keyId: text("key_id"),
   agentRunLabel: text("agent_run_label"),
