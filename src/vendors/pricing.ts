@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { z } from "zod";
-import { parseEndpointRule } from "../domain/endpoints.ts";
+import { compileAllowlist, parseEndpointRule } from "../domain/endpoints.ts";
 import { decimalToMicros } from "../money.ts";
 import { DEFAULT_USD_MICROS_PER_MAJOR_UNIT } from "./currency.ts";
 import { VENDORS, type Pricing, type VendorName } from "./types.ts";
@@ -53,9 +53,12 @@ export function loadPricing(file?: string): Pricing {
   const p = parsed.data;
   const rates: Record<string, number> = { ...DEFAULT_USD_MICROS_PER_MAJOR_UNIT };
   for (const [c, r] of Object.entries(p.currency_rates_usd ?? {})) rates[c.toLowerCase()] = r;
-  const fixed = { stripe: [], twilio: [], resend: [] } as Record<VendorName, { endpoint: string; micros: number }[]>;
+  // Compiled here, once: they are matched on every priced call.
+  const fixed = { stripe: [], twilio: [], resend: [] } as Record<VendorName, Pricing["fixed"][VendorName][number][]>;
   for (const [vendor, rules] of Object.entries(p.fixed_usd ?? {})) {
-    for (const [endpoint, micros] of Object.entries(rules ?? {})) fixed[vendor as VendorName].push({ endpoint, micros });
+    for (const [endpoint, micros] of Object.entries(rules ?? {})) {
+      fixed[vendor as VendorName].push({ endpoint, rule: compileAllowlist([endpoint])[0]!, micros });
+    }
   }
   return {
     usdMicrosPerMajorUnit: rates,

@@ -1,14 +1,8 @@
-import { isAllowed, parseEndpointRule, type EndpointRule } from "../domain/endpoints.ts";
+import { compileAllowlist, isAllowed, type EndpointRule } from "../domain/endpoints.ts";
 import type { Pricing, VendorName } from "./types.ts";
 
 /** Compiles "METHOD /path" patterns once, for the adapters' own price tables. */
-export function rules(...entries: string[]): EndpointRule[] {
-  return entries.map((e) => {
-    const r = parseEndpointRule(e);
-    if (typeof r === "string") throw new Error(r);
-    return r;
-  });
-}
+export const rules = (...entries: string[]): EndpointRule[] => compileAllowlist(entries);
 
 export function matches(list: readonly EndpointRule[], method: string, path: string): boolean {
   return isAllowed(list, method, segmentsOf(path));
@@ -20,8 +14,11 @@ export function segmentsOf(path: string): string[] {
 
 /** An operator's fixed price for this endpoint, if the pricing file names one. */
 export function fixedPrice(pricing: Pricing, vendor: VendorName, method: string, path: string): number | null {
-  for (const f of pricing.fixed[vendor]) {
-    if (matches(rules(f.endpoint), method, path)) return f.micros;
+  const fixed = pricing.fixed[vendor];
+  if (fixed.length === 0) return null;
+  const segments = segmentsOf(path);
+  for (const f of fixed) {
+    if (isAllowed([f.rule], method, segments)) return f.micros;
   }
   return null;
 }

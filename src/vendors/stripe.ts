@@ -15,6 +15,7 @@ const AMOUNT_IN_BODY = rules(
 /** Calls on an existing PaymentIntent that move its money: free if it was created (and counted) through Keybrake. */
 const PAYMENT_INTENT_MONEY = rules("POST /v1/payment_intents/*/confirm", "POST /v1/payment_intents/*/capture");
 const INVOICE_PAY = rules("POST /v1/invoices/*/pay");
+const PAYMENT_INTENT_UPDATE = rules("POST /v1/payment_intents/*");
 
 /** Writes that move no money. Everything else that writes is unpriced, and refused unless the key allows it. */
 const FREE_WRITES = rules(
@@ -81,7 +82,7 @@ function estimate(req: PricedRequest, ctx: PricingContext): Estimate {
     if (ctx.createdThroughKeybrake(id)) return { kind: "priced", micros: 0 };
     return { kind: "unpriced" };
   }
-  if (req.method === "POST" && matches(rules("POST /v1/payment_intents/*"), req.method, req.path)) {
+  if (matches(PAYMENT_INTENT_UPDATE, req.method, req.path)) {
     // An update that changes the amount is priced at the new amount, to stay on the safe side.
     return form.has("amount") ? priceAmount(form.get("amount"), form.get("currency"), ctx) : { kind: "priced", micros: 0 };
   }

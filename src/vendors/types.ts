@@ -1,3 +1,5 @@
+import type { EndpointRule } from "../domain/endpoints.ts";
+
 /**
  * One adapter per vendor behind this interface: where its SDK puts the secret,
  * how the real credentials go on the wire, how a request is priced and a
@@ -13,7 +15,7 @@ export interface Pricing {
   twilio: { smsSegmentMicros: number; mmsMicros: number };
   resend: { perRecipientMicros: number };
   /** Operator rules that win over the built-in ones: "METHOD /path" (with * segments) → micros per call. */
-  fixed: Readonly<Record<VendorName, readonly { endpoint: string; micros: number }[]>>;
+  fixed: Readonly<Record<VendorName, readonly { endpoint: string; rule: EndpointRule; micros: number }[]>>;
 }
 
 export interface PricedRequest {
