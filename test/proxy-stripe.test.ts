@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import Stripe from "stripe";
+import { loadPricing } from "../src/vendors/pricing.ts";
 import { ADMIN_TOKEN, apiCall, seedKeyBody, spawnKeybrake, tempDir } from "./helpers.ts";
 import { ledgerOf, proxied, startProxyStack, stripeThrough, vendorEnv } from "./proxy-setup.ts";
 
@@ -309,6 +310,30 @@ describe("forwarding and settlement", () => {
     expect(confirm.status).toBe(200);
     expect(confirm.headers.get("x-keybrake-cost-usd")).toBe("0.000000"); // counted when it was created
     expect(fake.executed.map((c) => c.path)).not.toContain("/v1/subscriptions");
+  });
+});
+
+describe("KEYBRAKE_PRICING_FILE", () => {
+  test("fixed prices and currency rates override the built-in table", async () => {
+    const file = `${tempDir()}/pricing.json`;
+    await Bun.write(file, JSON.stringify({ currency_rates_usd: { eur: 2 }, fixed_usd: { stripe: { "POST /v1/subscriptions": 49.5, "POST /v1/customers/*/sources": 0 } } }));
+    const s = await startProxyStack({ KEYBRAKE_PRICING_FILE: file });
+    try {
+      const key = await s.kb.issueKey(seedKeyBody({ daily_usd_cap: 1000, allowed_endpoints: ["POST /v1/*", "POST /v1/*/*/*"] }));
+      const sub = await proxied(s.kb.url, key.vault_key, "POST", "/v1/subscriptions", { customer: "cus_1" });
+      expect(sub.headers.get("x-keybrake-error")).toBeNull(); // priced by the file, not refused as unpriced
+      expect((await s.kb.api("GET", `/vault/audit?key_id=${key.key_id}`)).json.data[0].estimated_cost_usd).toBe(49.5);
+      const eur = await proxied(s.kb.url, key.vault_key, "POST", "/v1/payment_intents", { amount: "1000", currency: "eur" });
+      expect(eur.headers.get("x-keybrake-cost-usd")).toBe("20.000000"); // €10 at 2 USD/EUR
+    } finally {
+      await s.stop();
+    }
+  });
+
+  test("a bad pricing file stops start-up, naming what is wrong", () => {
+    const file = `${tempDir()}/pricing.json`;
+    require("node:fs").writeFileSync(file, JSON.stringify({ fixed_usd: { stripe: { "/v1/subscriptions": 1 } } }));
+    expect(() => loadPricing(file)).toThrow(/KEYBRAKE_PRICING_FILE: fixed_usd\.stripe/);
   });
 });
 
