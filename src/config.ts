@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { parseDurationMs } from "./duration.ts";
+import type { LogMode } from "./log.ts";
 
 /**
  * Configuration is the environment (SPEC §1), parsed once. A bad value stops
@@ -46,7 +47,7 @@ const EnvSchema = z.object({
   KEYBRAKE_UPSTREAM_TIMEOUT: duration("KEYBRAKE_UPSTREAM_TIMEOUT").default(60_000),
   KEYBRAKE_MAX_KEY_TTL: duration("KEYBRAKE_MAX_KEY_TTL").default(30 * 86_400_000),
   KEYBRAKE_MAX_BODY_BYTES: z.coerce.number().int().positive().default(1024 * 1024),
-  KEYBRAKE_LOG: z.enum(["info", "silent"]).default("info"),
+  KEYBRAKE_LOG: z.enum(["info", "json", "silent"], { error: "KEYBRAKE_LOG must be info, json or silent" }).default("info"),
 });
 
 export interface Config {
@@ -67,7 +68,7 @@ export interface Config {
   maxKeyTtlMs: number;
   /** Largest management-API body; proxied bodies may be up to 50× this (Resend attachments). */
   maxBodyBytes: number;
-  log: "info" | "silent";
+  log: LogMode;
 }
 
 export class ConfigError extends Error {}

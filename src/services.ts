@@ -7,6 +7,7 @@ import { KeyService } from "./domain/keys.ts";
 import { Ledger } from "./domain/ledger.ts";
 import { VendorSecretStore } from "./domain/secrets.ts";
 import { TokenStore } from "./domain/tokens.ts";
+import { createLogger, type Logger } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { Forwarder } from "./proxy/forward.ts";
 import { loadPricing } from "./vendors/pricing.ts";
@@ -24,13 +25,14 @@ export interface Services {
   ledger: Ledger;
   audit: AuditService;
   metrics: Metrics;
+  logger: Logger;
   forwarder: Forwarder;
   adminSessions: AdminSessions;
   startedAt: number;
 }
 
 /** Opens the data dir (migrating it) and wires the domain services; no HTTP here. */
-export function createServices(config: Config, fetchImpl?: typeof fetch): Services {
+export function createServices(config: Config, fetchImpl?: typeof fetch, logger: Logger = createLogger(config.log)): Services {
   const db = openDatabase(config.dataDir);
   const box = new SecretBox(loadMasterKey(config.dataDir, config.masterKey));
   const secrets = new VendorSecretStore(db.sqlite, box);
@@ -47,6 +49,7 @@ export function createServices(config: Config, fetchImpl?: typeof fetch): Servic
     secrets,
     pricing: loadPricing(config.pricingFile),
     metrics,
+    logger,
     baseUrls: config.baseUrls,
     upstreamTimeoutMs: config.upstreamTimeoutMs,
     maxBodyBytes: MAX_PROXY_BODY_BYTES,
@@ -62,6 +65,7 @@ export function createServices(config: Config, fetchImpl?: typeof fetch): Servic
     ledger,
     audit: new AuditService(db),
     metrics,
+    logger,
     forwarder,
     adminSessions: new AdminSessions(db, tokens),
     startedAt: Date.now(),

@@ -5,6 +5,7 @@ import { auditLog, type AuditRow } from "../db/schema.ts";
 import { fieldIssues, validationError } from "../errors.ts";
 import { microsToUsd } from "../money.ts";
 import { VENDORS } from "../vendors/types.ts";
+import { labelCondition } from "./label-filter.ts";
 
 export const OUTCOMES = [
   "forwarded",
@@ -78,7 +79,7 @@ export class AuditService {
   private where(f: AuditFilter, beforeId?: number): SQL | undefined {
     const w: SQL[] = [];
     if (f.key_id) w.push(eq(auditLog.keyId, f.key_id));
-    if (f.label !== undefined) w.push(eq(auditLog.agentRunLabel, f.label));
+    if (f.label !== undefined) w.push(labelCondition(auditLog.agentRunLabel, f.label) ?? sql`1`);
     if (f.vendor) w.push(eq(auditLog.vendor, f.vendor));
     if (f.outcome) w.push(eq(auditLog.outcome, f.outcome));
     if (f.since !== undefined) w.push(gte(auditLog.ts, f.since));
@@ -117,7 +118,7 @@ export class AuditService {
    * still reserved (in flight or of unknown outcome), calls and cap hits.
    */
   spend(since: number, until: number, label?: string) {
-    const w = and(gte(auditLog.ts, since), lt(auditLog.ts, until), label === undefined ? undefined : eq(auditLog.agentRunLabel, label));
+    const w = and(gte(auditLog.ts, since), lt(auditLog.ts, until), label === undefined ? undefined : labelCondition(auditLog.agentRunLabel, label));
     const cols = {
       settled: sql<number>`coalesce(sum(CASE WHEN ${auditLog.ledgerState} = 'settled' THEN ${auditLog.settledMicros} END), 0)`,
       reserved: sql<number>`coalesce(sum(CASE WHEN ${auditLog.ledgerState} IN ('reserved', 'unsettled') THEN ${auditLog.estimatedMicros} END), 0)`,
@@ -161,7 +162,7 @@ export class AuditService {
         micros: sql<number>`coalesce(sum(${auditLog.settledMicros}), 0)`,
       })
       .from(auditLog)
-      .where(and(gte(auditLog.ts, since), eq(auditLog.ledgerState, "settled"), label === undefined ? undefined : eq(auditLog.agentRunLabel, label)))
+      .where(and(gte(auditLog.ts, since), eq(auditLog.ledgerState, "settled"), label === undefined ? undefined : labelCondition(auditLog.agentRunLabel, label)))
       .groupBy(sql`1`, sql`2`)
       .orderBy(sql`1`)
       .all();

@@ -9,6 +9,7 @@ import { decimalToMicros, microsToUsd } from "../money.ts";
 import { VENDORS, type VendorName } from "../vendors/types.ts";
 import { randomToken, sha256Hex } from "./crypto.ts";
 import { parseEndpointRule } from "./endpoints.ts";
+import { labelCondition } from "./label-filter.ts";
 import { utcDay } from "./time.ts";
 
 /** Vault keys are "vk_" + 32 random bytes; only their SHA-256 is stored. */
@@ -157,7 +158,7 @@ export class KeyService {
 
   list(f: KeyListFilter, now = Date.now()): { rows: VaultKeyRow[]; nextCursor: string | null } {
     const where: SQL[] = [];
-    if (f.label !== undefined) where.push(eq(vaultKeys.agentRunLabel, f.label));
+    if (f.label !== undefined) where.push(labelCondition(vaultKeys.agentRunLabel, f.label) ?? sql`1`);
     if (f.vendor) where.push(eq(vaultKeys.vendor, f.vendor));
     if (f.status === "revoked") where.push(isNotNull(vaultKeys.revokedAt));
     if (f.status === "active") where.push(isNull(vaultKeys.revokedAt), gt(vaultKeys.expiresAt, now));

@@ -8,6 +8,7 @@ import { microsToDecimalString } from "../money.ts";
 import { ADAPTERS, vendorForPath } from "../vendors/index.ts";
 import { READ_METHODS } from "../vendors/rules.ts";
 import type { Pricing, PricingContext, VendorAdapter, VendorName } from "../vendors/types.ts";
+import type { Logger } from "../log.ts";
 import { downstreamResponseHeaders, readVaultKey, upstreamRequestHeaders } from "./headers.ts";
 
 export interface ForwarderDeps {
@@ -15,6 +16,8 @@ export interface ForwarderDeps {
   secrets: VendorSecretStore;
   pricing: Pricing;
   metrics: Metrics;
+  /** Operator log: one entry per call (src/log.ts). */
+  logger: Logger;
   baseUrls: Record<VendorName, string>;
   upstreamTimeoutMs: number;
   maxBodyBytes: number;
