@@ -2,6 +2,7 @@ import type { Config } from "./config.ts";
 import { openDatabase, type Db } from "./db/connection.ts";
 import { AdminSessions } from "./domain/admin-sessions.ts";
 import { AuditService } from "./domain/audit.ts";
+import { EventLog } from "./domain/events.ts";
 import { loadMasterKey, SecretBox } from "./domain/crypto.ts";
 import { KeyService } from "./domain/keys.ts";
 import { Ledger } from "./domain/ledger.ts";
@@ -26,6 +27,7 @@ export interface Services {
   audit: AuditService;
   metrics: Metrics;
   logger: Logger;
+  events: EventLog;
   forwarder: Forwarder;
   adminSessions: AdminSessions;
   startedAt: number;
@@ -66,6 +68,7 @@ export function createServices(config: Config, fetchImpl?: typeof fetch, logger:
     audit: new AuditService(db),
     metrics,
     logger,
+    events: new EventLog(db.sqlite, logger),
     forwarder,
     adminSessions: new AdminSessions(db, tokens),
     startedAt: Date.now(),
