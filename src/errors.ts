@@ -8,12 +8,15 @@ export const ERROR_STATUS = {
   invalid_json: 400,
   unauthorized: 401,
   forbidden: 403,
+  policy_violation: 403,
   not_found: 404,
   conflict: 409,
+  managed_by_env: 409,
   payload_too_large: 413,
   unsupported_media_type: 415,
   unprocessable: 422,
   internal_error: 500,
+  unavailable: 503,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;

@@ -4,14 +4,28 @@ import { randomToken, safeEqual, sha256Hex } from "./crypto.ts";
 /** Management API tokens: "kbt_" + 32 random bytes; only the SHA-256 is stored. */
 export const MANAGEMENT_TOKEN_PREFIX = "kbt_";
 
+/** What a management token may do (SPEC §7). Tokens minted before roles existed are admins. */
+export type Role = "admin" | "issuer" | "viewer";
+
+/** The caller behind a management request: a stored token, or the bootstrap KEYBRAKE_ADMIN_TOKEN. */
+export interface Principal {
+  tokenId: string;
+  name: string;
+  role: Role;
+  /** An issuer's policy (SPEC §7); null for admins and viewers. */
+  policy: unknown | null;
+}
+
+export const BOOTSTRAP_PRINCIPAL: Principal = { tokenId: "bootstrap", name: "KEYBRAKE_ADMIN_TOKEN", role: "admin", policy: null };
+
 export class TokenStore {
   private readonly findByHash;
   constructor(
     private readonly sqlite: Database,
     private readonly bootstrapToken?: string,
   ) {
-    this.findByHash = sqlite.query<{ id: string }, [string]>(
-      "SELECT id FROM management_tokens WHERE token_hash = ? AND revoked_at IS NULL",
+    this.findByHash = sqlite.query<{ id: string; name: string }, [string]>(
+      "SELECT id, name FROM management_tokens WHERE token_hash = ? AND revoked_at IS NULL",
     );
   }
 
@@ -34,6 +48,14 @@ export class TokenStore {
     return this.sqlite
       .transaction(() => (this.count() === 0 ? this.create("first-start").token : null))
       .immediate();
+  }
+
+  /** The principal a token stands for, or null for an unknown or revoked token. */
+  authenticate(token: string | null | undefined): Principal | null {
+    if (!token) return null;
+    if (this.bootstrapToken && safeEqual(token, this.bootstrapToken)) return BOOTSTRAP_PRINCIPAL;
+    const row = this.findByHash.get(sha256Hex(token)) as { id: string; name: string } | null;
+    return row ? { tokenId: row.id, name: row.name, role: "admin", policy: null } : null;
   }
 
   verify(token: string | null | undefined): boolean {

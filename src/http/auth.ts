@@ -1,0 +1,19 @@
+import type { Principal, Role } from "../domain/tokens.ts";
+import { ApiError } from "../errors.ts";
+import type { Services } from "../services.ts";
+import { bearerToken } from "./request.ts";
+
+/**
+ * The management principal of a request, refused unless its role is one of `roles`
+ * (SPEC §7: only admin manages tokens, budgets, webhooks and vendor secrets).
+ */
+export function authorize(s: Services, request: Request, roles: readonly Role[]): Principal {
+  const principal = s.tokens.authenticate(bearerToken(request));
+  if (!principal) {
+    throw new ApiError("unauthorized", "Send a management token as Authorization: Bearer <token> (a vault key is not one).");
+  }
+  if (!roles.includes(principal.role)) {
+    throw new ApiError("forbidden", `This needs a token with role ${roles.join(" or ")}; this token is ${principal.role}.`);
+  }
+  return principal;
+}
