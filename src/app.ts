@@ -19,7 +19,7 @@ export function createApp(s: Services, opts: AppOptions) {
       if (code === "NOT_FOUND") return Response.json(errorBody("not_found", "No such route."), { status: 404 });
       if (code === "PARSE") return Response.json(errorBody("invalid_json", "Body could not be parsed."), { status: 400 });
       // Anything else is our bug: say so without echoing internals (which could hold request data).
-      console.error("internal error:", (error as Error)?.stack ?? error);
+      s.logger.error(`internal error: ${(error as Error)?.stack ?? String(error)}`);
       return Response.json(errorBody("internal_error", "Internal error."), { status: 500 });
     })
     .use(opsRoutes(s))

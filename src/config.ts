@@ -19,14 +19,33 @@ const duration = (name: string) =>
 const url = (name: string) =>
   z.string().refine((v) => /^https?:\/\/[^\s/]+/.test(v), { message: `${name} must be an http(s) URL` }).transform((v) => v.replace(/\/+$/, ""));
 
+// Empty values were refused before the schema runs (see loadConfig), so "set" always means a value.
 const optionalSecret = z
   .string()
   .transform((v) => v.trim())
   .optional()
   .transform((v) => (v ? v : undefined));
 
+/** A port number written as digits: z.coerce would read "" as 0, i.e. a random port. */
+const port = z
+  .string()
+  .regex(/^\d{1,5}$/, "KEYBRAKE_PORT must be a port number 0-65535 (0: let the OS choose)")
+  .transform(Number)
+  .refine((n) => n <= 65535, "KEYBRAKE_PORT must be a port number 0-65535 (0: let the OS choose)");
+
+/** KEYBRAKE_AUDIT_RETENTION: a duration of at least an hour, or "forever" (null: never prune). */
+const retention = z.string().transform((text, ctx) => {
+  if (text.trim() === "forever") return null;
+  const ms = parseDurationMs(text);
+  if (ms === null || ms < 3_600_000) {
+    ctx.addIssue({ code: "custom", message: `KEYBRAKE_AUDIT_RETENTION must be a duration of at least 1h like 90d or 400d, or "forever" (got "${text}")` });
+    return z.NEVER;
+  }
+  return ms;
+});
+
 const EnvSchema = z.object({
-  KEYBRAKE_PORT: z.coerce.number().int().min(0).max(65535).default(8080),
+  KEYBRAKE_PORT: port.default(8080),
   KEYBRAKE_HOST: z.string().min(1).default("0.0.0.0"),
   KEYBRAKE_DATA_DIR: z.string().min(1).default("./keybrake-data"),
   KEYBRAKE_ADMIN_TOKEN: optionalSecret.refine((v) => v === undefined || v.length >= 16, {
@@ -47,6 +66,8 @@ const EnvSchema = z.object({
   KEYBRAKE_UPSTREAM_TIMEOUT: duration("KEYBRAKE_UPSTREAM_TIMEOUT").default(60_000),
   KEYBRAKE_MAX_KEY_TTL: duration("KEYBRAKE_MAX_KEY_TTL").default(30 * 86_400_000),
   KEYBRAKE_MAX_BODY_BYTES: z.coerce.number().int().positive().default(1024 * 1024),
+  KEYBRAKE_AUDIT_RETENTION: retention.default(400 * 86_400_000),
+  KEYBRAKE_SHUTDOWN_GRACE: duration("KEYBRAKE_SHUTDOWN_GRACE").default(30_000),
   KEYBRAKE_LOG: z.enum(["info", "json", "silent"], { error: "KEYBRAKE_LOG must be info, json or silent" }).default("info"),
 });
 
@@ -69,16 +90,69 @@ export interface Config {
   /** Largest management-API body; proxied bodies may be up to 50× this (Resend attachments). */
   maxBodyBytes: number;
   log: LogMode;
+  /** Audit rows older than this are pruned in the background; null: kept forever. */
+  auditRetentionMs: number | null;
+  /** SIGTERM/SIGINT: how long calls in flight may take to finish and settle. */
+  shutdownGraceMs: number;
 }
 
 export class ConfigError extends Error {}
 
-export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
-  const parsed = EnvSchema.safeParse(env);
+/** Every variable Keybrake reads; anything else under KEYBRAKE_ is not ours to judge. */
+export const VARIABLES = Object.keys(EnvSchema.shape) as (keyof typeof EnvSchema.shape)[];
+
+/**
+ * Variables that may also be given as flags (`--data-dir` ↔ KEYBRAKE_DATA_DIR). Secrets are not:
+ * a command line is visible to every user of the machine (ps, /proc/PID/cmdline).
+ */
+const SECRET_VARIABLES = new Set([
+  "KEYBRAKE_ADMIN_TOKEN",
+  "KEYBRAKE_MASTER_KEY",
+  "KEYBRAKE_STRIPE_SECRET_KEY",
+  "KEYBRAKE_TWILIO_ACCOUNT_SID",
+  "KEYBRAKE_TWILIO_AUTH_TOKEN",
+  "KEYBRAKE_RESEND_API_KEY",
+]);
+export const FLAGS: ReadonlyMap<string, string> = new Map(
+  VARIABLES.filter((v) => !SECRET_VARIABLES.has(v)).map((v) => ["--" + v.slice("KEYBRAKE_".length).toLowerCase().replaceAll("_", "-"), v]),
+);
+
+/**
+ * `serve` flags → the variables they mirror (`--port 9090` or `--port=9090`). Flags win over the
+ * environment; an unknown flag or a flag without a value is refused.
+ */
+export function parseFlags(args: readonly string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
+    const eq = arg.indexOf("=");
+    const flag = eq > 0 ? arg.slice(0, eq) : arg;
+    const variable = FLAGS.get(flag);
+    if (!variable) throw new ConfigError(`unknown flag "${flag}"; flags: ${[...FLAGS.keys()].join(" ")} (secrets only by environment)`);
+    const value = eq > 0 ? arg.slice(eq + 1) : args[++i];
+    if (value === undefined || (eq < 0 && value.startsWith("--"))) throw new ConfigError(`${flag} needs a value`);
+    out[variable] = value;
+  }
+  return out;
+}
+
+export function loadConfig(env: Record<string, string | undefined> = process.env, flags: Record<string, string> = {}): Config {
+  const merged = { ...env, ...flags };
+  // Set but empty is a mistake (a templating gap, a missing Kubernetes secret), never "use the default".
+  for (const v of VARIABLES) {
+    const value = merged[v];
+    if (value !== undefined && value.trim() === "") {
+      const flag = [...FLAGS].find(([, variable]) => variable === v)?.[0];
+      throw new ConfigError(`${v}${flag && v in flags ? ` (${flag})` : ""} is set but empty; give it a value or unset it`);
+    }
+  }
+  const parsed = EnvSchema.safeParse(merged);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
     const variable = String(issue.path[0] ?? "environment");
-    const message = issue.message.startsWith(variable) ? issue.message : `${variable}: ${issue.message}`;
+    let message = issue.message.startsWith(variable) ? issue.message : `${variable}: ${issue.message}`;
+    const flag = [...FLAGS].find(([, v]) => v === variable)?.[0];
+    if (flag && variable in flags) message += ` (from ${flag})`;
     throw new ConfigError(message);
   }
   const e = parsed.data;
@@ -109,12 +183,19 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     maxKeyTtlMs: e.KEYBRAKE_MAX_KEY_TTL,
     maxBodyBytes: e.KEYBRAKE_MAX_BODY_BYTES,
     log: e.KEYBRAKE_LOG,
+    auditRetentionMs: e.KEYBRAKE_AUDIT_RETENTION,
+    shutdownGraceMs: e.KEYBRAKE_SHUTDOWN_GRACE,
   };
 }
 
-/** The URL callers are told to use: the public URL, else the listen address (0.0.0.0 reads as localhost). */
-export function proxyBaseUrl(config: Config, boundPort: number): string {
-  if (config.publicUrl) return config.publicUrl;
-  const host = config.host === "0.0.0.0" || config.host === "::" ? "localhost" : config.host;
+/** The listen address as a browser can use it: a wildcard host reads as localhost. */
+export function localUrl(config: Config, boundPort: number): string {
+  const wildcard = config.host === "0.0.0.0" || config.host === "::" || config.host === "[::]";
+  const host = wildcard ? "localhost" : config.host.includes(":") && !config.host.startsWith("[") ? `[${config.host}]` : config.host;
   return `http://${host}:${boundPort}`;
+}
+
+/** The URL callers are told to use: the public URL, else the listen address. */
+export function proxyBaseUrl(config: Config, boundPort: number): string {
+  return config.publicUrl ?? localUrl(config, boundPort);
 }

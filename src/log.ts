@@ -59,7 +59,11 @@ export function createLogger(mode: LogMode, write: (line: string) => void = (l) 
       write(`${time()} ${e.outcome} ${e.vendor} ${e.method} ${e.path} key=${e.key_id ?? "-"} label=${JSON.stringify(e.agent_run_label ?? "")} status=${e.status ?? "-"} ${e.error_code ?? ""}`.trimEnd());
     },
     action(e) {
-      write(`${time()} ${e.type} target=${e.target ?? "-"} by=${e.actor ?? "-"}`);
+      // Scalar facts only (amounts, labels, the source of a secret); a label is JSON-quoted so it cannot forge a line.
+      const facts = Object.entries(e.data ?? {})
+        .filter(([, v]) => v === null || ["string", "number", "boolean"].includes(typeof v))
+        .map(([k, v]) => `${k}=${typeof v === "string" && !/^[\w.:/@-]+$/.test(v) ? JSON.stringify(v) : v}`);
+      write([time(), e.type, `target=${e.target ?? "-"}`, `by=${e.actor ?? "keybrake"}`, ...facts].join(" "));
     },
     info: (msg) => write(msg),
     error: (msg) => writeError(msg),

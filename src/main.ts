@@ -1,20 +1,27 @@
 #!/usr/bin/env bun
+import { join } from "node:path";
 import { createApp } from "./app.ts";
-import { ConfigError, loadConfig, proxyBaseUrl, type Config } from "./config.ts";
+import { ConfigError, FLAGS, loadConfig, localUrl, parseFlags, proxyBaseUrl, type Config } from "./config.ts";
 import { openDatabase } from "./db/connection.ts";
+import { masterKeyFile } from "./domain/crypto.ts";
+import { MasterKeyMismatch } from "./domain/secrets.ts";
 import { TokenStore } from "./domain/tokens.ts";
-import { createServices, MAX_PROXY_BODY_BYTES } from "./services.ts";
+import { createLogger, type Logger } from "./log.ts";
+import { createServices, MAX_PROXY_BODY_BYTES, type Services } from "./services.ts";
 import { VERSION } from "./version.ts";
 
 const HELP = `keybrake ${VERSION} — spend-cap proxy for Stripe, Twilio and Resend
 
 Usage:
-  keybrake [serve]                     start the server (default)
+  keybrake [serve] [--flag value …]    start the server (default)
   keybrake token create --name NAME    mint a management API token and print it once
+  keybrake secrets reset --confirm     forget the stored vendor secrets (after a lost master key)
   keybrake version                     print the version
   keybrake --help                      this text
 
-Configuration is by environment variable (KEYBRAKE_PORT, KEYBRAKE_DATA_DIR, …); see the README.
+Configuration is by environment variable (KEYBRAKE_PORT, KEYBRAKE_DATA_DIR, …; see the README).
+serve takes the same settings as flags, which win over the environment (secrets only by environment):
+  ${[...FLAGS.keys()].join(" ")}
 `;
 
 function fail(message: string): never {
@@ -22,27 +29,89 @@ function fail(message: string): never {
   process.exit(2);
 }
 
-function serve(config: Config) {
-  const services = createServices(config);
-  const firstToken = services.tokens.ensureFirstToken();
-  let port = config.port;
-  const app = createApp(services, { proxyBaseUrl: () => proxyBaseUrl(config, port) });
-  app.listen({ port: config.port, hostname: config.host, maxRequestBodySize: MAX_PROXY_BODY_BYTES + 1024 });
-  port = app.server!.port!;
-  if (config.log === "info") {
-    console.log(`keybrake ${VERSION} listening on http://${config.host}:${port} (data: ${config.dataDir})`);
+function masterKeyMessage(config: Config, e: MasterKeyMismatch): string {
+  const db = join(config.dataDir, "keybrake.db");
+  const source = config.masterKey ? "KEYBRAKE_MASTER_KEY" : `the key file ${masterKeyFile(config.dataDir)} (KEYBRAKE_MASTER_KEY is not set)`;
+  return (
+    `${source} cannot decrypt the ${e.vendors.join(", ")} secret(s) stored in ${db}. ` +
+    `Start with the master key they were stored with (KEYBRAKE_MASTER_KEY as before, or master.key from the backup of this data dir); ` +
+    `if that key is lost, run "keybrake secrets reset --confirm" and set the vendor secrets again.`
+  );
+}
+
+function listen(app: ReturnType<typeof createApp>, config: Config): number {
+  try {
+    // reusePort false: with SO_REUSEPORT a second Keybrake would bind the same port and the kernel would split calls between two ledgers.
+    app.listen({ port: config.port, hostname: config.host, reusePort: false, maxRequestBodySize: MAX_PROXY_BODY_BYTES + 1024 });
+  } catch (e) {
+    const err = e as { code?: string; message?: string };
+    if (err.code === "EADDRINUSE") {
+      fail(`port ${config.port} on ${config.host} is already in use (another Keybrake?); free it or choose another with KEYBRAKE_PORT / --port`);
+    }
+    fail(`cannot listen on ${config.host}:${config.port}; check KEYBRAKE_HOST / --host and KEYBRAKE_PORT / --port (${err.code ?? err.message})`);
   }
-  if (firstToken) {
-    // Printed once, on the start that minted it; only its hash is stored.
-    console.log(`\nManagement token (shown once, store it now):\n\n  ${firstToken}\n\nUse it as: Authorization: Bearer <token>\n`);
-  }
-  const stop = () => {
-    app.stop();
+  return app.server!.port!;
+}
+
+/**
+ * SIGTERM/SIGINT (SPEC §9): /healthz turns 503 at once, the listener closes, calls in flight finish
+ * and settle for up to the grace period, queued ledger writes commit, the database closes, exit 0.
+ * A call still running when the grace ends is cut; its reservation stays, as after a crash.
+ */
+function handleShutdown(app: ReturnType<typeof createApp>, services: Services, logger: Logger, graceMs: number) {
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    services.lifecycle.draining = true;
+    const server = app.server!;
+    logger.info(`${signal}: shutting down; ${server.pendingRequests} call(s) in flight get up to ${graceMs / 1000}s to finish`);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const finished = await Promise.race([
+      server.stop(false).then(() => true),
+      new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), graceMs))),
+    ]);
+    clearTimeout(timer);
+    if (!finished) {
+      logger.info(`shutdown grace over: cutting ${server.pendingRequests} call(s); their reservations stay unsettled`);
+      await server.stop(true);
+    }
+    await services.retention.stop();
+    // Ledger writes queued in this turn commit on the next one (group commit): let them run.
+    await new Promise((resolve) => setImmediate(resolve));
     services.db.sqlite.close();
+    logger.info(finished ? "stopped: every call in flight finished and settled" : "stopped");
     process.exit(0);
   };
-  process.on("SIGINT", stop);
-  process.on("SIGTERM", stop);
+  process.on("SIGINT", () => void shutdown("SIGINT"));
+  process.on("SIGTERM", () => void shutdown("SIGTERM"));
+}
+
+function serve(config: Config) {
+  const logger = createLogger(config.log);
+  let services: Services;
+  try {
+    services = createServices(config, undefined, logger);
+  } catch (e) {
+    if (e instanceof MasterKeyMismatch) fail(masterKeyMessage(config, e));
+    throw e;
+  }
+  let port = config.port;
+  const app = createApp(services, { proxyBaseUrl: () => proxyBaseUrl(config, port) });
+  port = listen(app, config);
+  handleShutdown(app, services, logger, config.shutdownGraceMs);
+  services.retention.start();
+  const url = localUrl(config, port);
+  logger.info(`keybrake ${VERSION} listening on ${url} — admin pages: ${url}/admin (data: ${config.dataDir})`);
+  // Minted only now that the port is ours: a start that fails to listen leaves no token nobody saw.
+  const firstToken = services.tokens.ensureFirstToken();
+  if (firstToken) {
+    // Printed once, to stderr (never into a shipped JSON log stream); only its hash is stored.
+    console.error(
+      `\nManagement token (shown once, store it now):\n\n  ${firstToken}\n\nUse it as: Authorization: Bearer <token>. ` +
+        `Mint another at any time with: keybrake token create --name NAME\n`,
+    );
+  }
 }
 
 function tokenCreate(config: Config, args: string[]) {
@@ -55,19 +124,31 @@ function tokenCreate(config: Config, args: string[]) {
   console.log(token);
 }
 
+/** After a lost master key nothing stored can be decrypted: forget it so the secrets can be set again. */
+function secretsReset(config: Config, args: string[]) {
+  if (!args.includes("--confirm")) fail("secrets reset deletes every stored vendor secret; run it with --confirm");
+  const db = openDatabase(config.dataDir);
+  const n = db.sqlite.query("DELETE FROM vendor_secrets").run().changes;
+  db.sqlite.close();
+  console.log(`forgot ${n} stored vendor secret field(s) in ${join(config.dataDir, "keybrake.db")}; set them again (PUT /vendors/VENDOR, the admin pages or KEYBRAKE_* variables)`);
+}
+
 function main(argv: string[]) {
   const [command = "serve", ...rest] = argv;
   if (command === "--help" || command === "-h" || command === "help") return void process.stdout.write(HELP);
   if (command === "version" || command === "--version") return void console.log(VERSION);
+  // `keybrake --port 9090` is `keybrake serve --port 9090`.
+  const serveArgs = command === "serve" ? rest : command.startsWith("--") ? argv : null;
   let config: Config;
   try {
-    config = loadConfig();
+    config = loadConfig(process.env, serveArgs ? parseFlags(serveArgs) : {});
   } catch (e) {
     if (e instanceof ConfigError) fail(e.message);
     throw e;
   }
-  if (command === "serve") return serve(config);
+  if (serveArgs) return serve(config);
   if (command === "token" && rest[0] === "create") return tokenCreate(config, rest.slice(1));
+  if (command === "secrets" && rest[0] === "reset") return secretsReset(config, rest.slice(1));
   fail(`unknown command "${argv.join(" ")}"; see keybrake --help`);
 }
 

@@ -6,13 +6,13 @@ import { EventLog } from "./domain/events.ts";
 import { loadMasterKey, SecretBox } from "./domain/crypto.ts";
 import { KeyService } from "./domain/keys.ts";
 import { Ledger } from "./domain/ledger.ts";
+import { AuditRetention } from "./domain/retention.ts";
 import { VendorSecretStore } from "./domain/secrets.ts";
 import { TokenStore } from "./domain/tokens.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { Forwarder } from "./proxy/forward.ts";
 import { loadPricing } from "./vendors/pricing.ts";
-import type { VendorName } from "./vendors/types.ts";
 
 /** Largest proxied request body: Resend accepts 40 MB emails with attachments. */
 export const MAX_PROXY_BODY_BYTES = 40 * 1024 * 1024;
@@ -30,16 +30,28 @@ export interface Services {
   events: EventLog;
   forwarder: Forwarder;
   adminSessions: AdminSessions;
+  retention: AuditRetention;
+  /** Set once SIGTERM/SIGINT began a graceful shutdown: /healthz answers 503 so load balancers stop sending. */
+  lifecycle: { draining: boolean };
   startedAt: number;
 }
 
-/** Opens the data dir (migrating it) and wires the domain services; no HTTP here. */
-export function createServices(config: Config, fetchImpl?: typeof fetch, logger: Logger = createLogger(config.log)): Services {
+/**
+ * Opens the data dir (migrating it) and wires the domain services; no HTTP here. Throws
+ * MasterKeyMismatch when the master key cannot decrypt the stored secrets. Background work
+ * (audit retention) is started by whoever serves: `retention.start()`.
+ */
+export function createServices(config: Config, fetchImpl?: typeof fetch, logger: Logger = createLogger(config.log), clock: () => number = Date.now): Services {
   const db = openDatabase(config.dataDir);
   const box = new SecretBox(loadMasterKey(config.dataDir, config.masterKey));
-  const secrets = new VendorSecretStore(db.sqlite, box);
-  for (const [vendor, secret] of Object.entries(config.vendorSecretsFromEnv)) {
-    if (secret) secrets.set(vendor as VendorName, secret);
+  const events = new EventLog(db.sqlite, logger);
+  const secrets = new VendorSecretStore(db.sqlite, box, events);
+  try {
+    secrets.verifyMasterKey();
+    secrets.adoptEnvironment(config.vendorSecretsFromEnv);
+  } catch (e) {
+    db.sqlite.close();
+    throw e;
   }
   const ledger = new Ledger(db.sqlite);
   // Stored answers for replays live 24 h (or the dedupe window); pruning is cheap and indexed.
@@ -68,9 +80,11 @@ export function createServices(config: Config, fetchImpl?: typeof fetch, logger:
     audit: new AuditService(db),
     metrics,
     logger,
-    events: new EventLog(db.sqlite, logger),
+    events,
     forwarder,
     adminSessions: new AdminSessions(db, tokens),
+    retention: new AuditRetention(db.sqlite, config.auditRetentionMs, clock, (m) => logger.error(m)),
+    lifecycle: { draining: false },
     startedAt: Date.now(),
   };
 }

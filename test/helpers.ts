@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createApp } from "../src/app.ts";
@@ -25,8 +25,9 @@ export interface Running {
 /** The real server, in this process, on a loopback port. */
 export async function startKeybrake(env: Record<string, string> = {}, opts: { dataDir?: string; keepData?: boolean } = {}): Promise<Running> {
   const dataDir = opts.dataDir ?? tempDir();
-  const config = loadConfig({ KEYBRAKE_DATA_DIR: dataDir, KEYBRAKE_ADMIN_TOKEN: ADMIN_TOKEN, KEYBRAKE_HOST: "127.0.0.1", KEYBRAKE_PORT: "0", ...env });
+  const config = loadConfig({ KEYBRAKE_DATA_DIR: dataDir, KEYBRAKE_ADMIN_TOKEN: ADMIN_TOKEN, KEYBRAKE_HOST: "127.0.0.1", KEYBRAKE_PORT: "0", KEYBRAKE_LOG: "silent", ...env });
   const services = createServices(config);
+  services.retention.start();
   let port = 0;
   const app = createApp(services, { proxyBaseUrl: () => `http://127.0.0.1:${port}` });
   app.listen({ port: 0, hostname: "127.0.0.1", maxRequestBodySize: MAX_PROXY_BODY_BYTES + 1024 });
@@ -45,6 +46,7 @@ export async function startKeybrake(env: Record<string, string> = {}, opts: { da
     },
     async stop() {
       await app.stop(true);
+      await services.retention.stop();
       services.db.sqlite.close();
       if (!opts.keepData && !opts.dataDir) rmSync(dataDir, { recursive: true, force: true });
     },
@@ -83,41 +85,89 @@ export function seedKeyBody(over: Record<string, unknown> = {}) {
 
 export interface Spawned {
   url: string;
+  port: number;
   proc: ReturnType<typeof Bun.spawn>;
   output: () => string;
-  stop(): Promise<void>;
+  /** SIGTERM, then the exit code. */
+  stop(): Promise<number>;
 }
 
-/** keybrake as its own process (`bun src/main.ts serve`, or a built binary), for restart and multi-process tests. */
-export async function spawnKeybrake(env: Record<string, string>, cmd: string[] = [process.execPath, "src/main.ts", "serve"]): Promise<Spawned> {
-  const port = 20000 + Math.floor(Math.random() * 20000);
+const ROOT = join(import.meta.dir, "..");
+
+/** The TCP port a process listens on, read from /proc (Linux): its socket inodes matched against the LISTEN table. */
+export function listeningPort(pid: number): number | null {
+  const inodes = new Set<string>();
+  try {
+    for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+      try {
+        const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
+        if (m) inodes.add(m[1]!);
+      } catch {} // fd closed meanwhile
+    }
+    for (const table of ["tcp", "tcp6"]) {
+      for (const line of readFileSync(`/proc/${pid}/net/${table}`, "utf8").split("\n").slice(1)) {
+        const f = line.trim().split(/\s+/);
+        if (f[3] === "0A" && inodes.has(f[9]!)) return parseInt(f[1]!.split(":")[1]!, 16);
+      }
+    }
+  } catch {} // process gone
+  return null;
+}
+
+/** Spawns `bun src/main.ts …` (or `cmd`) with a clean environment; output collects stdout and stderr. */
+export function spawnProcess(env: Record<string, string>, cmd: string[] = [process.execPath, "src/main.ts", "serve"]) {
   const proc = Bun.spawn(cmd, {
-    cwd: join(import.meta.dir, ".."),
-    env: { PATH: process.env.PATH ?? "", KEYBRAKE_HOST: "127.0.0.1", KEYBRAKE_PORT: String(port), ...env },
+    cwd: ROOT,
+    env: { PATH: process.env.PATH ?? "", KEYBRAKE_HOST: "127.0.0.1", KEYBRAKE_PORT: "0", ...env },
     stdout: "pipe",
     stderr: "pipe",
   });
   let out = "";
   const drain = async (s: ReadableStream<Uint8Array>) => {
-    for await (const chunk of s) out += new TextDecoder().decode(chunk);
+    const decoder = new TextDecoder();
+    for await (const chunk of s) out += decoder.decode(chunk, { stream: true });
   };
-  void drain(proc.stdout as ReadableStream<Uint8Array>);
-  void drain(proc.stderr as ReadableStream<Uint8Array>);
+  const drained = Promise.all([drain(proc.stdout as ReadableStream<Uint8Array>), drain(proc.stderr as ReadableStream<Uint8Array>)]);
+  return { proc, output: () => out, drained };
+}
+
+/**
+ * keybrake as its own process (`bun src/main.ts serve`, or a built binary), for restart and
+ * multi-process tests. It listens on a port the OS assigns (KEYBRAKE_PORT=0) unless env names
+ * one; the port is read back from the process itself, so no two tests can race for a port.
+ */
+export async function spawnKeybrake(env: Record<string, string>, cmd: string[] = [process.execPath, "src/main.ts", "serve"]): Promise<Spawned> {
+  const { proc, output, drained } = spawnProcess(env, cmd);
+  let port: number | null = null;
+  for (let i = 0; i < 400 && port === null; i++) {
+    if (proc.exitCode !== null) break;
+    port = listeningPort(proc.pid);
+    if (port === null) await Bun.sleep(25);
+  }
+  if (port === null) {
+    proc.kill();
+    await proc.exited;
+    await drained;
+    throw new Error(`keybrake did not listen: ${output()}`);
+  }
   const url = `http://127.0.0.1:${port}`;
+  // Listening comes a moment before the start-up work after it (first token, start line) is done.
   for (let i = 0; i < 200; i++) {
     try {
       if ((await fetch(url + "/healthz")).ok) break;
     } catch {}
-    if (proc.exitCode !== null) throw new Error(`keybrake exited: ${out}`);
-    await Bun.sleep(50);
+    await Bun.sleep(25);
   }
   return {
     url,
+    port,
     proc,
-    output: () => out,
+    output,
     async stop() {
       proc.kill("SIGTERM");
-      await proc.exited;
+      const code = await proc.exited;
+      await drained;
+      return code;
     },
   };
 }

@@ -48,7 +48,13 @@ export function VendorCard({ csrf, status, baseUrl, errors = {}, saved }: Vendor
     <section class="card vendor" id={`vendor-${v}`} aria-labelledby={`vendor-${v}-h`}>
       <div class="vendor-head">
         <h2 id={`vendor-${v}-h`}>{VENDOR_NAME[v]}</h2>
-        {status.configured ? <Badge tone="ok" text="Configured" /> : <Badge tone="muted" text="Not configured" />}
+        {status.managed_by_env ? (
+          <Badge tone="ok" text="Managed by the environment" />
+        ) : status.configured ? (
+          <Badge tone="ok" text="Configured" />
+        ) : (
+          <Badge tone="muted" text="Not configured" />
+        )}
       </div>
       {saved ? (
         <Notice tone="ok">
@@ -93,6 +99,9 @@ export function VendorCard({ csrf, status, baseUrl, errors = {}, saved }: Vendor
         <div id={`check-${v}`} class="check-result" aria-live="polite"></div>
       </div>
 
+      {status.managed_by_env ? (
+        <p class="small">Set by environment variables: change it there and restart Keybrake. It cannot be changed here.</p>
+      ) : (
       <details class="more" open={hasErrors || !status.configured}>
         <summary>{status.configured ? "Rotate secret" : "Set secret"}</summary>
         <form
@@ -131,6 +140,7 @@ export function VendorCard({ csrf, status, baseUrl, errors = {}, saved }: Vendor
           </div>
         </form>
       </details>
+      )}
     </section>
   );
 }

@@ -19,9 +19,15 @@ export interface Db {
  * instead of failing.
  */
 export function openDatabase(dataDir: string): Db {
-  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  const sqlite = new Database(join(dataDir, "keybrake.db"), { create: true, strict: true });
-  sqlite.exec("PRAGMA journal_mode = WAL");
+  let sqlite: Database;
+  try {
+    mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    sqlite = new Database(join(dataDir, "keybrake.db"), { create: true, strict: true });
+    sqlite.exec("PRAGMA journal_mode = WAL");
+  } catch (e) {
+    // A read-only or missing mount shows up here: say which setting points at it.
+    throw new Error(`KEYBRAKE_DATA_DIR (${dataDir}): cannot open ${join(dataDir, "keybrake.db")} for writing: ${(e as Error).message}`);
+  }
   sqlite.exec("PRAGMA synchronous = NORMAL");
   sqlite.exec("PRAGMA busy_timeout = 10000");
   // wal_autocheckpoint stays at SQLite's 1000 pages: a checkpoint runs inside the commit

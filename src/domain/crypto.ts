@@ -35,12 +35,25 @@ export class SecretBox {
     decipher.setAuthTag(raw.subarray(12, 28));
     return Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]).toString("utf8");
   }
+  /** False when `sealed` was sealed under another key (GCM's tag does not verify). */
+  canOpen(sealed: string): boolean {
+    try {
+      this.open(sealed);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+}
+
+export function masterKeyFile(dataDir: string): string {
+  return join(dataDir, "master.key");
 }
 
 /** KEYBRAKE_MASTER_KEY if given, else a key file (mode 0600) generated once in the data dir. */
 export function loadMasterKey(dataDir: string, fromEnv?: string): string {
   if (fromEnv) return fromEnv;
-  const file = join(dataDir, "master.key");
+  const file = masterKeyFile(dataDir);
   if (existsSync(file)) return readFileSync(file, "utf8").trim();
   const key = randomToken(32);
   // wx: if another process created it first, fail and read theirs.

@@ -46,6 +46,9 @@ const isVendor = (v: string | undefined): v is VendorName => (VENDORS as readonl
 const isInvalidInput = (e: unknown): e is ApiError => e instanceof ApiError && e.code === "invalid_request";
 
 /** A message for the page's flash area, wherever the htmx request meant to swap. */
+/** Who set a secret from the admin pages, until sessions carry the token they were opened with. */
+const ADMIN_SESSION_ACTOR = { tokenId: "admin-session", name: "admin session" };
+
 function flash(status: number, tone: "ok" | "danger", text: string): Response {
   return fragment(FlashMessage({ tone, text }), status, { "hx-retarget": "#flash", "hx-reswap": "innerHTML" });
 }
@@ -270,9 +273,10 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
         ({ request, params, body, session }) => {
           const vendor = params.vendor;
           if (!isVendor(vendor)) return flash(404, "danger", "No such vendor.");
+          if (s.secrets.isManagedByEnv(vendor)) return flash(409, "danger", `The ${vendor} secret is managed by the environment; change it there and restart.`);
           let errors: FieldErrors = {};
           try {
-            s.secrets.set(vendor, secretFromForm(body, ADAPTERS[vendor].secretFields));
+            s.secrets.set(vendor, secretFromForm(body, ADAPTERS[vendor].secretFields), ADMIN_SESSION_ACTOR);
           } catch (e) {
             if (!isInvalidInput(e)) throw e;
             errors = fieldErrorsOf(e);

@@ -7,6 +7,7 @@ import { ApiError, fieldIssues, validationError } from "../errors.ts";
 import type { Services } from "../services.ts";
 import { VENDORS, type VendorName } from "../vendors/types.ts";
 import { auditExportResponse } from "./audit-export.ts";
+import { authorize } from "./auth.ts";
 import { bearerToken, queryObject, readJson } from "./request.ts";
 
 const KeyListQuery = z.strictObject({
@@ -105,7 +106,9 @@ export function managementRoutes(s: Services, proxyBaseUrl: () => string) {
       "/vendors/:vendor",
       async ({ params, request }) => {
         const vendor = vendorParam(params.vendor);
-        s.secrets.set(vendor, await readJson(request, maxBody));
+        const actor = authorize(s, request, ["admin"]);
+        // Refused (409 managed_by_env) before the body is read when the environment owns the secret.
+        s.secrets.set(vendor, await readJson(request, maxBody), actor);
         return s.secrets.status(vendor);
       },
       { parse: "none" },

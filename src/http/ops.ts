@@ -38,9 +38,9 @@ function openApi(maxTtlMs: number) {
       "/vault/audit": { get: { summary: "Audit log (key_id, label, vendor, outcome, since, until, cursor, limit, format=json|csv|jsonl)", responses: { "200": { description: "Rows" }, ...errors } } },
       "/vault/spend": { get: { summary: "Spend per label and key over [since, until) (default: today UTC)", responses: { "200": { description: "Totals" }, ...errors } } },
       "/vendors": { get: { summary: "Vendor secrets: configured, last 4, updated_at", responses: { "200": { description: "Status" } } } },
-      "/vendors/{vendor}": { put: { summary: "Set or rotate a vendor secret (write-only)", responses: { "200": { description: "Status" }, ...errors } } },
+      "/vendors/{vendor}": { put: { summary: "Set or rotate a vendor secret (write-only)", responses: { "200": { description: "Status" }, "409": { description: "managed_by_env: set by environment variables", ...json(error) }, ...errors } } },
       "/metrics": { get: { summary: "Prometheus metrics", responses: { "200": { description: "text/plain" } } } },
-      "/healthz": { get: { summary: "Liveness and database check", security: [], responses: { "200": { description: "ok" } } } },
+      "/healthz": { get: { summary: "Liveness and database check", security: [], responses: { "200": { description: "ok" }, "503": { description: "draining: shutting down, send elsewhere" } } } },
     },
   };
 }
@@ -50,8 +50,12 @@ export function opsRoutes(s: Services) {
   const ping = s.db.sqlite.prepare("SELECT 1");
   return new Elysia({ name: "ops" })
     .get("/healthz", () => {
+      // Draining: still answering, but a load balancer must stop sending new calls here.
+      if (s.lifecycle.draining) return Response.json({ status: "draining", version: VERSION }, { status: 503 });
       ping.get();
       return { status: "ok", version: VERSION };
     })
+    // A browser pointed at Keybrake lands on the admin pages.
+    .get("/", () => new Response(null, { status: 302, headers: { location: "/admin" } }))
     .get("/openapi.json", () => doc);
 }
