@@ -39,13 +39,23 @@ function masterKeyMessage(config: Config, e: MasterKeyMismatch): string {
   );
 }
 
+function hostCanListen(host: string): boolean {
+  try {
+    Bun.serve({ port: 0, hostname: host, reusePort: false, fetch: () => new Response() }).stop(true);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function listen(app: ReturnType<typeof createApp>, config: Config): number {
   try {
     // reusePort false: with SO_REUSEPORT a second Keybrake would bind the same port and the kernel would split calls between two ledgers.
     app.listen({ port: config.port, hostname: config.host, reusePort: false, maxRequestBodySize: MAX_PROXY_BODY_BYTES + 1024 });
   } catch (e) {
     const err = e as { code?: string; message?: string };
-    if (err.code === "EADDRINUSE") {
+    // Bun reports an unusable host as EADDRINUSE too: it is the port only if the host takes another one.
+    if (err.code === "EADDRINUSE" && hostCanListen(config.host)) {
       fail(`port ${config.port} on ${config.host} is already in use (another Keybrake?); free it or choose another with KEYBRAKE_PORT / --port`);
     }
     fail(`cannot listen on ${config.host}:${config.port}; check KEYBRAKE_HOST / --host and KEYBRAKE_PORT / --port (${err.code ?? err.message})`);
