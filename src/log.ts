@@ -39,6 +39,11 @@ export interface Logger {
   error(message: string): void;
 }
 
+/** Text a client chose (a run label, a token name) is JSON-quoted unless plain, so it can never forge a line. */
+function quoted(text: string): string {
+  return /^[\w.:/@()-]+$/.test(text) ? text : JSON.stringify(text);
+}
+
 /** Calls that an operator watching `info` lines should see; everything else is in the audit log. */
 const NOTABLE_OUTCOMES = new Set(["cap_hit", "upstream_error"]);
 
@@ -59,11 +64,11 @@ export function createLogger(mode: LogMode, write: (line: string) => void = (l) 
       write(`${time()} ${e.outcome} ${e.vendor} ${e.method} ${e.path} key=${e.key_id ?? "-"} label=${JSON.stringify(e.agent_run_label ?? "")} status=${e.status ?? "-"} ${e.error_code ?? ""}`.trimEnd());
     },
     action(e) {
-      // Scalar facts only (amounts, labels, the source of a secret); a label is JSON-quoted so it cannot forge a line.
+      // Scalar facts only (amounts, labels, the source of a secret).
       const facts = Object.entries(e.data ?? {})
         .filter(([, v]) => v === null || ["string", "number", "boolean"].includes(typeof v))
-        .map(([k, v]) => `${k}=${typeof v === "string" && !/^[\w.:/@-]+$/.test(v) ? JSON.stringify(v) : v}`);
-      write([time(), e.type, `target=${e.target ?? "-"}`, `by=${e.actor ?? "keybrake"}`, ...facts].join(" "));
+        .map(([k, v]) => `${k}=${typeof v === "string" ? quoted(v) : v}`);
+      write([time(), e.type, `target=${e.target === null ? "-" : quoted(e.target)}`, `by=${e.actor === null ? "keybrake" : quoted(e.actor)}`, ...facts].join(" "));
     },
     info: (msg) => write(msg),
     error: (msg) => writeError(msg),
