@@ -16,5 +16,8 @@ USER keybrake
 ENV KEYBRAKE_DATA_DIR=/data KEYBRAKE_PORT=8080 KEYBRAKE_HOST=0.0.0.0
 VOLUME /data
 EXPOSE 8080
+# SIGTERM drains: calls in flight finish and settle for up to KEYBRAKE_SHUTDOWN_GRACE (30s), so give
+# `docker stop -t 40` (or a Kubernetes terminationGracePeriodSeconds) longer than that.
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/keybrake"]
 CMD ["serve"]

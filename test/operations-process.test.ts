@@ -146,7 +146,7 @@ describe("the master key", () => {
     expect((await apiCall(kb.url, "PUT", "/vendors/resend", { api_key: "re_stored_secret_1234" })).status).toBe(200);
     await kb.stop();
 
-    for (const masterKey of [{ KEYBRAKE_MASTER_KEY: "z".repeat(40) }, {}]) {
+    for (const masterKey of [{ KEYBRAKE_MASTER_KEY: "z".repeat(40) }, {}] as Record<string, string>[]) {
       const r = await failedStart({ ...env, ...masterKey });
       expect(r.code).toBe(2);
       expect(r.lines).toHaveLength(1);

@@ -102,44 +102,44 @@ export function VendorCard({ csrf, status, baseUrl, errors = {}, saved }: Vendor
       {status.managed_by_env ? (
         <p class="small">Set by environment variables: change it there and restart Keybrake. It cannot be changed here.</p>
       ) : (
-      <details class="more" open={hasErrors || !status.configured}>
-        <summary>{status.configured ? "Rotate secret" : "Set secret"}</summary>
-        <form
-          class="stack"
-          method="post"
-          action={`/admin/vendors/${v}`}
-          hx-post={`/admin/vendors/${v}`}
-          hx-target={`#vendor-${v}`}
-          hx-swap="outerHTML"
-          novalidate
-        >
-          <CsrfField token={csrf} />
-          {errors["(body)"] ? (
-            <Notice tone="danger">
-              <p safe>{errors["(body)"]}</p>
-            </Notice>
-          ) : (
-            ""
-          )}
-          {Object.keys(status.fields).map((name) => (
-            <TextField
-              name={name}
-              label={FIELD[name]?.label ?? name}
-              type={FIELD[name]?.type ?? "password"}
-              placeholder={FIELD[name]?.placeholder}
-              autocomplete="off"
-              error={errors[name]}
-              idPrefix={v}
-              required
-            />
-          ))}
-          <div class="form-actions">
-            <button class="btn primary" type="submit">
-              Save secret
-            </button>
-          </div>
-        </form>
-      </details>
+        <details class="more" open={hasErrors || !status.configured}>
+          <summary>{status.configured ? "Rotate secret" : "Set secret"}</summary>
+          <form
+            class="stack"
+            method="post"
+            action={`/admin/vendors/${v}`}
+            hx-post={`/admin/vendors/${v}`}
+            hx-target={`#vendor-${v}`}
+            hx-swap="outerHTML"
+            novalidate
+          >
+            <CsrfField token={csrf} />
+            {errors["(body)"] ? (
+              <Notice tone="danger">
+                <p safe>{errors["(body)"]}</p>
+              </Notice>
+            ) : (
+              ""
+            )}
+            {Object.keys(status.fields).map((name) => (
+              <TextField
+                name={name}
+                label={FIELD[name]?.label ?? name}
+                type={FIELD[name]?.type ?? "password"}
+                placeholder={FIELD[name]?.placeholder}
+                autocomplete="off"
+                error={errors[name]}
+                idPrefix={v}
+                required
+              />
+            ))}
+            <div class="form-actions">
+              <button class="btn primary" type="submit">
+                Save secret
+              </button>
+            </div>
+          </form>
+        </details>
       )}
     </section>
   );
