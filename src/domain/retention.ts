@@ -30,10 +30,11 @@ export class AuditRetention {
     private readonly clock: () => number = Date.now,
     private readonly onError: (message: string) => void = () => {},
   ) {
-    // audit_log.id grows with ts (rows are appended), so the oldest rows are the lowest ids.
-    this.oldest = sqlite.prepare("SELECT id FROM audit_log WHERE ts < ? ORDER BY id LIMIT ?");
-    this.dropRepeats = sqlite.prepare("DELETE FROM idempotency_records WHERE audit_id BETWEEN ? AND ?");
-    this.dropRows = sqlite.prepare("DELETE FROM audit_log WHERE id BETWEEN ? AND ? AND ts < ?");
+    // Oldest first through the audit_ts index: a batch reads only the rows it deletes, however large the backlog.
+    this.oldest = sqlite.prepare("SELECT id FROM audit_log WHERE ts < ? ORDER BY ts LIMIT ?");
+    // Ids travel as one JSON array; idempotency_audit (migration 0006) keeps the first delete to index lookups.
+    this.dropRepeats = sqlite.prepare("DELETE FROM idempotency_records WHERE audit_id IN (SELECT value FROM json_each(?))");
+    this.dropRows = sqlite.prepare("DELETE FROM audit_log WHERE id IN (SELECT value FROM json_each(?))");
   }
 
   /** Prunes now and then every hour until stop(). */
@@ -65,10 +66,9 @@ export class AuditRetention {
       .transaction(() => {
         const ids = this.oldest.all(cutoff, PRUNE_BATCH_ROWS);
         if (ids.length === 0) return 0;
-        const first = ids[0]!.id;
-        const last = ids[ids.length - 1]!.id;
-        this.dropRepeats.run(first, last);
-        return this.dropRows.run(first, last, cutoff).changes;
+        const list = JSON.stringify(ids.map((r) => r.id));
+        this.dropRepeats.run(list);
+        return this.dropRows.run(list).changes;
       })
       .immediate();
   }
