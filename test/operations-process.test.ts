@@ -106,6 +106,8 @@ describe("SIGTERM", () => {
     const calls = Array.from({ length: 20 }, () => proxied(kb.url, key.vault_key, "POST", "/v1/payment_intents", pi));
     while (fake.calls.length < 20) await Bun.sleep(10); // every call is at the vendor, i.e. reserved and in flight
     kb.proc.kill("SIGTERM");
+    while (!kb.output().includes("SIGTERM: shutting down")) await Bun.sleep(10); // the signal has been handled
+    // The listener is closed: a new connection is refused; one kept alive from before hears 503 draining.
     const health = await fetch(kb.url + "/healthz").then(
       (r) => r.status,
       () => "refused",
