@@ -4,7 +4,7 @@ import { createApp } from "./app.ts";
 import { ConfigError, FLAGS, loadConfig, localUrl, parseFlags, proxyBaseUrl, type Config } from "./config.ts";
 import { openDatabase } from "./db/connection.ts";
 import { masterKeyFile } from "./domain/crypto.ts";
-import { MasterKeyMismatch } from "./domain/secrets.ts";
+import { MasterKeyMismatch, VendorSecretStore } from "./domain/secrets.ts";
 import { TokenStore } from "./domain/tokens.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { createServices, MAX_PROXY_BODY_BYTES, type Services } from "./services.ts";
@@ -32,8 +32,9 @@ function fail(message: string): never {
 function masterKeyMessage(config: Config, e: MasterKeyMismatch): string {
   const db = join(config.dataDir, "keybrake.db");
   const source = config.masterKey ? "KEYBRAKE_MASTER_KEY" : `the key file ${masterKeyFile(config.dataDir)} (KEYBRAKE_MASTER_KEY is not set)`;
+  const what = e.vendors.length ? `the ${e.vendors.join(", ")} secret(s) stored in ${db}` : `what ${db} was set up with (its master key check)`;
   return (
-    `${source} cannot decrypt the ${e.vendors.join(", ")} secret(s) stored in ${db}. ` +
+    `${source} cannot decrypt ${what}. ` +
     `Start with the master key they were stored with (KEYBRAKE_MASTER_KEY as before, or master.key from the backup of this data dir); ` +
     `if that key is lost, run "keybrake secrets reset --confirm" and set the vendor secrets again.`
   );
@@ -138,7 +139,7 @@ function tokenCreate(config: Config, args: string[]) {
 function secretsReset(config: Config, args: string[]) {
   if (!args.includes("--confirm")) fail("secrets reset deletes every stored vendor secret; run it with --confirm");
   const db = openDatabase(config.dataDir);
-  const n = db.sqlite.query("DELETE FROM vendor_secrets").run().changes;
+  const n = VendorSecretStore.reset(db.sqlite);
   db.sqlite.close();
   console.log(`forgot ${n} stored vendor secret field(s) in ${join(config.dataDir, "keybrake.db")}; set them again (PUT /vendors/VENDOR, the admin pages or KEYBRAKE_* variables)`);
 }

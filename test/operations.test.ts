@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { ConfigError, loadConfig, parseFlags } from "../src/config.ts";
 import { migrate } from "../src/db/connection.ts";
 import { AuditRetention, PRUNE_BATCH_ROWS } from "../src/domain/retention.ts";
+import { MasterKeyMismatch, VendorSecretStore } from "../src/domain/secrets.ts";
 import { createLogger } from "../src/log.ts";
 import { startFakeVendor } from "./fake-vendor.ts";
 import { ADMIN_TOKEN, seedKeyBody, startKeybrake, tempDir } from "./helpers.ts";
@@ -104,6 +105,20 @@ describe("environment-managed vendor secrets", () => {
     await expect(startKeybrake({ KEYBRAKE_TWILIO_ACCOUNT_SID: "XX123", KEYBRAKE_TWILIO_AUTH_TOKEN: "token_long_enough" })).rejects.toThrow(
       /^KEYBRAKE_TWILIO_ACCOUNT_SID: account_sid must be AC/,
     );
+  });
+});
+
+describe("the master key check", () => {
+  test("a data dir refuses another master key even before any secret is stored; secrets reset adopts the key in use", async () => {
+    const dataDir = tempDir();
+    const first = await startKeybrake({ KEYBRAKE_MASTER_KEY: "a".repeat(40) }, { dataDir });
+    await first.stop();
+    await expect(startKeybrake({ KEYBRAKE_MASTER_KEY: "b".repeat(40) }, { dataDir })).rejects.toThrow(MasterKeyMismatch);
+    const db = new Database(join(dataDir, "keybrake.db"));
+    VendorSecretStore.reset(db);
+    db.close();
+    const again = await startKeybrake({ KEYBRAKE_MASTER_KEY: "b".repeat(40) }, { dataDir });
+    await again.stop();
   });
 });
 

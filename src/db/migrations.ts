@@ -7,7 +7,7 @@ import m0001 from "../../migrations/0001_init.sql" with { type: "text" };
 import m0002 from "../../migrations/0002_admin_sessions.sql" with { type: "text" };
 import m0003 from "../../migrations/0003_idempotency.sql" with { type: "text" };
 import m0004 from "../../migrations/0004_events.sql" with { type: "text" };
-import m0006 from "../../migrations/0006_retention.sql" with { type: "text" };
+import m0006 from "../../migrations/0006_operations.sql" with { type: "text" };
 
 export const MIGRATIONS: readonly { name: string; sql: string }[] = [
   { name: "0001_init.sql", sql: m0001 },
@@ -15,5 +15,5 @@ export const MIGRATIONS: readonly { name: string; sql: string }[] = [
   { name: "0003_idempotency.sql", sql: m0003 },
   { name: "0004_events.sql", sql: m0004 },
   // 0005 belongs to another branch of this wave; the lead merges it in order.
-  { name: "0006_retention.sql", sql: m0006 },
+  { name: "0006_operations.sql", sql: m0006 },
 ];

@@ -31,10 +31,13 @@ export const SECRET_VARIABLES: Record<VendorName, Record<string, string>> = {
 
 /** Stored secrets that the master key in use cannot decrypt: start-up must stop (SPEC §1). */
 export class MasterKeyMismatch extends Error {
+  /** `vendors` whose stored secrets do not decrypt; empty when only the data dir's key check failed. */
   constructor(readonly vendors: VendorName[]) {
-    super(`the master key cannot decrypt the stored secrets of ${vendors.join(", ")}`);
+    super(vendors.length ? `the master key cannot decrypt the stored secrets of ${vendors.join(", ")}` : "the master key is not the one this data dir was set up with");
   }
 }
+
+const MASTER_KEY_CHECK = "keybrake master key check";
 
 export interface VendorStatus {
   vendor: VendorName;
@@ -69,11 +72,26 @@ export class VendorSecretStore {
     );
   }
 
-  /** Throws MasterKeyMismatch unless every stored secret decrypts: a wrong key is refused at start, not at call time. */
+  /**
+   * Throws MasterKeyMismatch unless every stored secret decrypts and the data dir's check value
+   * (sealed under the first key it met) opens: a wrong key is refused at start, not at call time.
+   */
   verifyMasterKey(): void {
     const rows = this.sqlite.query<{ vendor: VendorName; ciphertext: string }, []>("SELECT vendor, ciphertext FROM vendor_secrets").all();
     const bad = [...new Set(rows.filter((r) => !this.box.canOpen(r.ciphertext)).map((r) => r.vendor))];
     if (bad.length) throw new MasterKeyMismatch(bad);
+    // INSERT OR IGNORE: of two processes meeting a new data dir together, the first key wins and the other is refused.
+    this.sqlite.query("INSERT OR IGNORE INTO settings (name, value) VALUES ('master_key_check', ?)").run(this.box.seal(MASTER_KEY_CHECK));
+    const check = this.sqlite.query<{ value: string }, []>("SELECT value FROM settings WHERE name = 'master_key_check'").get()!;
+    if (!this.box.canOpen(check.value)) throw new MasterKeyMismatch([]);
+  }
+
+  /** After a lost master key: forgets every stored secret and the key check, so the next start adopts the key in use. */
+  static reset(sqlite: Database): number {
+    return sqlite.transaction(() => {
+      sqlite.query("DELETE FROM settings WHERE name = 'master_key_check'").run();
+      return sqlite.query("DELETE FROM vendor_secrets").run().changes;
+    })();
   }
 
   /**
