@@ -34,7 +34,10 @@ export function policySchema(maxTtlMs: number) {
         .max(100, "policy.allowed_endpoints takes at most 100 entries")
         .optional(),
     },
-    { error: "policy must be a JSON object" },
+    {
+      error: (iss) =>
+        iss.code === "unrecognized_keys" ? `unknown policy field ${(iss as { keys: string[] }).keys.join(", ")}` : "policy must be a JSON object",
+    },
   );
 }
 
