@@ -276,6 +276,23 @@ export class KeyService {
       .immediate();
   }
 
+  /**
+   * The same change to every active key of a run (the admin pages' "raise the run's cap"), all or
+   * nothing in one transaction, one key.updated event per key.
+   */
+  updateRun(label: string, body: unknown, by: Principal, now = Date.now()): VaultKeyRow[] {
+    return this.db.sqlite
+      .transaction(() => {
+        const ids = this.db.orm
+          .select({ id: vaultKeys.id })
+          .from(vaultKeys)
+          .where(and(eq(vaultKeys.agentRunLabel, label), isNull(vaultKeys.revokedAt), gt(vaultKeys.expiresAt, now), ownership(by)))
+          .all();
+        return ids.map(({ id }) => this.update(id, body, by, now));
+      })
+      .immediate();
+  }
+
   list(f: KeyListFilter, now = Date.now(), scope?: Principal): { rows: VaultKeyRow[]; nextCursor: string | null } {
     const where: SQL[] = [];
     const own = ownership(scope);

@@ -1,5 +1,5 @@
 import { Elysia } from "elysia";
-import { ADMIN_SESSION_TTL_MS, csrfMatches } from "../domain/admin-sessions.ts";
+import { ADMIN_SESSION_TTL_MS } from "../domain/admin-sessions.ts";
 import { parseAuditQuery, presentAudit, type AuditFilter } from "../domain/audit.ts";
 import { presentKey } from "../domain/keys.ts";
 import { cumulativeSpend, dailySeries } from "../domain/spend-series.ts";
@@ -19,16 +19,16 @@ import { IssuePanel, KeyRow, KeysPage, KeysTable, RunRevoked, type IssueFormStat
 import { LoginPage } from "../../views/login.tsx";
 import { SpendPage } from "../../views/spend.tsx";
 import { ConnectionResult, VendorCard, VendorsPage } from "../../views/vendors.tsx";
+import { adminSession } from "./admin-session.ts";
+import { adminKeyEditRoutes } from "./admin-key-edit.ts";
+import { adminTokenRoutes } from "./admin-tokens.ts";
 import { auditExportResponse } from "./audit-export.ts";
 import { fieldErrorsOf, issueBodyFromForm, issueFormValues, secretFromForm, utcFromLocalInput, type FieldErrors } from "./admin-forms.ts";
 import {
   ADMIN_HEADERS,
-  CSRF_FIELD,
-  CSRF_HEADER,
   field,
   fragment,
   html,
-  render,
   isHtmx,
   queryFilters,
   readCookie,
@@ -137,35 +137,9 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
         if (!started) return html(LoginPage({ next, error: "That is not a valid management token." }), 401);
         return redirect(safeNext(next), { "set-cookie": sessionCookie(request, started.sessionId, ADMIN_SESSION_TTL_MS / 1000) });
       })
-      .macro({
-        session: {
-          resolve({ request, body, set, status }) {
-            const sessionId = readCookie(request, SESSION_COOKIE);
-            const session = s.adminSessions.find(sessionId);
-            if (!session) {
-              if (isHtmx(request)) {
-                // htmx follows HX-Redirect to the login page instead of swapping this in.
-                set.headers["hx-redirect"] = "/admin";
-                set.headers["content-type"] = "text/plain; charset=utf-8";
-                return status(401, "Sign in again: your admin session has ended.");
-              }
-              const url = new URL(request.url);
-              set.headers.location = href("/admin", { next: request.method === "GET" ? url.pathname + url.search : undefined });
-              return status(303, "");
-            }
-            if (request.method !== "GET" && request.method !== "HEAD") {
-              const sent = request.headers.get(CSRF_HEADER) ?? field(body, CSRF_FIELD);
-              if (!csrfMatches(session, sent)) {
-                set.headers["content-type"] = "text/html; charset=utf-8";
-                set.headers["hx-retarget"] = "#flash";
-                set.headers["hx-reswap"] = "innerHTML";
-                return status(403, render(FlashMessage({ tone: "danger", text: "This form is out of date (missing or wrong CSRF token). Reload the page and try again." })));
-              }
-            }
-            return { session, sessionId };
-          },
-        },
-      })
+      .use(adminSession(s))
+      .use(adminTokenRoutes(s))
+      .use(adminKeyEditRoutes(s))
       .post(
         "/logout",
         ({ request, sessionId }) => {
