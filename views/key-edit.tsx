@@ -83,15 +83,18 @@ export function KeyEditPage(p: { csrf: string; k: KeyView; runActiveKeys: number
               />
               <TextField name="expires_in" label="Expires in (from now)" value={v.expires_in} error={e.expires_in} hint="Blank: unchanged. 30m, 4h, 7d" idPrefix="edit" />
             </div>
-            <fieldset class="field scope">
+            <fieldset class="scope">
               <legend>Apply to</legend>
-              <label>
-                <input type="radio" name="scope" value="key" checked={v.scope !== "run"} /> this key only
-              </label>
-              <label>
-                <input type="radio" name="scope" value="run" checked={v.scope === "run"} />{" "}
-                <span safe>{`every active key of the run (${p.runActiveKeys})`}</span>
-              </label>
+              <div class="field check">
+                <input type="radio" id="edit-scope-key" name="scope" value="key" checked={v.scope !== "run"} />
+                <label for="edit-scope-key">this key only</label>
+              </div>
+              <div class="field check">
+                <input type="radio" id="edit-scope-run" name="scope" value="run" checked={v.scope === "run"} />
+                <label for="edit-scope-run" safe>
+                  {`every active key of the run (${p.runActiveKeys})`}
+                </label>
+              </div>
             </fieldset>
             <div class="form-actions">
               <button class="btn primary" type="submit">
