@@ -4,7 +4,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { openDatabase } from "../src/db/connection.ts";
 import { MIGRATIONS } from "../src/db/migrations.ts";
-import { ADMIN_TOKEN, apiCall, seedKeyBody, spawnKeybrake, tempDir } from "./helpers.ts";
+import { ADMIN_TOKEN, apiCall, seedKeyBody, spawnKeybrake, startKeybrake, tempDir } from "./helpers.ts";
 import { ledgerOf, proxied, startProxyStack, vendorEnv } from "./proxy-setup.ts";
 
 /**
@@ -77,6 +77,8 @@ describe("an issuer's policy bounds every key it issues", () => {
     ["a literal under a policy *", { allowed_endpoints: ["GET /v1/customers/cus_123"] }, []],
     ["any method under a policy * method", { allowed_endpoints: ["DELETE /v1/refunds", "* /v1/refunds"] }, []],
     ["the second rule outside", { allowed_endpoints: ["POST /v1/payment_intents", "POST /v1/charges"] }, ["allowed_endpoints.1"]],
+    ["unpriced writes let through ($0 against every cap)", { allow_unpriced: true }, ["allow_unpriced"]],
+    ["allow_unpriced false", { allow_unpriced: false }, []],
     [
       "everything outside at once",
       { vendor: "twilio", agent_run_label: "x", daily_usd_cap: 1e6, total_usd_cap: undefined, expires_in: "7d", allowed_endpoints: ["* /*"] },
@@ -155,6 +157,7 @@ describe("policies and token bodies are validated (400 naming each field, nothin
     ["a policy on a viewer", { name: "x", role: "viewer", policy: { max_daily_usd_cap: 1 } }, ["policy"]],
     ["unknown role", { name: "x", role: "root" }, ["role"]],
     ["no name", { role: "viewer" }, ["name"]],
+    ["a name with a newline (CLI list lines)", { name: "a\nb", role: "viewer" }, ["name"]],
   ];
   for (const [name, body, fields] of cases) {
     test(name, async () => {
@@ -400,6 +403,26 @@ describe("token revocation", () => {
     expect((await page(other)).status).toBe(200);
     const ended = kb().services.db.sqlite.query("SELECT count(*) AS n FROM admin_sessions WHERE token_id = ? AND ended_at IS NOT NULL").get(t.token_id) as { n: number };
     expect(ended.n).toBe(1);
+  });
+
+  test("changing KEYBRAKE_ADMIN_TOKEN ends the sessions opened with the old one", async () => {
+    const dataDir = tempDir();
+    const first = await startKeybrake({ KEYBRAKE_LOG: "silent" }, { dataDir });
+    const res = await fetch(first.url + "/admin/login", {
+      method: "POST",
+      redirect: "manual",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+      body: new URLSearchParams({ token: ADMIN_TOKEN }).toString(),
+    });
+    const cookie = res.headers.get("set-cookie")!.split(";")[0]!;
+    const stored = JSON.stringify(first.services.db.sqlite.query("SELECT * FROM admin_sessions").all());
+    expect(stored).not.toContain(ADMIN_TOKEN);
+    await first.stop();
+    for (const [token, status] of [[ADMIN_TOKEN, 200], ["kbt_rotated_bootstrap_token_0123456789", 303]] as const) {
+      const again = await startKeybrake({ KEYBRAKE_LOG: "silent", KEYBRAKE_ADMIN_TOKEN: token }, { dataDir });
+      expect((await fetch(again.url + "/admin/keys", { redirect: "manual", headers: { cookie } })).status).toBe(status);
+      await again.stop();
+    }
   });
 
   test("only admin-role tokens can sign in to the admin pages", async () => {

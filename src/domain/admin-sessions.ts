@@ -36,7 +36,7 @@ export class AdminSessions {
     const session: AdminSession = { csrfToken: randomToken(32), expiresAt: now + ADMIN_SESSION_TTL_MS, principal };
     this.db.orm
       .insert(adminSessions)
-      .values({ idHash: sha256Hex(sessionId), csrfToken: session.csrfToken, createdAt: now, expiresAt: session.expiresAt, tokenId: principal.tokenId })
+      .values({ idHash: sha256Hex(sessionId), csrfToken: session.csrfToken, createdAt: now, expiresAt: session.expiresAt, tokenId: this.tokens.sessionRef(principal) })
       .run();
     return { sessionId, session };
   }

@@ -131,10 +131,15 @@ function issuerPolicy(p: Principal): Policy {
   }
 }
 
-/** Refuses (403 policy_violation, every field named) a key outside an issuer's policy; admins are unbounded. */
-function enforcePolicy(by: Principal, key: KeyBounds, fields: ReadonlySet<string> | "all" = "all"): void {
+/**
+ * Refuses (403 policy_violation, every field named) a key outside an issuer's policy; admins are
+ * unbounded. An issuer can never let unpriced writes through: they cost $0 against every cap, so
+ * no policy bound would hold for them.
+ */
+function enforcePolicy(by: Principal, key: KeyBounds & { allowUnpriced?: boolean }, fields: ReadonlySet<string> | "all" = "all"): void {
   if (by.role !== "issuer") return;
   const issues = policyViolations(issuerPolicy(by), key, fields);
+  if (key.allowUnpriced) issues.push({ field: "allow_unpriced", message: "issuer tokens cannot issue keys that let unpriced writes through; ask an admin" });
   if (issues.length) throw policyError(issues);
 }
 
@@ -173,7 +178,9 @@ export class KeyService {
       totalCapMicros: input.total_usd_cap ?? null,
       expiresInMs: input.expires_in,
       allowedEndpoints: input.allowed_endpoints,
+      allowUnpriced: input.allow_unpriced ?? false,
     });
+
     const vaultKey = VAULT_KEY_PREFIX + randomToken(32);
     const row: VaultKeyRow = {
       id: newId("key", now),

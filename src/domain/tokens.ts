@@ -52,7 +52,8 @@ export const CreateTokenBody = z.strictObject({
     .string({ error: "name must be a string" })
     .trim()
     .min(1, "name must not be empty")
-    .max(100, "name must be at most 100 characters"),
+    .max(100, "name must be at most 100 characters")
+    .refine((n) => !/[\u0000-\u001f\u007f]/.test(n), "name must not contain control characters"),
   role: z.enum(ROLES, { error: `role must be one of ${ROLES.join(", ")}` }).default("admin"),
   policy: z.unknown().optional(),
 });
@@ -189,10 +190,21 @@ export class TokenStore {
     return { tokenId: row.id, name: row.name, role: row.role, policy: row.policy === null ? null : JSON.parse(row.policy) };
   }
 
-  /** The principal behind a token id (admin sessions store the id, not the token); null once revoked. */
+  /**
+   * What an admin session stores to name its token: the token id, or for the bootstrap token
+   * "bootstrap:" + its SHA-256, so changing KEYBRAKE_ADMIN_TOKEN ends the sessions opened with the old one.
+   */
+  sessionRef(p: Principal): string {
+    return p.tokenId === BOOTSTRAP_TOKEN_ID && this.bootstrapToken ? `${BOOTSTRAP_TOKEN_ID}:${sha256Hex(this.bootstrapToken)}` : p.tokenId;
+  }
+
+  /** The principal behind a session's token reference (see sessionRef); null once revoked or changed. */
   principalById(id: string | null): Principal | null {
-    if (id === BOOTSTRAP_TOKEN_ID) return this.bootstrapToken ? BOOTSTRAP_PRINCIPAL : null;
     if (!id) return null;
+    if (id.startsWith(BOOTSTRAP_TOKEN_ID + ":")) {
+      const current = this.bootstrapToken ? `${BOOTSTRAP_TOKEN_ID}:${sha256Hex(this.bootstrapToken)}` : null;
+      return current !== null && safeEqual(id, current) ? BOOTSTRAP_PRINCIPAL : null;
+    }
     const row = this.sqlite.query("SELECT id, name, role, policy FROM management_tokens WHERE id = ? AND revoked_at IS NULL").get(id) as Omit<TokenRow, "created_at" | "revoked_at"> | null;
     return row ? { tokenId: row.id, name: row.name, role: row.role, policy: row.policy === null ? null : JSON.parse(row.policy) } : null;
   }
