@@ -425,6 +425,45 @@ describe("token revocation", () => {
     }
   });
 
+  test("the Tokens and Edit-caps pages need a session, and every change a CSRF token", async () => {
+    const key = await kb().issueKey(seedKeyBody({ daily_usd_cap: 7 }));
+    const victim = await mintToken({ name: "csrf-victim", role: "viewer" });
+    const routes: [string, string, string?][] = [
+      ["GET", "/admin/tokens"],
+      ["POST", "/admin/tokens", "name=evil&role=admin"],
+      ["DELETE", `/admin/tokens/${victim.token_id}`],
+      ["GET", `/admin/keys/${key.key_id}/edit`],
+      ["POST", `/admin/keys/${key.key_id}/edit`, "daily_usd_cap=99999"],
+    ];
+    const res = await loginForm(ADMIN_TOKEN);
+    const cookie = res.headers.get("set-cookie")!.split(";")[0]!;
+    const tokensBefore = countTokens();
+    for (const [method, path, form] of routes) {
+      const init = (headers: Record<string, string>) => ({
+        method,
+        redirect: "manual" as const,
+        headers: { ...(form ? { "content-type": "application/x-www-form-urlencoded" } : {}), ...headers },
+        body: form,
+      });
+      const anonymous = await fetch(kb().url + path, init({}));
+      expect([path, anonymous.status]).toEqual([path, 303]);
+      const htmx = await fetch(kb().url + path, init({ "hx-request": "true" }));
+      expect([path, htmx.status]).toEqual([path, 401]);
+      if (method !== "GET") {
+        const forged = await fetch(kb().url + path, init({ cookie }));
+        expect([path, forged.status]).toEqual([path, 403]);
+      } else {
+        const ok = await fetch(kb().url + path, init({ cookie }));
+        expect([path, ok.status]).toEqual([path, 200]);
+        expect(ok.headers.get("content-security-policy")).toContain("script-src 'self'");
+        expect(ok.headers.get("cache-control")).toBe("no-store");
+      }
+    }
+    expect(countTokens()).toBe(tokensBefore);
+    expect((await kb().api("GET", `/vault/keys/${key.key_id}`)).json.daily_usd_cap).toBe(7);
+    expect((await kb().api("GET", "/tokens")).json.data.find((t: any) => t.token_id === victim.token_id).status).toBe("active");
+  });
+
   test("only admin-role tokens can sign in to the admin pages", async () => {
     for (const role of ["issuer", "viewer"] as const) {
       const t = await mintToken({ name: `${role}-login`, role, ...(role === "issuer" ? { policy: { max_daily_usd_cap: 1 } } : {}) });
