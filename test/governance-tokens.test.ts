@@ -351,6 +351,18 @@ describe("across processes on one data dir", () => {
       expect((await pay(b.url, key.vault_key)).status).toBe(200);
       expect((await apiCall(b.url, "GET", `/vault/keys/${key.key_id}`)).json.spent_today_usd).toBe(10);
 
+      // A fan-out over both processes with a PATCH on one of them in the middle: after it commits,
+      // both processes admit exactly what the new cap leaves, never more.
+      const fan = (await apiCall(a.url, "POST", "/vault/keys", seedKeyBody({ daily_usd_cap: 100 }))).json;
+      const wave = () => Array.from({ length: 30 }, (_, i) => pay(i % 2 ? a.url : b.url, fan.vault_key));
+      const [patched, ...first] = await Promise.all([apiCall(b.url, "PATCH", `/vault/keys/${fan.key_id}`, { daily_usd_cap: 250 }), ...wave(), ...wave()]);
+      expect(patched.status).toBe(200);
+      const okFirst = first.filter((r) => r.status === 200).length;
+      const okSecond = (await Promise.all(wave())).filter((r) => r.status === 200).length;
+      expect(okFirst + okSecond).toBe(25);
+      const view = (await apiCall(a.url, "GET", `/vault/keys/${fan.key_id}`)).json;
+      expect(view).toMatchObject({ spent_today_usd: 250, reserved_usd: 0, remaining_today_usd: 0 });
+
       const minted = (await apiCall(a.url, "POST", "/tokens", { name: "worker", role: "viewer" })).json;
       expect((await apiCall(b.url, "GET", "/vault/keys", undefined, minted.token)).status).toBe(200);
       expect((await apiCall(a.url, "DELETE", `/tokens/${minted.token_id}`)).status).toBe(200);
@@ -547,4 +559,57 @@ describe("migration 0007", () => {
     db.sqlite.close();
     expect(readFileSync(join(import.meta.dir, "../migrations/0007_token_roles.sql"), "utf8")).toContain("DEFAULT 'admin'");
   });
+});
+
+describe("keybrake token create | list | revoke", () => {
+  const cli = (dataDir: string, ...args: string[]) => {
+    const r = Bun.spawnSync([process.execPath, "src/main.ts", "token", ...args], {
+      cwd: join(import.meta.dir, ".."),
+      env: { PATH: process.env.PATH ?? "", KEYBRAKE_DATA_DIR: dataDir },
+    });
+    return { code: r.exitCode, out: r.stdout.toString(), err: r.stderr.toString() };
+  };
+
+  test("an issuer with a policy is minted, listed (never the token) and revoked; bad input exits 2 naming the field", async () => {
+    const dir = tempDir();
+    const created = cli(dir, "create", "--name", "argo", "--role", "issuer", "--policy", '{"max_daily_usd_cap": 50, "label_prefix": "argo/"}');
+    expect(created.code).toBe(0);
+    const token = created.out.trim();
+    expect(token).toMatch(/^kbt_/);
+
+    const listed = cli(dir, "list");
+    expect(listed.out).not.toContain(token);
+    const [id, role, status, , name, policy] = listed.out.trim().split("\t");
+    expect([role, status, name, JSON.parse(policy!)]).toEqual(["issuer", "active", "argo", { max_daily_usd_cap: 50, label_prefix: "argo/" }]);
+
+    // The token works against a server on the same data dir, inside its policy only.
+    const server = await startKeybrake({ KEYBRAKE_LOG: "silent" }, { dataDir: dir });
+    try {
+      expect((await apiCall(server.url, "POST", "/vault/keys", seedKeyBody({ agent_run_label: "argo/wf-1", daily_usd_cap: 50 }), token)).status).toBe(201);
+      expect((await apiCall(server.url, "POST", "/vault/keys", seedKeyBody({ agent_run_label: "argo/wf-1", daily_usd_cap: 51 }), token)).status).toBe(403);
+      const revoked = cli(dir, "revoke", id!);
+      expect(revoked.code).toBe(0);
+      expect(revoked.out).toContain(`revoked ${id}`);
+      expect((await apiCall(server.url, "GET", "/vault/keys", undefined, token)).status).toBe(401); // seen by the running server at once
+      const trail = (await server.api("GET", `/events?type=token.revoked`)).json.data[0];
+      expect(trail).toMatchObject({ target: id, actor: { token_id: "cli" } });
+    } finally {
+      await server.stop();
+    }
+
+    for (const [args, needle] of [
+      [["create", "--name", "x", "--role", "issuer"], "policy"],
+      [["create", "--name", "x", "--role", "issuer", "--policy", "{nope"], "--policy is not valid JSON"],
+      [["create", "--name", "x", "--role", "issuer", "--policy", '{"max_daily_usd_cap": -1}'], "policy.max_daily_usd_cap"],
+      [["create", "--name", "x", "--role", "root"], "role"],
+      [["create", "--name", "x", "--colour", "red"], 'unknown option "--colour"'],
+      [["revoke", "tok_nope"], "No management token tok_nope"],
+      [["rotate"], 'unknown token command "rotate"'],
+    ] as const) {
+      const r = cli(dir, ...args);
+      expect([args.join(" "), r.code]).toEqual([args.join(" "), 2]);
+      expect(r.err).toContain(needle);
+    }
+    expect(cli(dir, "list").out.trim().split("\n")).toHaveLength(1); // nothing was created by the refusals
+  }, 30_000);
 });
