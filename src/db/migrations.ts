@@ -8,6 +8,7 @@ import m0002 from "../../migrations/0002_admin_sessions.sql" with { type: "text"
 import m0003 from "../../migrations/0003_idempotency.sql" with { type: "text" };
 import m0004 from "../../migrations/0004_events.sql" with { type: "text" };
 import m0006 from "../../migrations/0006_operations.sql" with { type: "text" };
+import m0007 from "../../migrations/0007_token_roles.sql" with { type: "text" };
 
 export const MIGRATIONS: readonly { name: string; sql: string }[] = [
   { name: "0001_init.sql", sql: m0001 },
@@ -16,4 +17,5 @@ export const MIGRATIONS: readonly { name: string; sql: string }[] = [
   { name: "0004_events.sql", sql: m0004 },
   // 0005 belongs to another branch of this wave; the lead merges it in order.
   { name: "0006_operations.sql", sql: m0006 },
+  { name: "0007_token_roles.sql", sql: m0007 },
 ];
