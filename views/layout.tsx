@@ -52,6 +52,9 @@ export function Layout({ title, section, csrf, children }: PropsWithChildren<{ t
                 ))}
               </ul>
             </nav>
+            <button class="btn ghost small time-toggle" type="button" data-time-toggle aria-pressed="false" title="Show times in UTC or in this browser's time zone (remembered in this browser)">
+              Times: UTC
+            </button>
             <form class="logout" method="post" action="/admin/logout">
               <CsrfField token={csrf} />
               <button class="btn ghost small" type="submit">
@@ -61,6 +64,7 @@ export function Layout({ title, section, csrf, children }: PropsWithChildren<{ t
           </div>
         </header>
         <main id="main" class="page">
+          {/* A toast, fixed to the corner: messages never push the rows under the pointer. */}
           <div id="flash" class="flash-area" aria-live="polite"></div>
           {children}
         </main>

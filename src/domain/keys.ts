@@ -43,7 +43,14 @@ const duration = (field: string, maxMs: number) =>
 
 const endpoint = z.string().superRefine((entry, ctx) => {
   const rule = parseEndpointRule(entry);
-  if (typeof rule === "string") ctx.addIssue({ code: "custom", message: rule });
+  if (typeof rule === "string") return void ctx.addIssue({ code: "custom", message: rule });
+  // Rules match the vendor's own path (what is forwarded), never Keybrake's /{vendor} routing
+  // prefix: "POST /stripe/v1/…" would be accepted and then refuse every call.
+  const first = rule.segments[0];
+  if (first !== undefined && (VENDORS as readonly string[]).includes(first)) {
+    const rest = "/" + rule.segments.slice(1).join("/");
+    ctx.addIssue({ code: "custom", message: `"${entry.trim()}": drop the /${first} prefix; rules use the vendor's own path, e.g. "${rule.method} ${rest}"` });
+  }
 });
 
 const metadataValue = z.union([z.string().max(500), z.number(), z.boolean(), z.null()], {
