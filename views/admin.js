@@ -66,9 +66,10 @@
   const TIME_KEY = "keybrake.times";
   const localTimes = () => localStorage.getItem(TIME_KEY) === "local";
   const pad = (n) => String(n).padStart(2, "0");
-  function localText(d) {
+  function localText(d, withZone = true) {
     const zone = new Intl.DateTimeFormat(undefined, { timeZoneName: "short" }).formatToParts(d).find((p) => p.type === "timeZoneName")?.value ?? "";
-    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())} ${zone}`;
+    const text = `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+    return withZone ? `${text} ${zone}` : text;
   }
   function applyTimes() {
     const local = localTimes();
@@ -76,10 +77,13 @@
       const d = new Date(el.getAttribute("datetime"));
       if (Number.isNaN(d.getTime())) continue;
       if (!el.dataset.utc) el.dataset.utc = el.title;
-      const shown = local ? localText(d) : el.dataset.utc;
-      el.title = shown;
-      if (el.dataset.time === "full") el.textContent = shown;
+      if (!el.dataset.utcText) el.dataset.utcText = el.textContent;
+      el.title = local ? localText(d) : el.dataset.utc;
+      if (el.dataset.time === "full") el.textContent = el.title;
+      // Compact times (the audit list) drop the zone; the column header and the title say it.
+      if (el.dataset.time === "compact") el.textContent = local ? localText(d, false).slice(5) : el.dataset.utcText;
     }
+    for (const th of document.querySelectorAll("[data-zone-label]")) th.textContent = local ? "Time (local)" : "Time (UTC)";
     for (const b of document.querySelectorAll("[data-time-toggle]")) {
       b.textContent = local ? "Times: local" : "Times: UTC";
       b.setAttribute("aria-pressed", String(local));

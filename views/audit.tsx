@@ -72,10 +72,11 @@ export function clientStatus(r: Pick<AuditEntry, "vendor_status" | "outcome">): 
 export const isRefusal = (outcome: string) => !["forwarded", "replayed", "upstream_error"].includes(outcome);
 
 /** "/v1/customers/cus_123/…/sources": long paths keep their start and end on one line; the whole path is in the title. */
-export function shortPath(path: string, max = 48): string {
+export function shortPath(path: string, max = 34): string {
   if (path.length <= max) return path;
   const keep = max - 1;
-  const head = Math.ceil(keep * 0.45);
+  // The end of a path (the object and action) says more than its start.
+  const head = Math.ceil(keep * 0.35);
   return `${path.slice(0, head)}…${path.slice(path.length - (keep - head))}`;
 }
 
@@ -183,18 +184,15 @@ export function AuditResults(p: AuditListData) {
             <caption class="sr-only">Audit log rows</caption>
             <thead>
               <tr>
-                <th scope="col">Time</th>
-                <th scope="col">Run and key</th>
+                <th scope="col" data-zone-label>
+                  Time (UTC)
+                </th>
+                <th scope="col">Run</th>
+                <th scope="col">Key</th>
                 <th scope="col">Request</th>
                 <th scope="col">Outcome</th>
                 <th scope="col" class="num">
-                  Status
-                </th>
-                <th scope="col" class="num">
                   Cost
-                </th>
-                <th scope="col">
-                  <span class="sr-only">Details</span>
                 </th>
               </tr>
             </thead>
@@ -248,52 +246,19 @@ function CostCell({ r }: { r: AuditEntry }) {
   );
 }
 
+/** "key_…9wf8je": enough of a key id to tell keys apart on one line; the link and title carry all of it. */
+function shortKeyId(id: string): string {
+  return id.length > 14 ? `${id.slice(0, 4)}…${id.slice(-6)}` : id;
+}
+
 function AuditRowView({ r }: { r: AuditEntry }) {
   const { status, byKeybrake } = clientStatus(r);
   const request = `${r.method} ${r.path}`;
   return (
     <tr id={`audit-${r.id}`}>
       <td class="nowrap mono small time" data-label="Time">
-        <Time at={r.time} />
-      </td>
-      <td class="run one-line">
-        {r.agent_run_label !== null ? (
-          <a class="label-text" href={href("/admin/audit", { label: r.agent_run_label })} title={`Calls of run ${r.agent_run_label}`} safe>
-            {r.agent_run_label}
-          </a>
-        ) : (
-          <span class="muted">no run</span>
-        )}
-        <div class="sub mono">
-          {r.key_id ? (
-            <a href={href("/admin/audit", { key_id: r.key_id })} title="Calls of this key" safe>
-              {r.key_id}
-            </a>
-          ) : (
-            "no key"
-          )}
-        </div>
-      </td>
-      <td class="req" data-label="Request">
-        <span class="mono small request" title={request} tabindex="0" data-full={request} safe>
-          {`${r.method} ${shortPath(r.path)}`}
-        </span>
-        <span class="sub vendor-name" safe>
-          {r.vendor}
-        </span>
-      </td>
-      <td data-label="Outcome">
-        <Badge tone={OUTCOME_TONE[r.outcome] ?? "muted"} text={r.outcome} />
-      </td>
-      <td class="num" data-label="Status" title={byKeybrake ? "Refused by Keybrake: the vendor was not called" : undefined}>
-        {status === null ? "—" : byKeybrake ? <span class="by-keybrake" safe>{String(status)}</span> : String(status)}
-      </td>
-      <td class="num nowrap" data-label="Cost">
-        <CostCell r={r} />
-      </td>
-      <td class="actions">
+        {/* The time opens the call's details right under its row (a second click closes them). */}
         <a
-          class="btn ghost small"
           href={`/admin/audit/${r.id}`}
           hx-get={`/admin/audit/${r.id}`}
           hx-target="closest tr"
@@ -301,9 +266,47 @@ function AuditRowView({ r }: { r: AuditEntry }) {
           data-detail-toggle={`audit-detail-${r.id}`}
           aria-expanded="false"
           aria-label={`Details of call ${r.id}`}
+          class="details-link"
         >
-          Details
+          <Time at={r.time} text={r.time.slice(5, 19).replace("T", " ")} compact />
+          <span class="chev" aria-hidden="true"></span>
         </a>
+      </td>
+      <td class="run one-line" data-label="Run">
+        {r.agent_run_label !== null ? (
+          <a class="label-text" href={href("/admin/audit", { label: r.agent_run_label })} title={`Calls of run ${r.agent_run_label}`} safe>
+            {r.agent_run_label}
+          </a>
+        ) : (
+          <span class="muted">no run</span>
+        )}
+      </td>
+      <td class="mono small nowrap key-cell" data-label="Key">
+        {r.key_id ? (
+          <a href={href("/admin/audit", { key_id: r.key_id })} title={`Calls of key ${r.key_id}`} safe>
+            {shortKeyId(r.key_id)}
+          </a>
+        ) : (
+          <span class="muted">no key</span>
+        )}
+      </td>
+      <td class="req one-line" data-label="Request">
+        <span class="mono small request" title={`${r.vendor}: ${request}`} tabindex="0" data-full={request} safe>
+          {`${r.method} ${shortPath(r.path)}`}
+        </span>
+      </td>
+      <td class="nowrap" data-label="Outcome">
+        <Badge tone={OUTCOME_TONE[r.outcome] ?? "muted"} text={r.outcome} />{" "}
+        <span
+          class={["status", byKeybrake ? "by-keybrake" : ""]}
+          title={byKeybrake ? `The client got ${status} from Keybrake: the vendor was not called` : status === null ? undefined : `${r.vendor} answered ${status}`}
+          safe
+        >
+          {status === null ? "—" : String(status)}
+        </span>
+      </td>
+      <td class="num nowrap" data-label="Cost">
+        <CostCell r={r} />
       </td>
     </tr>
   );
@@ -313,7 +316,7 @@ function AuditRowView({ r }: { r: AuditEntry }) {
 export function AuditDetailRow({ row }: { row: AuditEntry }) {
   return (
     <tr class="detail-row" id={`audit-detail-${row.id}`}>
-      <td colspan="7">
+      <td colspan="6">
         <AuditDetail row={row} />
       </td>
     </tr>

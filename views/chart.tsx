@@ -13,11 +13,11 @@ const PAD = { left: 84, right: 16, top: 14, bottom: 30 };
 const plotW = W - PAD.left - PAD.right;
 const plotH = H - PAD.top - PAD.bottom;
 
-/** A round number ≥ value for the top of the axis: 1, 2, 2.5 or 5 × 10ⁿ. */
+/** A round number ≥ value for the top of the axis (1, 1.2, 1.6, 2, 2.4, 3, 4, 5, 6, 8 × 10ⁿ: quarters stay round). */
 export function niceCeil(value: number): number {
   if (value <= 0) return 1;
   const exp = 10 ** Math.floor(Math.log10(value));
-  for (const m of [1, 2, 2.5, 5, 10]) if (m * exp >= value) return m * exp;
+  for (const m of [1, 1.2, 1.6, 2, 2.4, 3, 4, 5, 6, 8, 10]) if (m * exp >= value) return m * exp;
   return 10 * exp;
 }
 
@@ -143,7 +143,7 @@ function dayLabelEvery(days: number): number {
   return days <= 7 ? 1 : days <= 31 ? 7 : 14;
 }
 
-const TICK_STEPS_MS = [60_000, 5 * 60_000, 15 * 60_000, 30 * 60_000, 3_600_000, 3 * 3_600_000, 6 * 3_600_000, 12 * 3_600_000, 86_400_000, 2 * 86_400_000, 7 * 86_400_000];
+const TICK_STEPS_MS = [1000, 5000, 10_000, 30_000, 60_000, 5 * 60_000, 15 * 60_000, 30 * 60_000, 3_600_000, 3 * 3_600_000, 6 * 3_600_000, 12 * 3_600_000, 86_400_000, 2 * 86_400_000, 7 * 86_400_000];
 
 /** Round times between t0 and t1 (UTC), at most `max` of them, and how to write them. */
 export function timeTicks(t0: number, t1: number, max = 6): { t: number; text: string }[] {
@@ -152,9 +152,18 @@ export function timeTicks(t0: number, t1: number, max = 6): { t: number; text: s
   const ticks: { t: number; text: string }[] = [];
   for (let t = Math.ceil(t0 / step) * step; t <= t1; t += step) {
     const iso = new Date(t).toISOString();
-    const text = step >= 86_400_000 ? iso.slice(5, 10) : span > 86_400_000 || iso.slice(11, 16) === "00:00" ? `${iso.slice(5, 10)} ${iso.slice(11, 16)}` : iso.slice(11, 16);
+    const text =
+      step >= 86_400_000
+        ? iso.slice(5, 10)
+        : step < 60_000
+          ? iso.slice(11, 19)
+          : span > 86_400_000 || iso.slice(11, 16) === "00:00"
+            ? `${iso.slice(5, 10)} ${iso.slice(11, 16)}`
+            : iso.slice(11, 16);
     ticks.push({ t, text });
   }
+  // Under a couple of seconds there is nothing round to mark: label both ends instead.
+  if (ticks.length < 2) return [t0, t1].map((t) => ({ t, text: new Date(t).toISOString().slice(11, 19) }));
   return ticks;
 }
 
@@ -212,7 +221,7 @@ export function CumulativeChart({ points, title, cap }: { points: { t: number; m
           {timeTicks(t0, t1).map((tick) => (
             <g>
               <line x1={x(tick.t).toFixed(1)} x2={x(tick.t).toFixed(1)} y1={String(PAD.top + plotH)} y2={String(PAD.top + plotH + 4)} class="baseline" />
-              <text x={x(tick.t).toFixed(1)} y={String(H - 8)} text-anchor="middle" safe>
+              <text x={x(tick.t).toFixed(1)} y={String(H - 8)} text-anchor={x(tick.t) < PAD.left + 40 ? "start" : x(tick.t) > W - PAD.right - 40 ? "end" : "middle"} safe>
                 {tick.text}
               </text>
             </g>

@@ -288,12 +288,17 @@ export function RunRow({ r, now, csrf }: { r: RunSummary; now: number; csrf?: st
       </td>
       <td class="spend-col" data-label="Spent today / cap">
         <SpendMeter spent={r.spent_today_usd} reserved={r.reserved_usd} cap={r.daily_cap_usd} name={`run ${r.agent_run_label}`} />
-        <div class="sub" safe>
-          {r.total_cap_usd === null ? `${usd(r.spent_total_usd)} over the run` : `${usd(r.spent_total_usd)} of ${usd(r.total_cap_usd)} over the run`}
-        </div>
+        {r.total_cap_usd !== null && r.total_cap_usd !== r.daily_cap_usd ? (
+          <div class="sub" safe>{`${usd(r.spent_total_usd)} of ${usd(r.total_cap_usd)} over the run`}</div>
+        ) : r.spent_total_usd !== r.spent_today_usd ? (
+          <div class="sub" safe>{`${usd(r.spent_total_usd)} over the run`}</div>
+        ) : (
+          ""
+        )}
       </td>
-      <td class="num" data-label="Calls" safe>
-        {r.refused ? `${r.calls} (${r.refused} refused)` : String(r.calls)}
+      <td class="num" data-label="Calls">
+        {String(r.calls)}
+        {r.refused ? <div class="sub" safe>{`${r.refused} refused`}</div> : ""}
       </td>
       <td class="num" data-label="Cap hits">
         {r.cap_hits ? <Badge tone="warn" text={String(r.cap_hits)} /> : "0"}
