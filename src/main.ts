@@ -4,6 +4,7 @@ import { ConfigError, loadConfig, proxyBaseUrl, type Config } from "./config.ts"
 import { openDatabase } from "./db/connection.ts";
 import { TokenStore } from "./domain/tokens.ts";
 import { createServices, MAX_PROXY_BODY_BYTES } from "./services.ts";
+import { runDemo } from "./demo.ts";
 import { VERSION } from "./version.ts";
 
 const HELP = `keybrake ${VERSION} — spend-cap proxy for Stripe, Twilio and Resend
@@ -11,6 +12,7 @@ const HELP = `keybrake ${VERSION} — spend-cap proxy for Stripe, Twilio and Res
 Usage:
   keybrake [serve]                     start the server (default)
   keybrake token create --name NAME    mint a management API token and print it once
+  keybrake demo                        try it: Keybrake + a local fake Stripe/Twilio/Resend, with sample runs
   keybrake version                     print the version
   keybrake --help                      this text
 
@@ -59,6 +61,7 @@ function main(argv: string[]) {
   const [command = "serve", ...rest] = argv;
   if (command === "--help" || command === "-h" || command === "help") return void process.stdout.write(HELP);
   if (command === "version" || command === "--version") return void console.log(VERSION);
+  if (command === "demo") return void runDemo().catch((e) => fail(`demo: ${(e as Error).message}`));
   let config: Config;
   try {
     config = loadConfig();

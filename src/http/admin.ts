@@ -49,6 +49,8 @@ const PAGE_SIZE = 50;
 const SPEND_WINDOWS = [1, 7, 30, 90] as const;
 const DEFAULT_SPEND_DAYS = 30;
 
+const TOO_LARGE = Object.freeze({ tooLarge: true });
+
 const isVendor = (v: string | undefined): v is VendorName => (VENDORS as readonly string[]).includes(v ?? "");
 const isInvalidInput = (e: unknown): e is ApiError => e instanceof ApiError && e.code === "invalid_request";
 
@@ -168,9 +170,10 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
         Object.assign(set.headers, ADMIN_HEADERS);
       })
       // Every /admin body (login included) is bounded before it is read or parsed.
-      .onParse(({ request }) => readAdminForm(request, ADMIN_MAX_BODY_BYTES))
-      .onError(({ error }) => {
-        if (error instanceof AdminBodyTooLarge) {
+      // A body over the limit parses to a marker (a parse error would become Elysia's 400) and is refused here.
+      .onParse(({ request }) => readAdminForm(request, ADMIN_MAX_BODY_BYTES).catch((e) => (e instanceof AdminBodyTooLarge ? TOO_LARGE : Promise.reject(e))))
+      .onBeforeHandle(({ body }) => {
+        if (body === TOO_LARGE) {
           return new Response(`Request body is larger than ${ADMIN_MAX_BODY_BYTES} bytes.`, { status: 413, headers: { "content-type": "text/plain; charset=utf-8", ...ADMIN_HEADERS } });
         }
       })
