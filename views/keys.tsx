@@ -329,7 +329,7 @@ export function RunRow({ r, now, csrf }: { r: RunSummary; now: number; csrf?: st
             </button>
           </form>
         ) : (
-          ""
+          <StoppedSlot text={r.status === "revoked" ? "Revoked" : "Stopped"} />
         )}
       </td>
     </tr>
@@ -406,10 +406,19 @@ export function KeyRow({ k, now, csrf }: { k: KeyView; now: number; csrf?: strin
             </button>
           </form>
         ) : (
-          ""
+          <StoppedSlot text={k.status === "revoked" ? "Revoked" : "Expired"} />
         )}
       </td>
     </tr>
+  );
+}
+
+/** Where the revoke button was: the same room, so nothing else in the row slides under the pointer. */
+function StoppedSlot({ text }: { text: string }) {
+  return (
+    <span class="btn small stopped" aria-hidden="true" safe>
+      {text}
+    </span>
   );
 }
 
