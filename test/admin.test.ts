@@ -717,3 +717,16 @@ describe("audit pages: what the client saw, what was spent, account ids masked",
     expect(await countElements(paged, "#audit-live[hx-trigger]")).toBe(0);
   });
 });
+
+test("a cap refusal says its amounts in the one money format ($29.00, not $29.000000)", async () => {
+  const k = await kb.issueKey(seedKeyBody({ agent_run_label: "money-format", daily_usd_cap: 10.5 }));
+  const res = await fetch(`${kb.url}/stripe/v1/payment_intents`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${k.vault_key}`, "content-type": "application/x-www-form-urlencoded" },
+    body: "amount=2900&currency=usd",
+  });
+  expect(res.status).toBe(429);
+  expect(((await res.json()) as any).error.message).toBe("Spend cap reached: this call would cost $29.00 and $10.50 is left.");
+  // Headers stay exact for machines.
+  expect(res.headers.get("x-keybrake-remaining-usd")).toBe("10.500000");
+});

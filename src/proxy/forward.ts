@@ -5,6 +5,7 @@ import type { AuditOutcome, CallFacts, Ledger, LiveKey, RepeatGuard, Reservation
 import type { VendorSecretStore } from "../domain/secrets.ts";
 import type { Metrics } from "../metrics.ts";
 import { microsToDecimalString } from "../money.ts";
+import { formatUsdMicros } from "../money-format.ts";
 import { ADAPTERS, vendorForPath } from "../vendors/index.ts";
 import { READ_METHODS } from "../vendors/rules.ts";
 import type { Pricing, PricingContext, VendorAdapter, VendorName } from "../vendors/types.ts";
@@ -159,7 +160,7 @@ export class Forwarder {
       case "refused": {
         this.deps.metrics.countRequest(vendor, admission.outcome);
         if (admission.outcome === "cap_hit") {
-          const res = this.refusalResponse(adapter, 429, "cap_exceeded", `Spend cap reached: this call would cost $${microsToDecimalString(micros)} and $${microsToDecimalString(admission.remainingMicros)} is left.`);
+          const res = this.refusalResponse(adapter, 429, "cap_exceeded", `Spend cap reached: this call would cost ${formatUsdMicros(micros)} and ${formatUsdMicros(admission.remainingMicros)} is left.`);
           res.headers.set("x-keybrake-cap-hit", "true");
           res.headers.set("x-keybrake-remaining-usd", microsToDecimalString(admission.remainingMicros));
           return res;
