@@ -17,7 +17,7 @@ export const VAULT_KEY_PREFIX = "vk_";
 export const MAX_LABEL_LENGTH = 256;
 const MAX_DEDUPE_WINDOW_MS = 86_400_000;
 
-const usd = (field: string) =>
+export const usd = (field: string) =>
   z.number({ error: `${field} must be a number of US dollars` }).transform((n, ctx) => {
     const micros = n >= 0 ? decimalToMicros(n) : null;
     if (micros === null || micros > 1e15) {
