@@ -354,15 +354,16 @@ export class WebhookService {
   private finishAttempt(row: DueRow, attempt: number, started: number, status: number | null, error: string | null, durationMs: number, giveUp: boolean) {
     if (this.stopped) return;
     try {
+      const now = Date.now();
+      const next = error === null || giveUp ? null : nextAttemptAt(this.policy, attempt, row.created_at, now);
       this.db.sqlite.transaction(() => {
         this.q.attempt!.run(row.id, attempt, started, status, error, durationMs);
-        if (error === null) this.q.delivered!.run(Date.now(), row.id, attempt);
-        else {
-          const next = giveUp ? null : nextAttemptAt(this.policy, attempt, row.created_at, Date.now());
-          if (next === null) this.q.failed!.run(row.id, attempt);
-          else this.q.retryAt!.run(next, row.id, attempt);
-        }
+        if (error === null) this.q.delivered!.run(now, row.id, attempt);
+        else if (next === null) this.q.failed!.run(row.id, attempt);
+        else this.q.retryAt!.run(next, row.id, attempt);
       })();
+      // A retry due before the next regular poll (the first one, after ~1 s) is not left waiting for it.
+      if (next !== null && next - now < this.pollMs) setTimeout(() => this.kick(), next - now).unref?.();
     } catch (e) {
       if (!/closed/i.test(String((e as Error).message))) this.logger.error(`webhook outbox: ${(e as Error).message}`);
     }
