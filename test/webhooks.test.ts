@@ -168,7 +168,7 @@ describe("deliveries", () => {
     expect(new Set(ids).size).toBe(1);
     expect(new Set(rx.received.map((r) => r.body)).size).toBe(1);
     for (const r of rx.received) expect(verifyKeybrakeSignature(hook.secret, r.body, r.headers.get("keybrake-signature"))).toBe(true);
-    await until(() => kb.services.db.sqlite.query("SELECT state FROM webhook_deliveries WHERE webhook_id = ?").get(hook.webhook_id)?.state === "delivered", "delivered");
+    await until(() => (kb.services.db.sqlite.query("SELECT state FROM webhook_deliveries WHERE webhook_id = ?").get(hook.webhook_id) as { state: string } | null)?.state === "delivered", "delivered");
     const [d] = (await kb.api("GET", `/webhooks/${hook.webhook_id}/deliveries`)).json.data;
     expect(d.attempts.map((a: any) => a.status)).toEqual([500, 500, 200]);
     expect(d.attempts[0].error).toBe("HTTP 500");
@@ -182,7 +182,7 @@ describe("deliveries", () => {
       const hook = await createWebhook({ events: ["budget.updated"] });
       rx.answerWith(() => new Response("down", { status: 503 }));
       await kb.api("POST", "/budgets", { name: "give up", label_prefix: "gu/", daily_usd_cap: 5 });
-      await until(() => kb.services.db.sqlite.query("SELECT state FROM webhook_deliveries WHERE webhook_id = ?").get(hook.webhook_id)?.state === "failed", "failed");
+      await until(() => (kb.services.db.sqlite.query("SELECT state FROM webhook_deliveries WHERE webhook_id = ?").get(hook.webhook_id) as { state: string } | null)?.state === "failed", "failed");
       const [d] = (await kb.api("GET", `/webhooks/${hook.webhook_id}/deliveries`)).json.data;
       expect(d.state).toBe("failed");
       expect(d.attempts.length).toBe(rx.received.length);
