@@ -19,6 +19,7 @@ import { LoginPage } from "../../views/login.tsx";
 import { SpendPage } from "../../views/spend.tsx";
 import { ConnectionResult, VendorCard, VendorsPage } from "../../views/vendors.tsx";
 import { auditExportResponse } from "./audit-export.ts";
+import { adminGovernanceRoutes } from "./admin-governance.ts";
 import { fieldErrorsOf, issueBodyFromForm, issueFormValues, secretFromForm, utcFromLocalInput, type FieldErrors } from "./admin-forms.ts";
 import {
   ADMIN_HEADERS,
@@ -297,5 +298,6 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
         },
         { session: true },
       )
+      .use(adminGovernanceRoutes(s)) // budgets, webhooks, events: after the session macro, which guards them too
   );
 }
