@@ -229,6 +229,7 @@ describe("deliveries", () => {
     for (const want of ["reached 50% of its $10 daily cap ($5 spent)", "reached 80%", "reached 100%", "hit its $10 daily cap"]) {
       expect(texts.filter((t) => t.text.includes(want))).toHaveLength(1);
     }
+    for (const r of byHook(slack.secret)) expect(r.headers.get("keybrake-event-id")).toMatch(/^evt_/); // the body has no id: the header does
     for (const t of texts) {
       expect(t.text).toContain("&lt;b&gt;run&lt;/b&gt;");
       expect(t.text).not.toContain("<b>");

@@ -10,6 +10,14 @@ export type AlertScope =
   | { kind: "key"; id: string; label: string }
   | { kind: "budget"; id: string; name: string; labelPrefix: string };
 
+/** Today's settled spend of one key or budget before and after a settlement. */
+export interface SpendChange {
+  scope: AlertScope;
+  before: number;
+  after: number;
+  capMicros: number;
+}
+
 /** A marker row with this "threshold" says the scope's cap.hit was raised that day. */
 const HIT_MARK = -1;
 
@@ -49,15 +57,19 @@ export class CapAlerts {
     return [...all].sort((a, b) => a - b);
   }
 
-  /** Spend went from `before` to `after` today: raise each threshold this step reached. */
-  spent(scope: AlertScope, before: number, after: number, capMicros: number, day: string, now: number): void {
-    if (capMicros <= 0 || after <= before) return;
-    for (const t of this.thresholds()) {
-      const line = thresholdMicros(t, capMicros);
-      if (before >= line || after < line) continue;
-      this.once(scope.id, day, t, () =>
-        this.events.record({ type: "cap.threshold", actor: null, target: scope.id, data: { ...scopeData(scope), threshold: t, spent_usd: microsToUsd(after), cap_usd: microsToUsd(capMicros), day } }, now),
-      );
+  /** One settlement moved each scope's spend from `before` to `after` today: raise each threshold reached. */
+  spent(changes: readonly SpendChange[], day: string, now: number): void {
+    const moved = changes.filter((c) => c.capMicros > 0 && c.after > c.before);
+    if (moved.length === 0) return;
+    const thresholds = this.thresholds(); // once per settlement, not per scope
+    for (const { scope, before, after, capMicros } of moved) {
+      for (const t of thresholds) {
+        const line = thresholdMicros(t, capMicros);
+        if (before >= line || after < line) continue;
+        this.once(scope.id, day, t, () =>
+          this.events.record({ type: "cap.threshold", actor: null, target: scope.id, data: { ...scopeData(scope), threshold: t, spent_usd: microsToUsd(after), cap_usd: microsToUsd(capMicros), day } }, now),
+        );
+      }
     }
   }
 

@@ -224,7 +224,7 @@ export class BudgetLedger {
   constructor(sqlite: Database) {
     const p = (s: string) => sqlite.prepare(s);
     this.q = {
-      // substr() compares bytes of the label's prefix: exactly "starts with", no LIKE wildcards.
+      // substr()/length() count characters on both sides: exactly "starts with", with no LIKE wildcards or case folding.
       matching: p(
         `SELECT b.id, b.name, b.label_prefix, b.daily_cap_micros, COALESCE(d.spent_micros, 0) AS spent_micros, COALESCE(d.reserved_micros, 0) AS reserved_micros
            FROM budgets b LEFT JOIN budget_spend_days d ON d.budget_id = b.id AND d.day = ?

@@ -359,10 +359,14 @@ export class Ledger {
     const key = this.q.keyForAlerts!.get(r.keyId) as { daily_cap_micros: number; agent_run_label: string };
     const today = this.q.day!.get(r.keyId, r.day) as { spent_micros: number } | null;
     const after = today?.spent_micros ?? 0;
-    this.alerts.spent({ kind: "key", id: r.keyId, label: key.agent_run_label }, after - actual, after, key.daily_cap_micros, r.day, now);
-    for (const b of settled) {
-      this.alerts.spent({ kind: "budget", id: b.budgetId, name: b.name, labelPrefix: b.labelPrefix }, b.spentBefore, b.spentAfter, b.capMicros, r.day, now);
-    }
+    this.alerts.spent(
+      [
+        { scope: { kind: "key", id: r.keyId, label: key.agent_run_label }, before: after - actual, after, capMicros: key.daily_cap_micros },
+        ...settled.map((b) => ({ scope: { kind: "budget" as const, id: b.budgetId, name: b.name, labelPrefix: b.labelPrefix }, before: b.spentBefore, after: b.spentAfter, capMicros: b.capMicros })),
+      ],
+      r.day,
+      now,
+    );
   }
 
   private keyCapHit(key: LiveKey, cap: CapRow, micros: number, day: string, now: number): void {

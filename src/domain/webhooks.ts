@@ -146,6 +146,7 @@ export interface WebhookOptions {
 interface DueRow {
   id: string;
   webhook_id: string;
+  event_id: string;
   body: string;
   attempts: number;
   next_attempt_at: number;
@@ -187,7 +188,7 @@ export class WebhookService {
          VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)`,
       ),
       due: p(
-        `SELECT id, webhook_id, body, attempts, next_attempt_at, created_at FROM webhook_deliveries
+        `SELECT id, webhook_id, event_id, body, attempts, next_attempt_at, created_at FROM webhook_deliveries
           WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?`,
       ),
       // The claim: only the process whose UPDATE still sees the row as it read it sends this attempt.
@@ -334,7 +335,7 @@ export class WebhookService {
           "content-type": "application/json",
           "user-agent": "Keybrake-Webhooks/1",
           "keybrake-signature": signatureHeader(this.box.open(target.secret_sealed), row.body, t),
-          "keybrake-event-id": JSON.parse(row.body).id ?? row.id,
+          "keybrake-event-id": row.event_id, // also for Slack bodies, which carry no id
           "keybrake-delivery-id": row.id,
         },
         body: row.body,
