@@ -64,7 +64,7 @@ test("sign in and reach the three pages from the navigation", async () => {
     await page.click(`nav >> text=${link}`);
     await page.getByRole("heading", { name: heading, exact: true }).waitFor(WAIT);
   }
-});
+}, 30_000);
 
 test("without a session the pages send the browser to the login", async () => {
   const res = await fetch(`${kb.url}/admin/budgets`, { redirect: "manual" });
@@ -73,7 +73,7 @@ test("without a session the pages send the browser to the login", async () => {
   const post = await fetch(`${kb.url}/admin/budgets`, { method: "POST", redirect: "manual", body: new URLSearchParams({ name: "x" }) });
   expect(post.status).toBe(303);
   expect((await kb.api("GET", "/budgets")).json.data).toHaveLength(0);
-});
+}, 30_000);
 
 test("budgets: field errors inline, then create; spend against cap; edit; delete with confirmation; client text escaped", async () => {
   await page.fill("#nb-name", `Pool ${XSS}`);
@@ -115,7 +115,7 @@ test("budgets: field errors inline, then create; spend against cap; edit; delete
   await page.getByText("deleted.").waitFor(WAIT);
   expect(await page.locator(`#budget-${budget.budget_id}`).count()).toBe(0);
   expect((await kb.api("GET", `/budgets/${budget.budget_id}`)).json.status).toBe("deleted");
-});
+}, 30_000);
 
 test("webhooks: the secret is shown once; deliveries list each attempt", async () => {
   await page.click("nav >> text=Webhooks");
@@ -148,7 +148,7 @@ test("webhooks: the secret is shown once; deliveries list each attempt", async (
   await page.locator(`#webhook-${hook.webhook_id}`).getByRole("button", { name: /Delete webhook/ }).click();
   await page.locator(`#webhook-${hook.webhook_id}`).getByText("deleted").waitFor(WAIT);
   expect((await kb.api("GET", `/webhooks/${hook.webhook_id}`)).json.status).toBe("deleted");
-});
+}, 30_000);
 
 test("events: the trail with who and what, filtered by type, paged; bad filters named", async () => {
   // 60 more events so the trail needs a second page.
@@ -175,7 +175,7 @@ test("events: the trail with who and what, filtered by type, paged; bad filters 
 
   await page.goto(`${kb.url}/admin/events?since=yesterday`);
   await page.getByText("since must be a date and time").waitFor(WAIT);
-});
+}, 30_000);
 
 test("no console errors, CSP violations or script alerts on any page", () => {
   expect(problems).toEqual([]);

@@ -112,7 +112,7 @@ describe("the webhooks API", () => {
     expect(del.json.status).toBe("deleted");
     expect((await kb.api("GET", "/webhooks/whk_nope")).status).toBe(404);
     expect((await kb.api("GET", "/webhooks", undefined, null)).status).toBe(401);
-  });
+  }, 20_000);
 
   const bad: [string, unknown, string[]][] = [
     ["nothing", {}, ["url", "events"]],
@@ -156,7 +156,7 @@ describe("deliveries", () => {
     const deliveries = (await kb.api("GET", `/webhooks/${hook.webhook_id}/deliveries`)).json.data;
     expect(deliveries).toHaveLength(1);
     expect(deliveries[0]).toMatchObject({ event_id: stored.id, state: "delivered", attempt_count: 1, attempts: [{ attempt: 1, status: 200, error: null }] });
-  });
+  }, 20_000);
 
   test("500s are retried with the same event id and the same signed body; each attempt is listed", async () => {
     const { kb } = stack;
@@ -173,7 +173,7 @@ describe("deliveries", () => {
     expect(d.attempts.map((a: any) => a.status)).toEqual([500, 500, 200]);
     expect(d.attempts[0].error).toBe("HTTP 500");
     expect(rx.received.length).toBe(3); // nothing after the success
-  });
+  }, 20_000);
 
   test("a receiver that never succeeds is given up on when the schedule ends, the attempts kept", async () => {
     const { kb } = stack;
@@ -190,7 +190,7 @@ describe("deliveries", () => {
     } finally {
       kb.services.webhooks.policy = FAST;
     }
-  });
+  }, 20_000);
 
   test("a delivery exists iff its change committed", async () => {
     const { kb } = stack;
@@ -207,7 +207,7 @@ describe("deliveries", () => {
     expect(s.db.sqlite.query("SELECT count(*) AS n FROM webhook_deliveries WHERE webhook_id = ?").get(hook.row.id)).toEqual({ n: 1 });
     await until(() => rx.received.length === 1, "the committed one's delivery");
     expect(JSON.parse(rx.received[0]!.body).data.key_id).toBe("key_y");
-  });
+  }, 20_000);
 
   test("cap alerts: each webhook hears its own thresholds once; Slack format is signed the same and escapes client text", async () => {
     const { kb } = stack;
@@ -234,7 +234,7 @@ describe("deliveries", () => {
       expect(t.text).toContain("&lt;b&gt;run&lt;/b&gt;");
       expect(t.text).not.toContain("<b>");
     }
-  });
+  }, 20_000);
 });
 
 describe("a slow or dead receiver never slows the proxy", () => {

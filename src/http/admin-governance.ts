@@ -1,7 +1,8 @@
 import { Elysia } from "elysia";
 import type { AdminSession } from "../domain/admin-sessions.ts";
+import { actorOf } from "../domain/tokens.ts";
 import { presentBudget } from "../domain/budgets.ts";
-import { EVENT_TYPES, presentEvent, type Actor, type EventType } from "../domain/events.ts";
+import { EVENT_TYPES, presentEvent, type EventType } from "../domain/events.ts";
 import { presentWebhook } from "../domain/webhooks.ts";
 import { ApiError } from "../errors.ts";
 import type { Services } from "../services.ts";
@@ -10,24 +11,9 @@ import { EventsPage, type EventsFilterValues } from "../../views/events.tsx";
 import { DeliveriesPage, WebhookDeletedRow, WebhooksPage, type WebhookFormState } from "../../views/webhooks.tsx";
 import { fieldErrorsOf, utcFromLocalInput, type FieldErrors, type FormValues } from "./admin-forms.ts";
 import { field, fragment, html, isHtmx, queryFilters, redirect } from "./admin-kit.ts";
+import { adminSession } from "./admin-session.ts";
 
 const PAGE_SIZE = 50;
-
-/**
- * Routes here run behind admin.ts's `session` macro (session cookie + CSRF on every change):
- * this plugin is mounted inside that instance after the macro, and Elysia applies a parent's
- * macro to the routes of plugins it uses. The option is spelled through this constant because
- * the macro is typed on the parent only.
- */
-const SESSION = { session: true } as {};
-type WithSession = { session: AdminSession };
-const sessionOf = (ctx: unknown) => (ctx as WithSession).session;
-
-/** Who acts through the admin pages: the session's token where the session knows it. */
-function adminActor(session: AdminSession): Actor {
-  const s = session as AdminSession & { tokenId?: string; tokenName?: string };
-  return { tokenId: s.tokenId ?? "admin_session", name: s.tokenName ?? "admin pages" };
-}
 
 const isInvalid = (e: unknown): e is ApiError => e instanceof ApiError && e.code === "invalid_request";
 
@@ -58,7 +44,11 @@ function listField(body: unknown, name: string): string[] {
   return list.filter((x): x is string => typeof x === "string");
 }
 
-/** Budgets, webhooks (with their deliveries) and the events trail, for /admin. */
+/**
+ * The admin Budgets, Webhooks (with their deliveries) and Events pages (SPEC §7). Only admin
+ * sessions exist, so every route here is admin-only by construction. Mounted inside the /admin
+ * prefix by src/http/admin.ts.
+ */
 export function adminGovernanceRoutes(s: Services) {
   const budgetViews = () => {
     const now = Date.now();
@@ -86,45 +76,46 @@ export function adminGovernanceRoutes(s: Services) {
     html(WebhooksPage({ csrf: session.csrfToken, webhooks: s.webhooks.list().map(presentWebhook), form }), status);
 
   return (
-    new Elysia({ name: "admin-governance" })
+    new Elysia()
+      .use(adminSession(s))
       // Budgets
       .get("/budgets", (ctx) => {
         const saved = queryFilters(ctx.request).saved === "1" ? "Budget saved." : undefined;
-        return html(BudgetsPage({ csrf: sessionOf(ctx).csrfToken, budgets: budgetViews(), form: { values: {}, errors: {}, saved } }));
-      }, SESSION)
+        return html(BudgetsPage({ csrf: ctx.session.csrfToken, budgets: budgetViews(), form: { values: {}, errors: {}, saved } }));
+      }, { session: true })
       .post(
         "/budgets",
         (ctx) => {
           const values = budgetFormValues(ctx.body);
-          const session = sessionOf(ctx);
-          return budgetChange(ctx.request, session, () => `Budget “${s.budgets.create(budgetBody(values, false), adminActor(session)).name}” created.`, values);
+          const session = ctx.session;
+          return budgetChange(ctx.request, session, () => `Budget “${s.budgets.create(budgetBody(values, false), actorOf(session.principal)).name}” created.`, values);
         },
-        SESSION,
+        { session: true },
       )
       .post(
         "/budgets/:id",
         (ctx) => {
           const values = budgetFormValues(ctx.body);
-          const session = sessionOf(ctx);
-          return budgetChange(ctx.request, session, () => `Budget “${s.budgets.update(ctx.params.id, budgetBody(values, true), adminActor(session)).name}” saved.`, values);
+          const session = ctx.session;
+          return budgetChange(ctx.request, session, () => `Budget “${s.budgets.update(ctx.params.id, budgetBody(values, true), actorOf(session.principal)).name}” saved.`, values);
         },
-        SESSION,
+        { session: true },
       )
       .post(
         "/budgets/:id/delete",
         (ctx) => {
-          const session = sessionOf(ctx);
-          return budgetChange(ctx.request, session, () => `Budget “${s.budgets.remove(ctx.params.id, adminActor(session)).name}” deleted.`, {});
+          const session = ctx.session;
+          return budgetChange(ctx.request, session, () => `Budget “${s.budgets.remove(ctx.params.id, actorOf(session.principal)).name}” deleted.`, {});
         },
-        SESSION,
+        { session: true },
       )
 
       // Webhooks
-      .get("/webhooks", (ctx) => webhooksPage(sessionOf(ctx), { values: { format: "json" }, events: ["cap.threshold", "cap.hit"], errors: {} }), SESSION)
+      .get("/webhooks", (ctx) => webhooksPage(ctx.session, { values: { format: "json" }, events: ["cap.threshold", "cap.hit"], errors: {} }), { session: true })
       .post(
         "/webhooks",
         (ctx) => {
-          const session = sessionOf(ctx);
+          const session = ctx.session;
           const values: FormValues = { url: field(ctx.body, "url"), thresholds: field(ctx.body, "thresholds"), format: field(ctx.body, "format") };
           const events = listField(ctx.body, "events");
           const thresholdsText = values.thresholds?.trim();
@@ -138,7 +129,7 @@ export function adminGovernanceRoutes(s: Services) {
             return webhooksPage(session, { values, events, errors: fieldErrorsOf(e) as FieldErrors }, 422);
           }
         },
-        SESSION,
+        { session: true },
       )
       .delete(
         "/webhooks/:id",
@@ -150,12 +141,12 @@ export function adminGovernanceRoutes(s: Services) {
             throw e;
           }
         },
-        SESSION,
+        { session: true },
       )
       .get(
         "/webhooks/:id",
         (ctx) => {
-          const session = sessionOf(ctx);
+          const session = ctx.session;
           try {
             const webhook = presentWebhook(s.webhooks.get(ctx.params.id));
             const { data, nextCursor } = s.webhooks.deliveries(ctx.params.id, { cursor: queryFilters(ctx.request).cursor, limit: PAGE_SIZE });
@@ -165,7 +156,7 @@ export function adminGovernanceRoutes(s: Services) {
             throw e;
           }
         },
-        SESSION,
+        { session: true },
       )
 
       // Events
@@ -189,9 +180,9 @@ export function adminGovernanceRoutes(s: Services) {
           const { rows, nextCursor } = ok
             ? s.events.list({ type: filter.type as EventType | undefined, since, until, cursor: q.cursor, limit: PAGE_SIZE })
             : { rows: [], nextCursor: null };
-          return html(EventsPage({ csrf: sessionOf(ctx).csrfToken, filter, errors, rows: rows.map(presentEvent), nextCursor }), ok ? 200 : 422);
+          return html(EventsPage({ csrf: ctx.session.csrfToken, filter, errors, rows: rows.map(presentEvent), nextCursor }), ok ? 200 : 422);
         },
-        SESSION,
+        { session: true },
       )
   );
 }

@@ -1,7 +1,7 @@
 import { Elysia } from "elysia";
 import { z } from "zod";
 import { presentBudget } from "../domain/budgets.ts";
-import type { Principal } from "../domain/tokens.ts";
+import { actorOf } from "../domain/tokens.ts";
 import { presentWebhook } from "../domain/webhooks.ts";
 import { fieldIssues, validationError } from "../errors.ts";
 import type { Services } from "../services.ts";
@@ -22,8 +22,6 @@ function parse<T extends z.ZodType>(schema: T, input: unknown): z.infer<T> {
   if (!r.success) throw validationError(fieldIssues(r.error.issues));
   return r.data;
 }
-
-const actorOf = (p: Principal) => ({ tokenId: p.tokenId, name: p.name });
 
 /**
  * /budgets and /webhooks (SPEC §7): thin handlers over BudgetService and WebhookService.
