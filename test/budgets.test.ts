@@ -89,6 +89,12 @@ describe("the budgets API", () => {
   });
 });
 
+test("the OpenAPI document lists the budget and webhook routes", async () => {
+  const doc = (await stack.kb.api("GET", "/openapi.json", undefined, null)).json;
+  for (const p of ["/budgets", "/budgets/{budget_id}", "/webhooks", "/webhooks/{webhook_id}", "/webhooks/{webhook_id}/deliveries"]) expect(Object.keys(doc.paths)).toContain(p);
+  expect(Object.keys(doc.paths["/budgets/{budget_id}"]).sort()).toEqual(["delete", "get", "patch"]);
+});
+
 describe("admission: a call must fit its key and every budget over its label", () => {
   // Each scenario: the budgets there are, the key, and what a $29 PaymentIntent after `before` of them gets.
   type Scenario = {
