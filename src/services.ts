@@ -1,13 +1,16 @@
 import type { Config } from "./config.ts";
 import { openDatabase, type Db } from "./db/connection.ts";
 import { AdminSessions } from "./domain/admin-sessions.ts";
+import { CapAlerts } from "./domain/alerts.ts";
 import { AuditService } from "./domain/audit.ts";
+import { BudgetService } from "./domain/budgets.ts";
 import { EventLog } from "./domain/events.ts";
 import { loadMasterKey, SecretBox } from "./domain/crypto.ts";
 import { KeyService } from "./domain/keys.ts";
 import { Ledger } from "./domain/ledger.ts";
 import { VendorSecretStore } from "./domain/secrets.ts";
 import { TokenStore } from "./domain/tokens.ts";
+import { WebhookService } from "./domain/webhooks.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { Forwarder } from "./proxy/forward.ts";
@@ -28,6 +31,8 @@ export interface Services {
   metrics: Metrics;
   logger: Logger;
   events: EventLog;
+  budgets: BudgetService;
+  webhooks: WebhookService;
   forwarder: Forwarder;
   adminSessions: AdminSessions;
   startedAt: number;
@@ -41,7 +46,13 @@ export function createServices(config: Config, fetchImpl?: typeof fetch, logger:
   for (const [vendor, secret] of Object.entries(config.vendorSecretsFromEnv)) {
     if (secret) secrets.set(vendor as VendorName, secret);
   }
-  const ledger = new Ledger(db.sqlite);
+  const events = new EventLog(db.sqlite, logger);
+  // Budgets, cap alerts and the webhook outbox (SPEC §7): the outbox is an event sink, so a
+  // delivery is queued in the same transaction as the change or alert it reports.
+  const webhooks = new WebhookService(db, box, logger);
+  events.addSink(webhooks.outboxSink);
+  webhooks.start();
+  const ledger = new Ledger(db.sqlite, new CapAlerts(db.sqlite, events));
   // Stored answers for replays live 24 h (or the dedupe window); pruning is cheap and indexed.
   ledger.pruneRepeats(Date.now());
   setInterval(() => ledger.pruneRepeats(Date.now()), 10 * 60_000).unref();
@@ -57,18 +68,20 @@ export function createServices(config: Config, fetchImpl?: typeof fetch, logger:
     maxBodyBytes: MAX_PROXY_BODY_BYTES,
     fetch: fetchImpl,
   });
-  const tokens = new TokenStore(db.sqlite, config.adminToken);
+  const tokens = new TokenStore(db.sqlite, config.adminToken, events, config.maxKeyTtlMs);
   return {
     config,
     db,
     tokens,
     secrets,
-    keys: new KeyService(db, config.maxKeyTtlMs),
+    keys: new KeyService(db, config.maxKeyTtlMs, events),
     ledger,
     audit: new AuditService(db),
     metrics,
     logger,
-    events: new EventLog(db.sqlite, logger),
+    events,
+    budgets: new BudgetService(db, events),
+    webhooks,
     forwarder,
     adminSessions: new AdminSessions(db, tokens),
     startedAt: Date.now(),

@@ -90,6 +90,17 @@ export interface Spawned {
 
 /** keybrake as its own process (`bun src/main.ts serve`, or a built binary), for restart and multi-process tests. */
 export async function spawnKeybrake(env: Record<string, string>, cmd: string[] = [process.execPath, "src/main.ts", "serve"]): Promise<Spawned> {
+  // The random port can be taken by another test run on this machine: try a few.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await spawnOnRandomPort(env, cmd);
+    } catch (e) {
+      if (attempt >= 3 || !/in use/.test(String((e as Error).message))) throw e;
+    }
+  }
+}
+
+async function spawnOnRandomPort(env: Record<string, string>, cmd: string[]): Promise<Spawned> {
   const port = 20000 + Math.floor(Math.random() * 20000);
   const proc = Bun.spawn(cmd, {
     cwd: join(import.meta.dir, ".."),

@@ -1,13 +1,17 @@
 import type { PropsWithChildren } from "@kitajs/html";
 import { assetHref } from "./assets.ts";
 
-export type Section = "keys" | "audit" | "spend" | "vendors";
+export type Section = "keys" | "audit" | "spend" | "vendors" | "tokens" | "budgets" | "webhooks" | "events";
 
 const NAV: { section: Section; href: string; label: string }[] = [
   { section: "keys", href: "/admin/keys", label: "Keys" },
   { section: "audit", href: "/admin/audit", label: "Audit log" },
   { section: "spend", href: "/admin/spend", label: "Spend" },
   { section: "vendors", href: "/admin/vendors", label: "Vendors" },
+  { section: "tokens", href: "/admin/tokens", label: "Tokens" },
+  { section: "budgets", href: "/admin/budgets", label: "Budgets" },
+  { section: "webhooks", href: "/admin/webhooks", label: "Webhooks" },
+  { section: "events", href: "/admin/events", label: "Events" },
 ];
 
 /** Shared <head>: our stylesheet and scripts only, and htmx told not to inject styles (CSP allows no inline style). */

@@ -8,6 +8,8 @@ export const managementTokens = sqliteTable("management_tokens", {
   tokenHash: text("token_hash").notNull().unique(),
   createdAt: integer("created_at").notNull(),
   revokedAt: integer("revoked_at"),
+  role: text("role", { enum: ["admin", "issuer", "viewer"] }).notNull().default("admin"),
+  policy: text("policy", { mode: "json" }).$type<Record<string, unknown>>(),
 });
 
 export const vendorSecrets = sqliteTable(
@@ -42,6 +44,7 @@ export const vaultKeys = sqliteTable(
     revokedAt: integer("revoked_at"),
     spentTotalMicros: integer("spent_total_micros").notNull().default(0),
     reservedTotalMicros: integer("reserved_total_micros").notNull().default(0),
+    issuedByTokenId: text("issued_by_token_id"),
   },
   (t) => [index("vault_keys_label").on(t.agentRunLabel, t.id)],
 );
@@ -85,7 +88,74 @@ export const adminSessions = sqliteTable("admin_sessions", {
   createdAt: integer("created_at").notNull(),
   expiresAt: integer("expires_at").notNull(),
   endedAt: integer("ended_at"),
+  tokenId: text("token_id"),
 });
 
 export type VaultKeyRow = typeof vaultKeys.$inferSelect;
 export type AuditRow = typeof auditLog.$inferSelect;
+
+/** Pooled daily caps over label prefixes (migrations/0008). */
+export const budgets = sqliteTable("budgets", {
+  id: text("id").primaryKey(),
+  name: text("name").notNull(),
+  labelPrefix: text("label_prefix").notNull(),
+  vendor: text("vendor", { enum: ["stripe", "twilio", "resend"] }),
+  dailyCapMicros: integer("daily_cap_micros").notNull(),
+  createdAt: integer("created_at").notNull(),
+  updatedAt: integer("updated_at").notNull(),
+  deletedAt: integer("deleted_at"),
+});
+
+export const budgetSpendDays = sqliteTable(
+  "budget_spend_days",
+  {
+    budgetId: text("budget_id").notNull(),
+    day: text("day").notNull(),
+    spentMicros: integer("spent_micros").notNull().default(0),
+    reservedMicros: integer("reserved_micros").notNull().default(0),
+  },
+  (t) => [primaryKey({ columns: [t.budgetId, t.day] })],
+);
+
+export const webhooks = sqliteTable("webhooks", {
+  id: text("id").primaryKey(),
+  url: text("url").notNull(),
+  events: text("events", { mode: "json" }).$type<string[]>().notNull(),
+  thresholds: text("thresholds", { mode: "json" }).$type<number[]>().notNull(),
+  format: text("format", { enum: ["json", "slack"] }).notNull(),
+  secretSealed: text("secret_sealed").notNull(),
+  secretHint: text("secret_hint").notNull(),
+  createdAt: integer("created_at").notNull(),
+  deletedAt: integer("deleted_at"),
+});
+
+export const webhookDeliveries = sqliteTable("webhook_deliveries", {
+  id: text("id").primaryKey(),
+  webhookId: text("webhook_id").notNull(),
+  eventId: text("event_id").notNull(),
+  eventType: text("event_type").notNull(),
+  body: text("body").notNull(),
+  state: text("state", { enum: ["pending", "delivered", "failed"] }).notNull(),
+  attempts: integer("attempts").notNull(),
+  nextAttemptAt: integer("next_attempt_at").notNull(),
+  createdAt: integer("created_at").notNull(),
+  deliveredAt: integer("delivered_at"),
+});
+
+export const webhookAttempts = sqliteTable(
+  "webhook_attempts",
+  {
+    deliveryId: text("delivery_id").notNull(),
+    attempt: integer("attempt").notNull(),
+    ts: integer("ts").notNull(),
+    status: integer("status"),
+    error: text("error"),
+    durationMs: integer("duration_ms").notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.deliveryId, t.attempt] })],
+);
+
+export type BudgetRow = typeof budgets.$inferSelect;
+export type WebhookRow = typeof webhooks.$inferSelect;
+export type WebhookDeliveryRow = typeof webhookDeliveries.$inferSelect;
+export type WebhookAttemptRow = typeof webhookAttempts.$inferSelect;

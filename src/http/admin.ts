@@ -1,5 +1,5 @@
 import { Elysia } from "elysia";
-import { ADMIN_SESSION_TTL_MS, csrfMatches } from "../domain/admin-sessions.ts";
+import { ADMIN_SESSION_TTL_MS } from "../domain/admin-sessions.ts";
 import { parseAuditQuery, presentAudit, type AuditFilter } from "../domain/audit.ts";
 import { issueKeySchema, presentKey } from "../domain/keys.ts";
 import { countKeys, labelPrefixes, listKeyRows, listRuns, suggestLabels } from "../domain/runs.ts";
@@ -7,6 +7,7 @@ import { cumulativeSpend, dailySeries } from "../domain/spend-series.ts";
 import { utcDay } from "../domain/time.ts";
 import { checkVendorConnection } from "../domain/vendor-check.ts";
 import type { VaultKeyRow } from "../db/schema.ts";
+import type { Principal } from "../domain/tokens.ts";
 import { ApiError, fieldIssues } from "../errors.ts";
 import type { Services } from "../services.ts";
 import { ADAPTERS } from "../vendors/index.ts";
@@ -19,19 +20,21 @@ import { Acknowledge, IssuePanel, KeyRow, KeysPage, KeysTable, RunRow, runRevoke
 import { LoginPage } from "../../views/login.tsx";
 import { SpendPage } from "../../views/spend.tsx";
 import { ConnectionResult, VendorCard, VendorsPage } from "../../views/vendors.tsx";
+import { adminSession } from "./admin-session.ts";
+import { adminKeyEditRoutes } from "./admin-key-edit.ts";
+import { adminTokenRoutes } from "./admin-tokens.ts";
 import { auditExportResponse } from "./audit-export.ts";
+import { adminGovernanceRoutes } from "./admin-governance.ts";
 import { fieldErrorsOf, issueBodyFromForm, issueFormValues, secretFromForm, utcFromLocalInput, type FieldErrors } from "./admin-forms.ts";
 import {
   AdminBodyTooLarge,
   ADMIN_HEADERS,
   ADMIN_MAX_BODY_BYTES,
   readAdminForm,
-  CSRF_FIELD,
-  CSRF_HEADER,
+  render,
   field,
   fragment,
   html,
-  render,
   isHtmx,
   queryFilters,
   readCookie,
@@ -92,7 +95,7 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
    * every field's error at once (the form's own, such as metadata that is not
    * JSON, together with the API's).
    */
-  const issueFromForm = (body: unknown): IssueFormState => {
+  const issueFromForm = (body: unknown, by: Principal): IssueFormState => {
     const values = issueFormValues(body);
     const { body: apiBody, errors: formErrors } = issueBodyFromForm(values);
     if (Object.keys(formErrors).length) {
@@ -101,7 +104,7 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
       return { values, errors: { ...apiErrors, ...formErrors } };
     }
     try {
-      const { row, vaultKey } = s.keys.issue(apiBody);
+      const { row, vaultKey } = s.keys.issue(apiBody, by);
       const vendorUnconfigured = !s.secrets.status(row.vendor).configured;
       return { values: { vendor: row.vendor }, errors: {}, issued: { key: keyView(row, Date.now()), vaultKey, proxyBaseUrl: proxyBaseUrl(), vendorUnconfigured } };
     } catch (e) {
@@ -117,10 +120,10 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
   };
 
   /** Revokes one key; the row comes back in place (now revoked) with an acknowledgement beside it. */
-  const revokeKey = (request: Request, keyId: string) => {
+  const revokeKey = (request: Request, keyId: string, by: Principal) => {
     try {
       const now = Date.now();
-      const row = s.keys.revoke(keyId, now);
+      const row = s.keys.revoke(keyId, by, now);
       if (!isHtmx(request)) return redirect(href("/admin/keys", { status: "active", label: row.agentRunLabel }));
       const ack = Acknowledge({ text: `Revoked key ${row.keyHint}… of run “${row.agentRunLabel}”: its next call is refused.` });
       return fragment(render(KeyRow({ k: keyView(row, now), now })) + render(ack));
@@ -184,39 +187,19 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
       })
       .post("/login", ({ request, body }) => {
         const next = field(body, "next");
-        const started = s.adminSessions.start(field(body, "token")?.trim() ?? "");
+        const token = field(body, "token")?.trim() ?? "";
+        const role = s.tokens.authenticate(token)?.role;
+        if (role && role !== "admin") {
+          return html(LoginPage({ next, error: `This is a valid ${role} token, but only admin-role tokens can sign in to the admin pages.` }), 403);
+        }
+        const started = s.adminSessions.start(token);
         if (!started) return html(LoginPage({ next, error: "That is not a valid management token." }), 401);
         return redirect(safeNext(next), { "set-cookie": sessionCookie(request, started.sessionId, ADMIN_SESSION_TTL_MS / 1000) });
       })
-      .macro({
-        session: {
-          resolve({ request, body, set, status }) {
-            const sessionId = readCookie(request, SESSION_COOKIE);
-            const session = s.adminSessions.find(sessionId);
-            if (!session) {
-              if (isHtmx(request)) {
-                // htmx follows HX-Redirect to the login page instead of swapping this in.
-                set.headers["hx-redirect"] = "/admin";
-                set.headers["content-type"] = "text/plain; charset=utf-8";
-                return status(401, "Sign in again: your admin session has ended.");
-              }
-              const url = new URL(request.url);
-              set.headers.location = href("/admin", { next: request.method === "GET" ? url.pathname + url.search : undefined });
-              return status(303, "");
-            }
-            if (request.method !== "GET" && request.method !== "HEAD") {
-              const sent = request.headers.get(CSRF_HEADER) ?? field(body, CSRF_FIELD);
-              if (!csrfMatches(session, sent)) {
-                set.headers["content-type"] = "text/html; charset=utf-8";
-                set.headers["hx-retarget"] = "#flash";
-                set.headers["hx-reswap"] = "innerHTML";
-                return status(403, render(FlashMessage({ tone: "danger", text: "This form is out of date (missing or wrong CSRF token). Reload the page and try again." })));
-              }
-            }
-            return { session, sessionId };
-          },
-        },
-      })
+      .use(adminSession(s))
+      .use(adminTokenRoutes(s))
+      .use(adminKeyEditRoutes(s))
+      .use(adminGovernanceRoutes(s))
       .post(
         "/logout",
         ({ request, sessionId }) => {
@@ -232,22 +215,22 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
       .post(
         "/keys",
         ({ request, body, session }) => {
-          const issue = issueFromForm(body);
+          const issue = issueFromForm(body, session.principal);
           const status = issue.issued ? 200 : 422;
           if (isHtmx(request)) return fragment(IssuePanel({ csrf: session.csrfToken, state: issue, unconfigured: unconfiguredVendors() }), status);
           return keysPage(session.csrfToken, { status: "active" }, issue, status);
         },
         { session: true },
       )
-      .post("/keys/:key_id/revoke", ({ request, params }) => revokeKey(request, params.key_id), { session: true })
-      .delete("/keys/:key_id", ({ request, params }) => revokeKey(request, params.key_id), { session: true })
+      .post("/keys/:key_id/revoke", ({ request, params, session }) => revokeKey(request, params.key_id, session.principal), { session: true })
+      .delete("/keys/:key_id", ({ request, params, session }) => revokeKey(request, params.key_id, session.principal), { session: true })
       .post(
         "/runs/revoke",
-        ({ request, body }) => {
+        ({ request, body, session }) => {
           const label = field(body, "agent_run_label")?.trim() ?? "";
           if (!label) return isHtmx(request) ? flash(422, "danger", "Type the run label to revoke.") : redirect("/admin/keys");
           const now = Date.now();
-          const { rows, newlyRevoked } = s.keys.revokeByLabel(label, now);
+          const { rows, newlyRevoked } = s.keys.revokeByLabel(label, session.principal, now);
           if (!isHtmx(request)) return redirect(href("/admin/keys", { status: "runs", label }));
           const text = runRevokedText({ label, revoked: newlyRevoked, total: rows.length });
           const ack = render(Acknowledge({ text, tone: rows.length ? "ok" : "danger" }));

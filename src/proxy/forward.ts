@@ -160,8 +160,11 @@ export class Forwarder {
       case "refused": {
         this.deps.metrics.countRequest(vendor, admission.outcome);
         if (admission.outcome === "cap_hit") {
-          const res = this.refusalResponse(adapter, 429, "cap_exceeded", `Spend cap reached: this call would cost ${formatUsdMicros(micros)} and ${formatUsdMicros(admission.remainingMicros)} is left.`);
+          const scope = admission.capScope ?? { kind: "key" };
+          const which = scope.kind === "budget" ? `Budget "${scope.name}" (${scope.budgetId}) reached` : "Spend cap reached";
+          const res = this.refusalResponse(adapter, 429, "cap_exceeded", `${which}: this call would cost ${formatUsdMicros(micros)} and ${formatUsdMicros(admission.remainingMicros)} is left.`);
           res.headers.set("x-keybrake-cap-hit", "true");
+          res.headers.set("x-keybrake-cap-scope", scope.kind);
           res.headers.set("x-keybrake-remaining-usd", microsToDecimalString(admission.remainingMicros));
           return res;
         }
