@@ -649,6 +649,19 @@ describe("admin bodies are bounded before they are read", () => {
     expect(sessions()).toBe(before);
   });
 
+  test("every admin form route, the other admin plugins' included, refuses an oversized body with 413 and changes nothing", async () => {
+    const s = await login();
+    const k = await kb.issueKey(seedKeyBody({ agent_run_label: "bounded-body" }));
+    const routes = ["/admin/keys", `/admin/keys/${k.key_id}/revoke`, "/admin/runs/revoke", "/admin/vendors/resend", "/admin/tokens", `/admin/keys/${k.key_id}/edit`, "/admin/budgets", "/admin/webhooks", "/admin/logout"];
+    const before = countKeys();
+    for (const path of routes) {
+      const res = await postForm(path, { _csrf: s.csrf, agent_run_label: "bounded-body", pad: big }, { cookie: s.cookie });
+      expect(`${path} ${res.status}`).toBe(`${path} 413`);
+    }
+    expect(countKeys()).toBe(before);
+    expect(await keyStatus(k.key_id)).toBe("active");
+  });
+
   test("a streamed body with no Content-Length is cut off at the limit too", async () => {
     const s = await login();
     const chunk = new TextEncoder().encode("a".repeat(16 * 1024));
