@@ -66,7 +66,7 @@ export function KeysPage(p: { csrf: string; table: KeysTableData; issue: IssueFo
       <div class="page-head">
         <div>
           <h1>Vault keys</h1>
-          <p class="lede">Runs and their keys, with spend today against the caps (UTC day). Refreshes every 2 seconds.</p>
+          <p class="lede phone-hide">Runs and their keys, with spend today against the caps (UTC day). Refreshes every 2 seconds.</p>
         </div>
       </div>
 
@@ -77,7 +77,7 @@ export function KeysPage(p: { csrf: string; table: KeysTableData; issue: IssueFo
         <IssuePanel csrf={p.csrf} state={p.issue} unconfigured={p.unconfigured} />
       </details>
 
-      <form class="filters" method="get" action="/admin/keys" role="search" aria-label="Filter runs and keys">
+      <form class="filters keys-filters" method="get" action="/admin/keys" role="search" aria-label="Filter runs and keys">
         <input type="hidden" name="status" value={f.status} />
         <div class="field wide">
           <label for="kf-label">Run label</label>
