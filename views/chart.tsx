@@ -72,7 +72,7 @@ export function DailySpendChart({ data, title }: { data: DailySeries; title: str
   const barW = Math.max(2, band * 0.68);
   const total = data.series.reduce((s, x) => s + x.total, 0);
   return (
-    <figure class="chart">
+    <figure class="chart daily">
       <PlotFrame
         id="daily"
         title={title}
@@ -228,7 +228,11 @@ export function CumulativeChart({ points, title, cap }: { points: { t: number; m
           ))}
         </g>
       </PlotFrame>
-      <figcaption class="muted small">Times on the axis are UTC.</figcaption>
+      <figcaption class="muted small">
+        <strong safe>{`${usdMicros(total)} settled`}</strong>
+        {cap ? <span safe>{` of its ${capText}`}</span> : ""}
+        {" · times on the axis are UTC."}
+      </figcaption>
     </figure>
   );
 }
