@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { sha256Hex } from "../src/domain/crypto.ts";
+import { listRuns } from "../src/domain/runs.ts";
 import { ADMIN_TOKEN, seedKeyBody, startKeybrake, type Running } from "./helpers.ts";
 
 /**
@@ -742,4 +743,17 @@ test("a cap refusal says its amounts in the one money format ($29.00, not $29.00
   expect(((await res.json()) as any).error.message).toBe("Spend cap reached: this call would cost $29.00 and $10.50 is left.");
   // Headers stay exact for machines.
   expect(res.headers.get("x-keybrake-remaining-usd")).toBe("10.500000");
+});
+
+test("runs page newest first and continue from the cursor without repeating or skipping a run", async () => {
+  const prefix = `paging-${Date.now()}/`;
+  for (const run of ["a", "b", "c"]) await kb.issueKey(seedKeyBody({ agent_run_label: prefix + run }));
+  await kb.issueKey(seedKeyBody({ agent_run_label: prefix + "a" })); // a's newest key is now the newest of all
+  const first = listRuns(kb.services.db, { label: prefix + "*", limit: 2 });
+  expect(first.runs.map((r) => r.agent_run_label)).toEqual([prefix + "a", prefix + "c"]);
+  expect(first.nextCursor).toBeString();
+  const second = listRuns(kb.services.db, { label: prefix + "*", limit: 2, cursor: first.nextCursor! });
+  expect(second.runs.map((r) => r.agent_run_label)).toEqual([prefix + "b"]);
+  expect(second.nextCursor).toBeNull();
+  expect(first.runs[0]).toMatchObject({ keys: 2, active_keys: 2, status: "active", daily_cap_usd: 1000, calls: 0, last_call_at: null });
 });
