@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { existsSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
 import { startDemo, type Demo } from "../src/demo.ts";
 
 /**
@@ -13,7 +14,10 @@ let demo: Demo;
 beforeAll(async () => {
   demo = await startDemo({ port: 0 });
 });
-afterAll(() => demo?.stop());
+afterAll(async () => {
+  await demo?.stop();
+  if (built) rmSync(dirname(built), { recursive: true, force: true });
+});
 
 const api = async (path: string) => {
   const res = await fetch(demo.url + path, { headers: { authorization: `Bearer ${demo.token}` } });
@@ -57,28 +61,42 @@ test("the printed token signs in to the admin pages, which show the runs", async
   expect(keys).not.toContain(demo.labels.revoked);
 });
 
-test("`keybrake demo` runs from the CLI, prints the admin URL and token, and cleans up on SIGTERM", async () => {
-  const port = 20000 + Math.floor(Math.random() * 20000);
-  const proc = Bun.spawn([process.execPath, "src/main.ts", "demo"], {
-    cwd: join(import.meta.dir, ".."),
-    env: { PATH: process.env.PATH ?? "", KEYBRAKE_PORT: String(port) },
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  let out = "";
-  const decoder = new TextDecoder();
-  for await (const chunk of proc.stdout as ReadableStream<Uint8Array>) {
-    out += decoder.decode(chunk);
-    if (out.includes("Press Ctrl-C")) break;
-  }
-  const adminUrl = /Admin pages:\s+(\S+)/.exec(out)?.[1];
-  const token = /Management token:\s+(\S+)/.exec(out)?.[1];
-  const dataDir = /Data \(temporary\):\s+(\S+)/.exec(out)?.[1];
-  expect(adminUrl).toBe(`http://127.0.0.1:${port}/admin`);
-  expect(token).toStartWith("kbt_demo_");
-  const keys = await fetch(`http://127.0.0.1:${port}/vault/keys`, { headers: { authorization: `Bearer ${token}` } });
-  expect(((await keys.json()) as any).data.length).toBeGreaterThanOrEqual(7);
-  proc.kill("SIGTERM");
-  expect(await proc.exited).toBe(0);
-  expect(existsSync(dataDir!)).toBe(false);
-});
+/** `keybrake demo` as a newcomer runs it: from a checkout, and as the single executable from an empty directory. */
+const CLI: [name: string, command: () => string[], cwd: () => string][] = [
+  ["from the checkout (npm run demo)", () => [process.execPath, "src/main.ts", "demo"], () => join(import.meta.dir, "..")],
+  ["from the compiled binary, with nothing beside it", () => [binary(), "demo"], () => mkdtempSync(join(tmpdir(), "keybrake-demo-cwd-"))],
+];
+
+let built: string | undefined;
+/** bun build --compile bundles what src/demo.ts imports (the fake vendor included). */
+function binary(): string {
+  if (built) return built;
+  const out = join(mkdtempSync(join(tmpdir(), "keybrake-demo-bin-")), "keybrake");
+  const build = Bun.spawnSync([process.execPath, "build", "src/main.ts", "--compile", "--outfile", out], { cwd: join(import.meta.dir, ".."), stderr: "pipe" });
+  if (build.exitCode !== 0) throw new Error(build.stderr.toString());
+  return (built = out);
+}
+
+for (const [name, command, cwd] of CLI) {
+  test(`\`keybrake demo\` ${name}: prints the admin URL and a working token, cleans up on SIGTERM`, async () => {
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    const proc = Bun.spawn(command(), { cwd: cwd(), env: { PATH: process.env.PATH ?? "", KEYBRAKE_PORT: String(port) }, stdout: "pipe", stderr: "pipe" });
+    let out = "";
+    const decoder = new TextDecoder();
+    for await (const chunk of proc.stdout as ReadableStream<Uint8Array>) {
+      out += decoder.decode(chunk);
+      if (out.includes("Press Ctrl-C")) break;
+    }
+    const adminUrl = /Admin pages:\s+(\S+)/.exec(out)?.[1];
+    const token = /Management token:\s+(\S+)/.exec(out)?.[1];
+    const dataDir = /Data \(temporary\):\s+(\S+)/.exec(out)?.[1];
+    expect(adminUrl).toBe(`http://127.0.0.1:${port}/admin`);
+    expect(token).toStartWith("kbt_demo_");
+    expect(out).toContain("charged 17 of 30 before its $500 cap");
+    const keys = await fetch(`http://127.0.0.1:${port}/vault/keys`, { headers: { authorization: `Bearer ${token}` } });
+    expect(((await keys.json()) as any).data.length).toBeGreaterThanOrEqual(7);
+    proc.kill("SIGTERM");
+    expect(await proc.exited).toBe(0);
+    expect(existsSync(dataDir!)).toBe(false);
+  }, 60_000);
+}
