@@ -125,7 +125,7 @@ export function AuditPage(p: AuditPageData) {
 
       <form class="filters wide" method="get" action="/admin/audit" role="search" aria-label="Filter the audit log">
         {p.live ? <input type="hidden" name="live" value="1" /> : ""}
-        <TextField name="label" label="Run label" value={f.label} error={e.label} placeholder="airflow-billing/* or exact" idPrefix="af" />
+        <TextField name="label" label="Run label" value={f.label} error={e.label} placeholder="airflow-billing/* or an exact label" idPrefix="af" class="wide" />
         <TextField name="key_id" label="Key id" value={f.key_id} error={e.key_id} placeholder="key_…" idPrefix="af" />
         <SelectField name="vendor" label="Vendor" value={f.vendor} error={e.vendor} options={[["", "Any vendor"], ...VENDORS]} idPrefix="af" />
         <SelectField name="outcome" label="Outcome" value={f.outcome} error={e.outcome} options={[["", "Any outcome"], ...OUTCOMES]} idPrefix="af" />
