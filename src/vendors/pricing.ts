@@ -41,7 +41,7 @@ const PricingFile = z.strictObject({
       sms_segment_usd: usd.optional(),
       mms_usd: usd.optional(),
       destination_usd: z.record(z.string().regex(/^\+?[1-9]\d{0,5}$/, 'destination prefixes are "+" and 1–6 digits'), usd).optional(),
-      content_sid_segments: z.record(z.string().regex(/^HX[0-9a-fA-F]{32}$/, "ContentSids are HX + 32 hex digits"), z.number().int().min(1).max(24)).optional(),
+      content_sid_segments: z.record(z.string().regex(/^HX[0-9a-fA-F]{32}$/, "ContentSids are HX + 32 hex digits"), z.number().int().min(1).max(49)).optional(),
     })
     .optional(),
   resend: z.strictObject({ per_recipient_usd: usd.optional() }).optional(),

@@ -12,8 +12,12 @@ const FREE_WRITES = rules("POST /2010-04-01/Accounts/*/Messages/*", "DELETE /201
 
 /** Twilio refuses bodies over 1,600 characters (error 21617); Keybrake refuses them before counting segments. */
 export const MAX_SMS_BODY = 1600;
-/** A Content template can hold MAX_SMS_BODY characters of UCS-2: ceil(1600 / 67) segments. */
-export const WORST_CASE_SEGMENTS = Math.ceil(MAX_SMS_BODY / 67);
+/**
+ * A Content template can hold MAX_SMS_BODY characters. The worst case is all of them
+ * outside the BMP (emoji): UCS-2, two units each and never split, so 33 per 67-unit
+ * segment: ceil(1600 / 33) = 49 segments.
+ */
+export const WORST_CASE_SEGMENTS = Math.ceil(MAX_SMS_BODY / 33);
 const E164 = /^\+[1-9]\d{6,14}$/;
 /** Twilio parameter names are read case-insensitively here: a "body" next to "Body" is refused as a repeat. */
 const FORM = { keys: "flat" as const, caseInsensitive: true, repeatable: new Set(["mediaurl"]) };
