@@ -261,7 +261,7 @@ export const stripe: VendorAdapter = {
   refusal(status, code, message) {
     return {
       status,
-      body: { error: { type: IDEMPOTENCY_ERRORS.has(code) ? "idempotency_error" : (ERROR_TYPE[status] ?? "invalid_request_error"), code, message } },
+      body: { error: { type: IDEMPOTENCY_ERRORS.has(code) ? "idempotency_error" : status >= 500 ? "api_error" : (ERROR_TYPE[status] ?? "invalid_request_error"), code, message } },
       headers: { "stripe-should-retry": "false" },
     };
   },
