@@ -18,7 +18,7 @@ beforeEach(() => stack.fake.reset());
 const FORM = "application/x-www-form-urlencoded";
 
 /** A proxied call with a raw body and headers exactly as given. */
-async function raw(vaultKey: string, method: string, path: string, body: string | Uint8Array | undefined, headers: Record<string, string> = {}) {
+async function raw(vaultKey: string, method: string, path: string, body: string | undefined, headers: Record<string, string> = {}) {
   const res = await fetch(stack.kb.url + path, { method, headers: { authorization: `Bearer ${vaultKey}`, ...headers }, body });
   const text = await res.text();
   let json: any = text;
