@@ -57,18 +57,19 @@ export function createServices(config: Config, fetchImpl?: typeof fetch, logger:
     maxBodyBytes: MAX_PROXY_BODY_BYTES,
     fetch: fetchImpl,
   });
-  const tokens = new TokenStore(db.sqlite, config.adminToken);
+  const events = new EventLog(db.sqlite, logger);
+  const tokens = new TokenStore(db.sqlite, config.adminToken, events, config.maxKeyTtlMs);
   return {
     config,
     db,
     tokens,
     secrets,
-    keys: new KeyService(db, config.maxKeyTtlMs),
+    keys: new KeyService(db, config.maxKeyTtlMs, events),
     ledger,
     audit: new AuditService(db),
     metrics,
     logger,
-    events: new EventLog(db.sqlite, logger),
+    events,
     forwarder,
     adminSessions: new AdminSessions(db, tokens),
     startedAt: Date.now(),

@@ -937,7 +937,7 @@ class TwilioEmulator implements VendorEmulator {
       if (template === undefined) return refused(400, twilioError(400, 21656, "The ContentSid is Invalid.").body);
       body = template;
     }
-    if (body.length > 1600) return refused(400, twilioError(400, 21617, "The concatenated message body exceeds the 1600 character limit.").body);
+    if ([...body].length > 1600) return refused(400, twilioError(400, 21617, "The concatenated message body exceeds the 1600 character limit.").body);
     const sid = twilioSid("SM");
     const account = this.credentials.twilioSid;
     const media = f.all("mediaurl");

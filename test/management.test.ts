@@ -182,35 +182,60 @@ describe("bad input is refused with the field named, and creates nothing", () =>
   });
 });
 
-describe("every management route needs a management token", () => {
-  const routes: [string, string, unknown?][] = [
-    ["POST", "/vault/keys", seedKeyBody()],
-    ["GET", "/vault/keys"],
-    ["GET", "/vault/keys/key_x"],
-    ["DELETE", "/vault/keys/key_x"],
-    ["POST", "/vault/keys/revoke", { agent_run_label: "x" }],
-    ["GET", "/vault/audit"],
-    ["GET", "/vault/audit?format=csv"],
-    ["GET", "/vault/spend"],
-    ["GET", "/vendors"],
-    ["PUT", "/vendors/stripe", { secret_key: "sk_test_123456789" }],
-    ["GET", "/metrics"],
+describe("the role matrix: every management route × admin / issuer / viewer / no token / revoked token", () => {
+  type Role = "admin" | "issuer" | "viewer";
+  const ALL: Role[] = ["admin", "issuer", "viewer"];
+  // [method, path, body, roles allowed] — SPEC §7; README "Tokens, roles and policies" has the same table.
+  const routes: [string, string, unknown, Role[]][] = [
+    ["POST", "/vault/keys", seedKeyBody(), ["admin", "issuer"]],
+    ["GET", "/vault/keys", undefined, ALL],
+    ["GET", "/vault/keys/key_x", undefined, ALL],
+    ["PATCH", "/vault/keys/key_x", { daily_usd_cap: 1 }, ["admin", "issuer"]],
+    ["DELETE", "/vault/keys/key_x", undefined, ["admin", "issuer"]],
+    ["POST", "/vault/keys/revoke", { agent_run_label: "x" }, ["admin", "issuer"]],
+    ["GET", "/vault/audit", undefined, ALL],
+    ["GET", "/vault/audit?format=csv", undefined, ALL],
+    ["GET", "/vault/spend", undefined, ALL],
+    ["GET", "/vendors", undefined, ["admin", "viewer"]],
+    ["PUT", "/vendors/stripe", { secret_key: "sk_test_123456789" }, ["admin"]],
+    ["GET", "/metrics", undefined, ["admin", "viewer"]],
+    ["POST", "/tokens", { name: "matrix", role: "viewer" }, ["admin"]],
+    ["GET", "/tokens", undefined, ["admin"]],
+    ["DELETE", "/tokens/tok_x", undefined, ["admin"]],
+    ["GET", "/events", undefined, ["admin", "viewer"]],
   ];
   let vaultKey = "";
+  const tokens = {} as Record<Role | "revoked", string>;
+  const countTokens = () => (kb.services.db.sqlite.query("SELECT count(*) AS n FROM management_tokens").get() as { n: number }).n;
   beforeAll(async () => {
     vaultKey = (await kb.issueKey(seedKeyBody())).vault_key;
+    const mint = async (body: Record<string, unknown>) => (await kb.api("POST", "/tokens", body)).json;
+    tokens.admin = (await mint({ name: "m-admin", role: "admin" })).token;
+    tokens.issuer = (await mint({ name: "m-issuer", role: "issuer", policy: { max_daily_usd_cap: 1000 } })).token;
+    tokens.viewer = (await mint({ name: "m-viewer", role: "viewer" })).token;
+    const revoked = await mint({ name: "m-revoked", role: "admin" });
+    await kb.api("DELETE", `/tokens/${revoked.token_id}`);
+    tokens.revoked = revoked.token;
   });
-  for (const [method, path, body] of routes) {
+  for (const [method, path, body, allowed] of routes) {
     test(`${method} ${path}`, async () => {
-      const before = countKeys();
-      for (const token of [null, "wrong-token-0123456789", vaultKey]) {
+      const before = [countKeys(), countTokens()];
+      for (const token of [null, "wrong-token-0123456789", vaultKey, tokens.revoked]) {
         const r = await apiCall(kb.url, method, path, body, token);
         expect(r.status).toBe(401);
         expect(r.json.error.code).toBe("unauthorized");
       }
-      expect(countKeys()).toBe(before);
-      const ok = await kb.api(method, path, body);
-      expect([200, 201, 404]).toContain(ok.status);
+      for (const role of ALL.filter((r) => !allowed.includes(r))) {
+        const r = await apiCall(kb.url, method, path, body, tokens[role]);
+        expect([role, r.status, r.json.error?.code]).toEqual([role, 403, "forbidden"]);
+        expect(r.json.error.message).toContain(`this token is ${role}`);
+      }
+      expect([countKeys(), countTokens()]).toEqual(before);
+      for (const role of allowed) {
+        const ok = await apiCall(kb.url, method, path, body, tokens[role]);
+        expect([200, 201, 404]).toContain(ok.status);
+      }
+      expect([200, 201, 404]).toContain((await kb.api(method, path, body)).status); // the bootstrap KEYBRAKE_ADMIN_TOKEN is an admin
     });
   }
   test("a token minted by the CLI store works, and is stored only as a hash", async () => {

@@ -1,13 +1,14 @@
 import type { PropsWithChildren } from "@kitajs/html";
 import { assetHref } from "./assets.ts";
 
-export type Section = "keys" | "audit" | "spend" | "vendors";
+export type Section = "keys" | "audit" | "spend" | "vendors" | "tokens";
 
 const NAV: { section: Section; href: string; label: string }[] = [
   { section: "keys", href: "/admin/keys", label: "Keys" },
   { section: "audit", href: "/admin/audit", label: "Audit log" },
   { section: "spend", href: "/admin/spend", label: "Spend" },
   { section: "vendors", href: "/admin/vendors", label: "Vendors" },
+  { section: "tokens", href: "/admin/tokens", label: "Tokens" },
 ];
 
 /** Shared <head>: our stylesheet and scripts only, and htmx told not to inject styles (CSP allows no inline style). */

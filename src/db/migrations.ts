@@ -8,6 +8,7 @@ import m0002 from "../../migrations/0002_admin_sessions.sql" with { type: "text"
 import m0003 from "../../migrations/0003_idempotency.sql" with { type: "text" };
 import m0004 from "../../migrations/0004_events.sql" with { type: "text" };
 import m0005 from "../../migrations/0005_priced_objects.sql" with { type: "text" };
+import m0007 from "../../migrations/0007_token_roles.sql" with { type: "text" };
 
 export const MIGRATIONS: readonly { name: string; sql: string }[] = [
   { name: "0001_init.sql", sql: m0001 },
@@ -15,4 +16,5 @@ export const MIGRATIONS: readonly { name: string; sql: string }[] = [
   { name: "0003_idempotency.sql", sql: m0003 },
   { name: "0004_events.sql", sql: m0004 },
   { name: "0005_priced_objects.sql", sql: m0005 },
+  { name: "0007_token_roles.sql", sql: m0007 },
 ];

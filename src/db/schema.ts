@@ -8,6 +8,8 @@ export const managementTokens = sqliteTable("management_tokens", {
   tokenHash: text("token_hash").notNull().unique(),
   createdAt: integer("created_at").notNull(),
   revokedAt: integer("revoked_at"),
+  role: text("role", { enum: ["admin", "issuer", "viewer"] }).notNull().default("admin"),
+  policy: text("policy", { mode: "json" }).$type<Record<string, unknown>>(),
 });
 
 export const vendorSecrets = sqliteTable(
@@ -43,6 +45,7 @@ export const vaultKeys = sqliteTable(
     spentTotalMicros: integer("spent_total_micros").notNull().default(0),
     reservedTotalMicros: integer("reserved_total_micros").notNull().default(0),
     stripeAccounts: text("stripe_accounts", { mode: "json" }).$type<string[]>(),
+    issuedByTokenId: text("issued_by_token_id"),
   },
   (t) => [index("vault_keys_label").on(t.agentRunLabel, t.id)],
 );
@@ -100,6 +103,7 @@ export const adminSessions = sqliteTable("admin_sessions", {
   createdAt: integer("created_at").notNull(),
   expiresAt: integer("expires_at").notNull(),
   endedAt: integer("ended_at"),
+  tokenId: text("token_id"),
 });
 
 export type VaultKeyRow = typeof vaultKeys.$inferSelect;

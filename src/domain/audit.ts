@@ -40,7 +40,13 @@ export const AuditQuery = z.strictObject({
   limit: z.coerce.number().int().min(1).max(1000).default(100),
   format: z.enum(["json", "csv", "jsonl"]).default("json"),
 });
-export type AuditFilter = z.infer<typeof AuditQuery>;
+export type AuditFilter = z.infer<typeof AuditQuery> & {
+  /** Only rows of keys issued by this management token (an issuer reads only its own audit, SPEC §7). */
+  issuedBy?: string;
+};
+
+/** Rows of keys issued by one token: a subquery on the (issued_by_token_id, id) index. */
+export const issuedByCondition = (tokenId: string): SQL => sql`${auditLog.keyId} IN (SELECT id FROM vault_keys WHERE issued_by_token_id = ${tokenId})`;
 
 export function parseAuditQuery(query: Record<string, string | undefined>): AuditFilter {
   const parsed = AuditQuery.safeParse(query);
@@ -79,6 +85,7 @@ export class AuditService {
   private where(f: AuditFilter, beforeId?: number): SQL | undefined {
     const w: SQL[] = [];
     if (f.key_id) w.push(eq(auditLog.keyId, f.key_id));
+    if (f.issuedBy !== undefined) w.push(issuedByCondition(f.issuedBy));
     if (f.label !== undefined) w.push(labelCondition(auditLog.agentRunLabel, f.label) ?? sql`1`);
     if (f.vendor) w.push(eq(auditLog.vendor, f.vendor));
     if (f.outcome) w.push(eq(auditLog.outcome, f.outcome));
@@ -117,8 +124,13 @@ export class AuditService {
    * Spend per label and per key over [since, until): settled money, money
    * still reserved (in flight or of unknown outcome), calls and cap hits.
    */
-  spend(since: number, until: number, label?: string) {
-    const w = and(gte(auditLog.ts, since), lt(auditLog.ts, until), label === undefined ? undefined : labelCondition(auditLog.agentRunLabel, label));
+  spend(since: number, until: number, label?: string, issuedBy?: string) {
+    const w = and(
+      gte(auditLog.ts, since),
+      lt(auditLog.ts, until),
+      label === undefined ? undefined : labelCondition(auditLog.agentRunLabel, label),
+      issuedBy === undefined ? undefined : issuedByCondition(issuedBy),
+    );
     const cols = {
       settled: sql<number>`coalesce(sum(CASE WHEN ${auditLog.ledgerState} = 'settled' THEN ${auditLog.settledMicros} END), 0)`,
       reserved: sql<number>`coalesce(sum(CASE WHEN ${auditLog.ledgerState} IN ('reserved', 'unsettled') THEN ${auditLog.estimatedMicros} END), 0)`,

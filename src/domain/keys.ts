@@ -9,15 +9,18 @@ import { decimalToMicros, microsToUsd } from "../money.ts";
 import { VENDORS, type VendorName } from "../vendors/types.ts";
 import { randomToken, sha256Hex } from "./crypto.ts";
 import { parseEndpointRule } from "./endpoints.ts";
+import type { EventLog } from "./events.ts";
 import { labelCondition } from "./label-filter.ts";
+import { parsePolicy, policyError, policyViolations, type KeyBounds, type Policy } from "./policy.ts";
 import { utcDay } from "./time.ts";
+import { actorOf, type Principal } from "./tokens.ts";
 
 /** Vault keys are "vk_" + 32 random bytes; only their SHA-256 is stored. */
 export const VAULT_KEY_PREFIX = "vk_";
 export const MAX_LABEL_LENGTH = 256;
 const MAX_DEDUPE_WINDOW_MS = 86_400_000;
 
-const usd = (field: string) =>
+export const usd = (field: string) =>
   z.number({ error: `${field} must be a number of US dollars` }).transform((n, ctx) => {
     const micros = n >= 0 ? decimalToMicros(n) : null;
     if (micros === null || micros > 1e15) {
@@ -27,7 +30,7 @@ const usd = (field: string) =>
     return micros;
   });
 
-const duration = (field: string, maxMs: number) =>
+export const duration = (field: string, maxMs: number) =>
   z.string({ error: `${field} must be a duration string like "30s", "15m", "4h" or "7d"` }).transform((text, ctx) => {
     const ms = parseDurationMs(text);
     if (ms === null || ms <= 0) {
@@ -41,7 +44,7 @@ const duration = (field: string, maxMs: number) =>
     return ms;
   });
 
-const endpoint = z.string().superRefine((entry, ctx) => {
+export const endpoint = z.string().superRefine((entry, ctx) => {
   const rule = parseEndpointRule(entry);
   if (typeof rule === "string") ctx.addIssue({ code: "custom", message: rule });
 });
@@ -111,7 +114,45 @@ export function presentKey(row: VaultKeyRow, now = Date.now()) {
     expires_at: iso(row.expiresAt),
     created_at: iso(row.createdAt),
     revoked_at: iso(row.revokedAt),
+    issued_by_token_id: row.issuedByTokenId,
   };
+}
+
+/** PATCH /vault/keys/{key_id}: the live values a change may touch (SPEC §2). */
+export function updateKeySchema(maxTtlMs: number) {
+  return z
+    .strictObject({
+      daily_usd_cap: usd("daily_usd_cap").optional(),
+      total_usd_cap: usd("total_usd_cap").optional().nullable(),
+      expires_in: duration("expires_in", maxTtlMs).optional(),
+    })
+    .refine((b) => Object.keys(b).length > 0, "send at least one of daily_usd_cap, total_usd_cap, expires_in");
+}
+
+/** A stored issuer policy, parsed; a policy that no longer parses bounds everything to nothing. */
+function issuerPolicy(p: Principal): Policy {
+  try {
+    return parsePolicy(p.policy, Number.MAX_SAFE_INTEGER);
+  } catch {
+    return { vendors: [], maxDailyMicros: 0, maxTotalMicros: 0, maxExpiresInMs: 0, allowedEndpoints: [] };
+  }
+}
+
+/**
+ * Refuses (403 policy_violation, every field named) a key outside an issuer's policy; admins are
+ * unbounded. An issuer can never let unpriced writes through: they cost $0 against every cap, so
+ * no policy bound would hold for them.
+ */
+function enforcePolicy(by: Principal, key: KeyBounds & { allowUnpriced?: boolean }, fields: ReadonlySet<string> | "all" = "all"): void {
+  if (by.role !== "issuer") return;
+  const issues = policyViolations(issuerPolicy(by), key, fields);
+  if (key.allowUnpriced) issues.push({ field: "allow_unpriced", message: "issuer tokens cannot issue keys that let unpriced writes through; ask an admin" });
+  if (issues.length) throw policyError(issues);
+}
+
+/** Issuers see only the keys they issued; admins and viewers see all. */
+function ownership(scope: Principal | undefined): SQL | undefined {
+  return scope?.role === "issuer" ? eq(vaultKeys.issuedByTokenId, scope.tokenId) : undefined;
 }
 
 export interface KeyListFilter {
@@ -126,13 +167,27 @@ export class KeyService {
   constructor(
     private readonly db: Db,
     private readonly maxTtlMs: number,
+    private readonly events?: EventLog,
   ) {}
 
-  /** Validates the body of POST /vault/keys and stores the key; the vault key is returned only here. */
-  issue(body: unknown, now = Date.now()): { row: VaultKeyRow; vaultKey: string } {
+  /**
+   * Validates the body of POST /vault/keys (400), bounds it by an issuer's policy (403), and stores
+   * the key with its key.issued event; the vault key is returned only here.
+   */
+  issue(body: unknown, by: Principal, now = Date.now()): { row: VaultKeyRow; vaultKey: string } {
     const parsed = issueKeySchema(this.maxTtlMs).safeParse(body);
     if (!parsed.success) throw validationError(fieldIssues(parsed.error.issues));
     const input = parsed.data;
+    enforcePolicy(by, {
+      vendor: input.vendor,
+      agentRunLabel: input.agent_run_label,
+      dailyCapMicros: input.daily_usd_cap,
+      totalCapMicros: input.total_usd_cap ?? null,
+      expiresInMs: input.expires_in,
+      allowedEndpoints: input.allowed_endpoints,
+      allowUnpriced: input.allow_unpriced ?? false,
+    });
+
     const vaultKey = VAULT_KEY_PREFIX + randomToken(32);
     const row: VaultKeyRow = {
       id: newId("key", now),
@@ -153,19 +208,110 @@ export class KeyService {
       spentTotalMicros: 0,
       reservedTotalMicros: 0,
       stripeAccounts: input.stripe_accounts?.length ? input.stripe_accounts : null,
+      issuedByTokenId: by.tokenId,
     };
-    this.db.orm.insert(vaultKeys).values(row).run();
+    this.db.sqlite
+      .transaction(() => {
+        this.db.orm.insert(vaultKeys).values(row).run();
+        this.events?.record(
+          {
+            type: "key.issued",
+            actor: actorOf(by),
+            target: row.id,
+            data: { key_id: row.id, agent_run_label: row.agentRunLabel, vendor: row.vendor, cap_usd: microsToUsd(row.dailyCapMicros), total_cap_usd: row.totalCapMicros === null ? null : microsToUsd(row.totalCapMicros) },
+          },
+          now,
+        );
+      })
+      .immediate();
     return { row, vaultKey };
   }
 
-  get(keyId: string): VaultKeyRow {
-    const row = this.db.orm.select().from(vaultKeys).where(eq(vaultKeys.id, keyId)).get();
+  /**
+   * One key; for an issuer only one it issued. Someone else's key is 404, not 403, so a leaked
+   * issuer token cannot even learn which key ids exist.
+   */
+  get(keyId: string, scope?: Principal): VaultKeyRow {
+    const row = this.db.orm.select().from(vaultKeys).where(and(eq(vaultKeys.id, keyId), ownership(scope))).get();
     if (!row) throw new ApiError("not_found", `No vault key ${keyId}`);
     return row;
   }
 
-  list(f: KeyListFilter, now = Date.now()): { rows: VaultKeyRow[]; nextCursor: string | null } {
+  /**
+   * PATCH: new daily/total caps and/or expiry (from now), bounded by an issuer's policy, with its
+   * key.updated event, in one IMMEDIATE transaction. The ledger re-reads caps and expiry inside each
+   * admission transaction, so the next call on any process sees the change. A cap lowered below
+   * what is already spent is allowed: further calls are refused as cap hits.
+   */
+  update(keyId: string, body: unknown, by: Principal, now = Date.now()): VaultKeyRow {
+    const parsed = updateKeySchema(this.maxTtlMs).safeParse(body);
+    if (!parsed.success) throw validationError(fieldIssues(parsed.error.issues));
+    const change = parsed.data;
+    return this.db.sqlite
+      .transaction(() => {
+        const before = this.get(keyId, by);
+        if (before.revokedAt !== null) throw new ApiError("conflict", `Vault key ${keyId} is revoked; a revoked key cannot be changed.`);
+        const after: VaultKeyRow = {
+          ...before,
+          dailyCapMicros: change.daily_usd_cap ?? before.dailyCapMicros,
+          totalCapMicros: change.total_usd_cap === undefined ? before.totalCapMicros : change.total_usd_cap,
+          expiresAt: change.expires_in === undefined ? before.expiresAt : now + change.expires_in,
+        };
+        // Only the fields being changed are checked: an untouched field keeps what it was issued with.
+        enforcePolicy(
+          by,
+          {
+            vendor: after.vendor,
+            agentRunLabel: after.agentRunLabel,
+            dailyCapMicros: after.dailyCapMicros,
+            totalCapMicros: after.totalCapMicros,
+            expiresInMs: change.expires_in,
+            allowedEndpoints: after.allowedEndpoints,
+          },
+          new Set(Object.keys(change)),
+        );
+        this.db.orm
+          .update(vaultKeys)
+          .set({ dailyCapMicros: after.dailyCapMicros, totalCapMicros: after.totalCapMicros, expiresAt: after.expiresAt })
+          .where(eq(vaultKeys.id, keyId))
+          .run();
+        const changes: Record<string, unknown> = {};
+        if (change.daily_usd_cap !== undefined) changes.daily_usd_cap = { from: microsToUsd(before.dailyCapMicros), to: microsToUsd(after.dailyCapMicros) };
+        if (change.total_usd_cap !== undefined) {
+          const usdOrNull = (m: number | null) => (m === null ? null : microsToUsd(m));
+          changes.total_usd_cap = { from: usdOrNull(before.totalCapMicros), to: usdOrNull(after.totalCapMicros) };
+        }
+        if (change.expires_in !== undefined) changes.expires_at = { from: iso(before.expiresAt), to: iso(after.expiresAt) };
+        this.events?.record(
+          { type: "key.updated", actor: actorOf(by), target: keyId, data: { key_id: keyId, agent_run_label: after.agentRunLabel, cap_usd: microsToUsd(after.dailyCapMicros), changes } },
+          now,
+        );
+        return after;
+      })
+      .immediate();
+  }
+
+  /**
+   * The same change to every active key of a run (the admin pages' "raise the run's cap"), all or
+   * nothing in one transaction, one key.updated event per key.
+   */
+  updateRun(label: string, body: unknown, by: Principal, now = Date.now()): VaultKeyRow[] {
+    return this.db.sqlite
+      .transaction(() => {
+        const ids = this.db.orm
+          .select({ id: vaultKeys.id })
+          .from(vaultKeys)
+          .where(and(eq(vaultKeys.agentRunLabel, label), isNull(vaultKeys.revokedAt), gt(vaultKeys.expiresAt, now), ownership(by)))
+          .all();
+        return ids.map(({ id }) => this.update(id, body, by, now));
+      })
+      .immediate();
+  }
+
+  list(f: KeyListFilter, now = Date.now(), scope?: Principal): { rows: VaultKeyRow[]; nextCursor: string | null } {
     const where: SQL[] = [];
+    const own = ownership(scope);
+    if (own) where.push(own);
     if (f.label !== undefined) where.push(labelCondition(vaultKeys.agentRunLabel, f.label) ?? sql`1`);
     if (f.vendor) where.push(eq(vaultKeys.vendor, f.vendor));
     if (f.status === "revoked") where.push(isNotNull(vaultKeys.revokedAt));
@@ -184,26 +330,49 @@ export class KeyService {
     return { rows, nextCursor: more ? rows[rows.length - 1]!.id : null };
   }
 
-  /** Sets revoked_at once; a second call returns the same revocation. Nothing is deleted. */
-  revoke(keyId: string, now = Date.now()): VaultKeyRow {
-    this.db.orm
-      .update(vaultKeys)
-      .set({ revokedAt: now })
-      .where(and(eq(vaultKeys.id, keyId), isNull(vaultKeys.revokedAt)))
-      .run();
-    return this.get(keyId);
+  /**
+   * Sets revoked_at once (with its key.revoked event); a second call returns the same revocation and
+   * records nothing. Nothing is deleted. An issuer can revoke only keys it issued (others are 404).
+   */
+  revoke(keyId: string, by: Principal, now = Date.now()): VaultKeyRow {
+    return this.db.sqlite
+      .transaction(() => {
+        const row = this.get(keyId, by);
+        if (row.revokedAt !== null) return row;
+        this.db.orm.update(vaultKeys).set({ revokedAt: now }).where(eq(vaultKeys.id, keyId)).run();
+        this.events?.record(
+          { type: "key.revoked", actor: actorOf(by), target: keyId, data: { key_id: keyId, agent_run_label: row.agentRunLabel, vendor: row.vendor } },
+          now,
+        );
+        return { ...row, revokedAt: now };
+      })
+      .immediate();
   }
 
-  /** Revokes every key of a run; `newlyRevoked` counts the keys this call revoked (the rest were already). */
-  revokeByLabel(label: string, now = Date.now()): { rows: VaultKeyRow[]; newlyRevoked: number } {
-    const revoked = this.db.orm
-      .update(vaultKeys)
-      .set({ revokedAt: now })
-      .where(and(eq(vaultKeys.agentRunLabel, label), isNull(vaultKeys.revokedAt)))
-      .returning({ id: vaultKeys.id })
-      .all();
-    const rows = this.db.orm.select().from(vaultKeys).where(eq(vaultKeys.agentRunLabel, label)).orderBy(desc(vaultKeys.id)).all();
-    return { rows, newlyRevoked: revoked.length };
+  /**
+   * Revokes every key of a run (for an issuer: every key of the run that it issued, nothing else);
+   * `newlyRevoked` counts the keys this call revoked. One run.revoked event when any was.
+   */
+  revokeByLabel(label: string, by: Principal, now = Date.now()): { rows: VaultKeyRow[]; newlyRevoked: number } {
+    return this.db.sqlite
+      .transaction(() => {
+        const own = ownership(by);
+        const revoked = this.db.orm
+          .update(vaultKeys)
+          .set({ revokedAt: now })
+          .where(and(eq(vaultKeys.agentRunLabel, label), isNull(vaultKeys.revokedAt), own))
+          .returning({ id: vaultKeys.id })
+          .all();
+        const rows = this.db.orm.select().from(vaultKeys).where(and(eq(vaultKeys.agentRunLabel, label), own)).orderBy(desc(vaultKeys.id)).all();
+        if (revoked.length > 0) {
+          this.events?.record(
+            { type: "run.revoked", actor: actorOf(by), target: label, data: { agent_run_label: label, key_ids: revoked.map((r) => r.id), revoked: revoked.length } },
+            now,
+          );
+        }
+        return { rows, newlyRevoked: revoked.length };
+      })
+      .immediate();
   }
 
   /** Spend today (UTC) and over the key's life, in USD. */

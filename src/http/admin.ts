@@ -1,11 +1,12 @@
 import { Elysia } from "elysia";
-import { ADMIN_SESSION_TTL_MS, csrfMatches } from "../domain/admin-sessions.ts";
+import { ADMIN_SESSION_TTL_MS } from "../domain/admin-sessions.ts";
 import { parseAuditQuery, presentAudit, type AuditFilter } from "../domain/audit.ts";
 import { presentKey } from "../domain/keys.ts";
 import { cumulativeSpend, dailySeries } from "../domain/spend-series.ts";
 import { utcDay } from "../domain/time.ts";
 import { checkVendorConnection } from "../domain/vendor-check.ts";
 import type { VaultKeyRow } from "../db/schema.ts";
+import type { Principal } from "../domain/tokens.ts";
 import { ApiError } from "../errors.ts";
 import type { Services } from "../services.ts";
 import { ADAPTERS } from "../vendors/index.ts";
@@ -18,16 +19,16 @@ import { IssuePanel, KeyRow, KeysPage, KeysTable, RunRevoked, type IssueFormStat
 import { LoginPage } from "../../views/login.tsx";
 import { SpendPage } from "../../views/spend.tsx";
 import { ConnectionResult, VendorCard, VendorsPage } from "../../views/vendors.tsx";
+import { adminSession } from "./admin-session.ts";
+import { adminKeyEditRoutes } from "./admin-key-edit.ts";
+import { adminTokenRoutes } from "./admin-tokens.ts";
 import { auditExportResponse } from "./audit-export.ts";
 import { fieldErrorsOf, issueBodyFromForm, issueFormValues, secretFromForm, utcFromLocalInput, type FieldErrors } from "./admin-forms.ts";
 import {
   ADMIN_HEADERS,
-  CSRF_FIELD,
-  CSRF_HEADER,
   field,
   fragment,
   html,
-  render,
   isHtmx,
   queryFilters,
   readCookie,
@@ -73,12 +74,12 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
   };
 
   /** The issue form through KeyService.issue: the new key, or the form back with its errors. */
-  const issueFromForm = (body: unknown): IssueFormState => {
+  const issueFromForm = (body: unknown, by: Principal): IssueFormState => {
     const values = issueFormValues(body);
     const { body: apiBody, errors } = issueBodyFromForm(values);
     if (Object.keys(errors).length) return { values, errors };
     try {
-      const { row, vaultKey } = s.keys.issue(apiBody);
+      const { row, vaultKey } = s.keys.issue(apiBody, by);
       return { values: { vendor: row.vendor }, errors: {}, issued: { key: keyView(row, Date.now()), vaultKey, proxyBaseUrl: proxyBaseUrl() } };
     } catch (e) {
       if (!isInvalidInput(e)) throw e;
@@ -127,39 +128,18 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
       })
       .post("/login", ({ request, body }) => {
         const next = field(body, "next");
-        const started = s.adminSessions.start(field(body, "token")?.trim() ?? "");
+        const token = field(body, "token")?.trim() ?? "";
+        const role = s.tokens.authenticate(token)?.role;
+        if (role && role !== "admin") {
+          return html(LoginPage({ next, error: `This is a valid ${role} token, but only admin-role tokens can sign in to the admin pages.` }), 403);
+        }
+        const started = s.adminSessions.start(token);
         if (!started) return html(LoginPage({ next, error: "That is not a valid management token." }), 401);
         return redirect(safeNext(next), { "set-cookie": sessionCookie(request, started.sessionId, ADMIN_SESSION_TTL_MS / 1000) });
       })
-      .macro({
-        session: {
-          resolve({ request, body, set, status }) {
-            const sessionId = readCookie(request, SESSION_COOKIE);
-            const session = s.adminSessions.find(sessionId);
-            if (!session) {
-              if (isHtmx(request)) {
-                // htmx follows HX-Redirect to the login page instead of swapping this in.
-                set.headers["hx-redirect"] = "/admin";
-                set.headers["content-type"] = "text/plain; charset=utf-8";
-                return status(401, "Sign in again: your admin session has ended.");
-              }
-              const url = new URL(request.url);
-              set.headers.location = href("/admin", { next: request.method === "GET" ? url.pathname + url.search : undefined });
-              return status(303, "");
-            }
-            if (request.method !== "GET" && request.method !== "HEAD") {
-              const sent = request.headers.get(CSRF_HEADER) ?? field(body, CSRF_FIELD);
-              if (!csrfMatches(session, sent)) {
-                set.headers["content-type"] = "text/html; charset=utf-8";
-                set.headers["hx-retarget"] = "#flash";
-                set.headers["hx-reswap"] = "innerHTML";
-                return status(403, render(FlashMessage({ tone: "danger", text: "This form is out of date (missing or wrong CSRF token). Reload the page and try again." })));
-              }
-            }
-            return { session, sessionId };
-          },
-        },
-      })
+      .use(adminSession(s))
+      .use(adminTokenRoutes(s))
+      .use(adminKeyEditRoutes(s))
       .post(
         "/logout",
         ({ request, sessionId }) => {
@@ -175,7 +155,7 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
       .post(
         "/keys",
         ({ request, body, session }) => {
-          const issue = issueFromForm(body);
+          const issue = issueFromForm(body, session.principal);
           const status = issue.issued ? 200 : 422;
           if (isHtmx(request)) return fragment(IssuePanel({ csrf: session.csrfToken, state: issue }), status);
           return keysPage(session.csrfToken, { status: "active" }, issue, status);
@@ -184,10 +164,10 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
       )
       .delete(
         "/keys/:key_id",
-        ({ params }) => {
+        ({ params, session }) => {
           try {
             const now = Date.now();
-            return fragment(KeyRow({ k: keyView(s.keys.revoke(params.key_id, now), now), now }));
+            return fragment(KeyRow({ k: keyView(s.keys.revoke(params.key_id, session.principal, now), now), now }));
           } catch (e) {
             if (e instanceof ApiError && e.code === "not_found") return flash(404, "danger", `No vault key ${params.key_id}.`);
             throw e;
@@ -197,10 +177,10 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
       )
       .post(
         "/runs/revoke",
-        ({ request, body }) => {
+        ({ request, body, session }) => {
           const label = field(body, "agent_run_label")?.trim() ?? "";
           if (!label) return isHtmx(request) ? flash(422, "danger", "Type the run label to revoke.") : redirect("/admin/keys");
-          const { rows, newlyRevoked } = s.keys.revokeByLabel(label);
+          const { rows, newlyRevoked } = s.keys.revokeByLabel(label, session.principal);
           if (!isHtmx(request)) return redirect(href("/admin/keys", { status: "revoked", label }));
           return fragment(RunRevoked({ label, revoked: newlyRevoked, total: rows.length }));
         },

@@ -3,6 +3,14 @@ import { ApiError } from "../errors.ts";
 import type { Services } from "../services.ts";
 import { bearerToken } from "./request.ts";
 
+/** The role sets of the management routes (SPEC §7). */
+export const ADMIN: readonly Role[] = ["admin"];
+/** Keys, their audit and spend: issuers see only the keys they issued. */
+export const KEY_READERS: readonly Role[] = ["admin", "issuer", "viewer"];
+export const KEY_WRITERS: readonly Role[] = ["admin", "issuer"];
+/** Events, budgets, vendor status and metrics: everything an operator reads, which an issuer must not. */
+export const OPERATOR_READERS: readonly Role[] = ["admin", "viewer"];
+
 /**
  * The management principal of a request, refused unless its role is one of `roles`
  * (SPEC §7: only admin manages tokens, budgets, webhooks and vendor secrets).

@@ -1,13 +1,16 @@
 import { Elysia } from "elysia";
 import { z } from "zod";
 import { parseAuditQuery, presentAudit } from "../domain/audit.ts";
+import { EVENT_TYPES, presentEvent } from "../domain/events.ts";
 import { presentKey } from "../domain/keys.ts";
+import { actorOf, presentToken, type Principal } from "../domain/tokens.ts";
 import { utcDay } from "../domain/time.ts";
 import { ApiError, fieldIssues, validationError } from "../errors.ts";
 import type { Services } from "../services.ts";
 import { VENDORS, type VendorName } from "../vendors/types.ts";
 import { auditExportResponse } from "./audit-export.ts";
-import { bearerToken, queryObject, readJson } from "./request.ts";
+import { ADMIN, authorize, KEY_READERS, KEY_WRITERS, OPERATOR_READERS } from "./auth.ts";
+import { queryObject, readJson } from "./request.ts";
 
 const KeyListQuery = z.strictObject({
   label: z.string().max(256).optional(),
@@ -22,6 +25,27 @@ const SpendQuery = z.strictObject({
   until: z.string().optional(),
   label: z.string().max(256).optional(),
 });
+
+const isoTime = (field: string) =>
+  z.string().transform((v, ctx) => {
+    const ms = Date.parse(v);
+    if (!/^\d{4}-\d{2}-\d{2}/.test(v) || Number.isNaN(ms)) {
+      ctx.addIssue({ code: "custom", message: `${field} must be an ISO 8601 time like 2026-11-22T00:00:00Z` });
+      return z.NEVER;
+    }
+    return ms;
+  });
+
+const EventQuery = z.strictObject({
+  type: z.enum(EVENT_TYPES, { error: `type must be one of ${EVENT_TYPES.join(", ")}` }).optional(),
+  since: isoTime("since").optional(),
+  until: isoTime("until").optional(),
+  cursor: z.string().max(64).optional(),
+  limit: z.coerce.number().int().min(1).max(500).default(100),
+});
+
+/** An issuer reads only the audit and spend of keys it issued. */
+const issuedBy = (p: Principal) => (p.role === "issuer" ? p.tokenId : undefined);
 
 function parse<T extends z.ZodType>(schema: T, input: unknown): z.infer<T> {
   const r = schema.safeParse(input);
@@ -42,50 +66,59 @@ function time(field: string, text: string | undefined, fallback: number): number
 }
 
 /**
- * The management API (SPEC §2): thin handlers over the key, audit and secret
- * services. Every route here requires a management token.
+ * The management API (SPEC §2, §7): thin handlers over the key, token, audit, event and
+ * secret services. Every route authorizes a management token with a fitting role.
  */
 export function managementRoutes(s: Services, proxyBaseUrl: () => string) {
   const maxBody = s.config.maxBodyBytes;
   return new Elysia({ name: "management" })
-    .onBeforeHandle(({ request }) => {
-      if (!s.tokens.verify(bearerToken(request))) {
-        throw new ApiError("unauthorized", "Send a management token as Authorization: Bearer <token> (a vault key is not one).");
-      }
-    })
+    // Each route authorizes its own roles (SPEC §7); the matrix is in README "Tokens, roles and policies".
     .post(
       "/vault/keys",
       async ({ request, set }) => {
-        const { row, vaultKey } = s.keys.issue(await readJson(request, maxBody));
+        const by = authorize(s, request, KEY_WRITERS);
+        const { row, vaultKey } = s.keys.issue(await readJson(request, maxBody), by);
         set.status = 201;
         return { ...presentKey(row), vault_key: vaultKey, proxy_base_url: proxyBaseUrl() };
       },
       { parse: "none" },
     )
     .get("/vault/keys", ({ request }) => {
+      const by = authorize(s, request, KEY_READERS);
       const q = parse(KeyListQuery, queryObject(request));
-      const { rows, nextCursor } = s.keys.list(q);
+      const { rows, nextCursor } = s.keys.list(q, Date.now(), by);
       return { data: rows.map((r) => presentKey(r)), next_cursor: nextCursor };
     })
     .post(
       "/vault/keys/revoke",
       async ({ request }) => {
+        const by = authorize(s, request, KEY_WRITERS);
         const body = parse(z.strictObject({ agent_run_label: z.string().min(1).max(256) }), await readJson(request, maxBody));
-        const { rows, newlyRevoked } = s.keys.revokeByLabel(body.agent_run_label);
+        const { rows, newlyRevoked } = s.keys.revokeByLabel(body.agent_run_label, by);
         return { agent_run_label: body.agent_run_label, revoked: newlyRevoked, data: rows.map((r) => presentKey(r)) };
       },
       { parse: "none" },
     )
-    .get("/vault/keys/:key_id", ({ params }) => {
-      const row = s.keys.get(params.key_id);
+    .get("/vault/keys/:key_id", ({ params, request }) => {
+      const row = s.keys.get(params.key_id, authorize(s, request, KEY_READERS));
       return { ...presentKey(row), ...s.keys.spend(row) };
     })
-    .delete("/vault/keys/:key_id", ({ params }) => {
-      const row = s.keys.revoke(params.key_id);
+    .patch(
+      "/vault/keys/:key_id",
+      async ({ params, request }) => {
+        const by = authorize(s, request, KEY_WRITERS);
+        const row = s.keys.update(params.key_id, await readJson(request, maxBody), by);
+        return { ...presentKey(row), ...s.keys.spend(row) };
+      },
+      { parse: "none" },
+    )
+    .delete("/vault/keys/:key_id", ({ params, request }) => {
+      const row = s.keys.revoke(params.key_id, authorize(s, request, KEY_WRITERS));
       return { ...presentKey(row), ...s.keys.spend(row) };
     })
     .get("/vault/audit", ({ request }) => {
-      const f = parseAuditQuery(queryObject(request));
+      const by = authorize(s, request, KEY_READERS);
+      const f = { ...parseAuditQuery(queryObject(request)), issuedBy: issuedBy(by) };
       if (f.format === "json") {
         const { rows, nextCursor } = s.audit.page(f);
         return { data: rows.map(presentAudit), next_cursor: nextCursor };
@@ -93,24 +126,56 @@ export function managementRoutes(s: Services, proxyBaseUrl: () => string) {
       return auditExportResponse(s.audit.all(f), f.format);
     })
     .get("/vault/spend", ({ request }) => {
+      const by = authorize(s, request, KEY_READERS);
       const q = parse(SpendQuery, queryObject(request));
       const now = Date.now();
       const since = time("since", q.since, Date.parse(utcDay(now) + "T00:00:00Z"));
       const until = time("until", q.until, now + 1);
       if (until <= since) throw validationError([{ field: "until", message: "until must be after since" }]);
-      return s.audit.spend(since, until, q.label);
+      return s.audit.spend(since, until, q.label, issuedBy(by));
     })
-    .get("/vendors", () => ({ data: VENDORS.map((v) => s.secrets.status(v)) }))
+    .post(
+      "/tokens",
+      async ({ request, set }) => {
+        const by = authorize(s, request, ADMIN);
+        const { info, token } = s.tokens.createFromBody(await readJson(request, maxBody), actorOf(by));
+        set.status = 201;
+        return { ...presentToken(info), token };
+      },
+      { parse: "none" },
+    )
+    .get("/tokens", ({ request }) => {
+      authorize(s, request, ADMIN);
+      return { data: s.tokens.list().map(presentToken) };
+    })
+    .delete("/tokens/:token_id", ({ params, request }) => {
+      const by = authorize(s, request, ADMIN);
+      return presentToken(s.tokens.revoke(params.token_id, actorOf(by)));
+    })
+    .get("/events", ({ request }) => {
+      // Issuers are refused: the trail names other tokens and their keys.
+      authorize(s, request, OPERATOR_READERS);
+      const q = parse(EventQuery, queryObject(request));
+      if (q.since !== undefined && q.until !== undefined && q.until <= q.since) throw validationError([{ field: "until", message: "until must be after since" }]);
+      const { rows, nextCursor } = s.events.list(q);
+      return { data: rows.map(presentEvent), next_cursor: nextCursor };
+    })
+    .get("/vendors", ({ request }) => {
+      authorize(s, request, OPERATOR_READERS);
+      return { data: VENDORS.map((v) => s.secrets.status(v)) };
+    })
     .put(
       "/vendors/:vendor",
       async ({ params, request }) => {
+        authorize(s, request, ADMIN);
         const vendor = vendorParam(params.vendor);
         s.secrets.set(vendor, await readJson(request, maxBody));
         return s.secrets.status(vendor);
       },
       { parse: "none" },
     )
-    .get("/metrics", () => {
+    .get("/metrics", ({ request }) => {
+      authorize(s, request, OPERATOR_READERS);
       const counts = s.keys.countByStatus();
       const body = s.metrics.render({
         keybrake_vault_keys_active: counts.active,

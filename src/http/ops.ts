@@ -32,8 +32,15 @@ function openApi(maxTtlMs: number) {
       },
       "/vault/keys/{key_id}": {
         get: { summary: "A key with its spend", responses: { "200": { description: "The key" }, "404": { description: "No such key" } } },
+        patch: { summary: "Change daily_usd_cap, total_usd_cap, expires_in (from now); bounded by an issuer's policy", responses: { "200": { description: "The key" }, "409": { description: "Revoked" }, ...errors } },
         delete: { summary: "Revoke a key (idempotent)", responses: { "200": { description: "The revoked key" }, "404": { description: "No such key" } } },
       },
+      "/tokens": {
+        post: { summary: "Create a management token {name, role, policy?} (admin); the token is shown only here", responses: { "201": { description: "The token" }, ...errors } },
+        get: { summary: "List management tokens (admin; never the token)", responses: { "200": { description: "{data}" }, ...errors } },
+      },
+      "/tokens/{token_id}": { delete: { summary: "Revoke a token at once and end its admin sessions (admin; idempotent)", responses: { "200": { description: "The token" }, ...errors } } },
+      "/events": { get: { summary: "Operator trail (type, since, until, cursor, limit; admin and viewer)", responses: { "200": { description: "{data, next_cursor}" }, ...errors } } },
       "/vault/keys/revoke": { post: { summary: "Revoke every key of a run ({agent_run_label})", responses: { "200": { description: "Revoked keys" }, ...errors } } },
       "/vault/audit": { get: { summary: "Audit log (key_id, label, vendor, outcome, since, until, cursor, limit, format=json|csv|jsonl)", responses: { "200": { description: "Rows" }, ...errors } } },
       "/vault/spend": { get: { summary: "Spend per label and key over [since, until) (default: today UTC)", responses: { "200": { description: "Totals" }, ...errors } } },
