@@ -5,7 +5,8 @@
  * test ends with `moneyHolds`: money moved ≤ money Keybrake counted (settled + reserved).
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
-import { seedKeyBody } from "./helpers.ts";
+import { loadPricing } from "../src/vendors/pricing.ts";
+import { seedKeyBody, tempDir } from "./helpers.ts";
 import { ledgerOf, proxied, startProxyStack } from "./proxy-setup.ts";
 
 let stack: Awaited<ReturnType<typeof startProxyStack>>;
@@ -211,6 +212,29 @@ describe("4. Twilio priced by destination", () => {
       moneyHolds(key.key_id);
     });
   }
+});
+
+test("4. the pricing file adds destinations and names a template's segments; a bad entry stops start-up, naming it", async () => {
+  const dir = tempDir();
+  const sid = "HX" + "b".repeat(32);
+  await Bun.write(`${dir}/pricing.json`, JSON.stringify({ twilio: { destination_usd: { "+371": 0.12 }, content_sid_segments: { [sid]: 2 } } }));
+  const s = await startProxyStack({ KEYBRAKE_PRICING_FILE: `${dir}/pricing.json` });
+  try {
+    const key = await s.kb.issueKey(seedKeyBody({ vendor: "twilio", daily_usd_cap: 10, allowed_endpoints: ["POST /2010-04-01/Accounts/*/Messages.json"] }));
+    s.fake.twilioTemplates[sid] = "Your code is 1234";
+    const send = (form: Record<string, string>) =>
+      fetch(s.kb.url + "/twilio/2010-04-01/Accounts/AC0/Messages.json", {
+        method: "POST",
+        headers: { authorization: "Basic " + btoa(`AC${"0".repeat(32)}:${key.vault_key}`), "content-type": FORM },
+        body: new URLSearchParams(form).toString(),
+      });
+    expect((await send({ To: "+37120000000", From: "+15005550001", Body: "hi" })).headers.get("x-keybrake-cost-usd")).toBe("0.120000");
+    expect((await send({ To: "+15005550006", From: "+15005550001", ContentSid: sid })).headers.get("x-keybrake-cost-usd")).toBe("0.016600");
+  } finally {
+    await s.stop();
+  }
+  await Bun.write(`${dir}/bad.json`, JSON.stringify({ twilio: { destination_usd: { "44x": 0.1 } } }));
+  expect(() => loadPricing(`${dir}/bad.json`)).toThrow(/twilio\.destination_usd\.44x/);
 });
 
 describe("5. headers that remove headers", () => {
