@@ -325,6 +325,8 @@ describe("8. Connect", () => {
     const ok = await proxied(stack.kb.url, key.vault_key, "POST", "/v1/payment_intents", { amount: "100", currency: "usd" }, { "stripe-account": "acct_1Allowed" });
     expect(ok.status).toBe(200);
     expect(stack.fake.calls.map((c) => c.headers["stripe-account"])).toEqual(["acct_1Allowed"]);
+    const context = await proxied(stack.kb.url, key.vault_key, "POST", "/v1/payment_intents", { amount: "100", currency: "usd" }, { "stripe-context": "acct_1Other" });
+    expect(context.status).toBe(403);
     const plain = await stripeKey();
     const none = await proxied(stack.kb.url, plain.vault_key, "POST", "/v1/payment_intents", { amount: "100", currency: "usd" }, { "stripe-account": "acct_1Allowed" });
     expect(none.status).toBe(403);

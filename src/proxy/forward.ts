@@ -148,9 +148,12 @@ export class Forwarder {
     if (!isAllowed(this.allowlist(key), method, forwardedSegments)) {
       return refuse(adapter, key, 403, "endpoint_denied", "endpoint_not_allowed", `${method} ${path} is not in this vault key's allowed_endpoints.`);
     }
-    const account = request.headers.get("stripe-account");
-    if (account !== null && !(JSON.parse(key.stripe_accounts ?? "[]") as string[]).includes(account)) {
-      return refuse(adapter, key, 403, "endpoint_denied", "stripe_account_not_allowed", `Stripe-Account "${account.slice(0, 64)}" is not in this vault key's stripe_accounts.`);
+    // Stripe-Context (newer Stripe APIs) names the acting account too: both are held to the key's stripe_accounts.
+    for (const header of ["stripe-account", "stripe-context"]) {
+      const account = request.headers.get(header);
+      if (account !== null && !(JSON.parse(key.stripe_accounts ?? "[]") as string[]).includes(account)) {
+        return refuse(adapter, key, 403, "endpoint_denied", "stripe_account_not_allowed", `${header === "stripe-account" ? "Stripe-Account" : "Stripe-Context"} "${account.slice(0, 64)}" is not in this vault key's stripe_accounts.`);
+      }
     }
 
     // 3. Read the body exactly as the vendor will (bounded while it streams in), then price it.
