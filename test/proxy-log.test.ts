@@ -26,11 +26,10 @@ test("KEYBRAKE_LOG=json: one JSON line per proxied call, holding no vault key, s
       ["invalid_key", () => proxied(kb.url, "vk_not_a_key", "POST", "/v1/payment_intents", { amount: "1", currency: "usd" })],
     ];
     for (const [, call] of calls) await call();
-    await Bun.sleep(100); // let the child's stdout pipe drain
-    const lines = kb
-      .output()
-      .split("\n")
-      .filter((l) => l.includes('"kind":"call"'));
+    const callLines = () => kb.output().split("\n").filter((l) => l.includes('"kind":"call"'));
+    // The child's stdout arrives through a pipe: wait for it (bounded), rather than for a fixed time.
+    for (let i = 0; i < 200 && callLines().length < calls.length; i++) await Bun.sleep(10);
+    const lines = callLines();
     expect(lines).toHaveLength(calls.length);
     const entries = lines.map((l) => JSON.parse(l));
     expect(entries.map((e) => e.outcome)).toEqual(calls.map(([o]) => o));
