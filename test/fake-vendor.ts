@@ -614,16 +614,13 @@ class StripeEmulator implements VendorEmulator {
     const pi = this.paymentIntents.get(id);
     if (!pi) return noSuch("payment_intent", id, "intent");
     if (pi.status === "succeeded" || pi.status === "canceled") return refused(400, { error: { type: "invalid_request_error", code: "payment_intent_unexpected_state", message: "This PaymentIntent can no longer be updated." } });
-    if (f.amount !== undefined) {
-      const amount = intParam(f, "amount");
-      if (amount === null) return parameterMissing("amount");
-      pi.amount = amount;
-    }
-    if (f.currency !== undefined) {
-      const currency = currencyParam(f);
-      if (currency === null) return parameterMissing("currency");
-      pi.currency = currency;
-    }
+    // Stripe validates every parameter before it changes anything: a 400 leaves the intent as it was.
+    const amount = f.amount === undefined ? undefined : intParam(f, "amount");
+    if (amount === null) return parameterMissing("amount");
+    const currency = f.currency === undefined ? undefined : currencyParam(f);
+    if (currency === null) return parameterMissing("currency");
+    if (amount !== undefined) pi.amount = amount;
+    if (currency !== undefined) pi.currency = currency;
     if (str(f, "description") !== null) pi.description = str(f, "description");
     return executed(pi);
   }
