@@ -17,8 +17,8 @@ import { Forwarder } from "./proxy/forward.ts";
 import { loadPricing } from "./vendors/pricing.ts";
 import type { VendorName } from "./vendors/types.ts";
 
-/** Largest proxied request body: Resend accepts 40 MB emails with attachments. */
-export const MAX_PROXY_BODY_BYTES = 40 * 1024 * 1024;
+/** Largest proxied request body, per vendor (SPEC §3): bounded before it is buffered. Also Bun's maxRequestBodySize (main.ts), so /admin bodies are bounded before parsing. */
+export const MAX_PROXY_BODY_BYTES = 1024 * 1024;
 
 export interface Services {
   config: Config;

@@ -7,6 +7,7 @@ import m0001 from "../../migrations/0001_init.sql" with { type: "text" };
 import m0002 from "../../migrations/0002_admin_sessions.sql" with { type: "text" };
 import m0003 from "../../migrations/0003_idempotency.sql" with { type: "text" };
 import m0004 from "../../migrations/0004_events.sql" with { type: "text" };
+import m0005 from "../../migrations/0005_priced_objects.sql" with { type: "text" };
 import m0007 from "../../migrations/0007_token_roles.sql" with { type: "text" };
 import m0008 from "../../migrations/0008_budgets_webhooks.sql" with { type: "text" };
 
@@ -15,6 +16,7 @@ export const MIGRATIONS: readonly { name: string; sql: string }[] = [
   { name: "0002_admin_sessions.sql", sql: m0002 },
   { name: "0003_idempotency.sql", sql: m0003 },
   { name: "0004_events.sql", sql: m0004 },
+  { name: "0005_priced_objects.sql", sql: m0005 },
   { name: "0007_token_roles.sql", sql: m0007 },
   { name: "0008_budgets_webhooks.sql", sql: m0008 },
 ];

@@ -44,6 +44,7 @@ export const vaultKeys = sqliteTable(
     revokedAt: integer("revoked_at"),
     spentTotalMicros: integer("spent_total_micros").notNull().default(0),
     reservedTotalMicros: integer("reserved_total_micros").notNull().default(0),
+    stripeAccounts: text("stripe_accounts", { mode: "json" }).$type<string[]>(),
     issuedByTokenId: text("issued_by_token_id"),
   },
   (t) => [index("vault_keys_label").on(t.agentRunLabel, t.id)],
@@ -81,6 +82,20 @@ export const auditLog = sqliteTable("audit_log", {
   latencyMs: real("latency_ms"),
   replayOf: integer("replay_of"),
 });
+
+export const pricedObjects = sqliteTable(
+  "priced_objects",
+  {
+    keyId: text("key_id").notNull(),
+    objectId: text("object_id").notNull(),
+    kind: text("kind").notNull(),
+    amount: integer("amount").notNull(),
+    currency: text("currency").notNull(),
+    countedMicros: integer("counted_micros").notNull(),
+    updatedAt: integer("updated_at").notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.keyId, t.objectId] })],
+);
 
 export const adminSessions = sqliteTable("admin_sessions", {
   idHash: text("id_hash").primaryKey(),

@@ -1,4 +1,5 @@
 import type { Database, Statement } from "bun:sqlite";
+import type { PricedObject } from "../vendors/types.ts";
 import type { CapAlerts } from "./alerts.ts";
 import { BudgetLedger, type BudgetHold, type LiveBudget } from "./budgets.ts";
 import { remainingMicros } from "./keys.ts";
@@ -47,6 +48,8 @@ export interface LiveKey {
   dedupe_window_ms: number | null;
   require_idempotency_key: number;
   allow_unpriced: number;
+  /** JSON list of connected accounts this key may name in Stripe-Account, or null. */
+  stripe_accounts: string | null;
   expires_at: number;
   revoked_at: number | null;
 }
@@ -153,7 +156,7 @@ export class Ledger {
       keyForAlerts: p(`SELECT daily_cap_micros, agent_run_label FROM vault_keys WHERE id = ?`),
       keyByHash: p(
         `SELECT id, vendor, daily_cap_micros, total_cap_micros, allowed_endpoints, agent_run_label, dedupe_window_ms,
-                require_idempotency_key, allow_unpriced, expires_at, revoked_at
+                require_idempotency_key, allow_unpriced, stripe_accounts, expires_at, revoked_at
            FROM vault_keys WHERE key_hash = ?`,
       ),
       capRow: p(
@@ -184,7 +187,14 @@ export class Ledger {
                               vendor_request_id = ?, vendor_object_id = ?, latency_ms = ?, error_code = ?
           WHERE id = ?`,
       ),
-      knownObject: p(`SELECT 1 FROM audit_log WHERE vendor_object_id = ? LIMIT 1`),
+      pricedObject: p(
+        `SELECT object_id AS objectId, kind, amount, currency, counted_micros AS countedMicros
+           FROM priced_objects WHERE key_id = ? AND object_id = ?`,
+      ),
+      putPricedObject: p(
+        `INSERT OR REPLACE INTO priced_objects (key_id, object_id, kind, amount, currency, counted_micros, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?)`,
+      ),
       repeat: p(
         `SELECT request_hash, state, audit_id, reserved_micros, spend_day, status, headers, body, updated_at, expires_at
            FROM idempotency_records WHERE key_id = ? AND idem_key = ?`,
@@ -222,9 +232,15 @@ export class Ledger {
     return this.write(() => this.admitInTransaction(key, call, micros, now, guard));
   }
 
-  /** 2xx: the call cost `actualMicros`; the answer is kept for replays. */
-  settle(r: Reservation, s: Settlement, answer: StoredAnswer | null): Promise<void> {
-    return this.write(() => this.finish(r, s, s.actualMicros, "settled", answer));
+  /** 2xx: the call cost `actualMicros`; the answer is kept for replays; what a priced call produced is recorded in the same transaction. */
+  settle(r: Reservation, s: Settlement, answer: StoredAnswer | null, produced?: PricedObject | null): Promise<void> {
+    return this.write(() => {
+      this.finish(r, s, s.actualMicros, "settled", answer);
+      if (produced) {
+        const o = produced;
+        this.q.putPricedObject!.run(r.keyId, o.objectId, o.kind, o.amount, o.currency, o.countedMicros, Date.now());
+      }
+    });
   }
 
   /** Vendor 4xx: no money moved; the answer is kept for replays (a retry gets the same refusal, like the vendor's own idempotency). */
@@ -272,8 +288,9 @@ export class Ledger {
     return this.q.keyByHash!.get(hash) as LiveKey | null;
   }
 
-  createdThroughKeybrake(objectId: string): boolean {
-    return this.q.knownObject!.get(objectId) !== null;
+  /** What a priced call of this key produced for this object; never another key's, never an id merely seen in a response. */
+  pricedObject(keyId: string, objectId: string): PricedObject | null {
+    return (this.q.pricedObject!.get(keyId, objectId) as PricedObject | null) ?? null;
   }
 
   /** Forgets stored answers past their time (24 h for Idempotency-Keys, the window for dedupe). */
