@@ -6,6 +6,7 @@ management API and tells a Keybrake cap hit apart from everything else:
     import keybrake, stripe
 
     key = keybrake.issue(vendor="stripe", daily_usd_cap=500.0,
+                         total_usd_cap=500.0,  # the run's budget, also across UTC midnight
                          allowed_endpoints=["POST /v1/payment_intents"],
                          expires_in="6h", agent_run_label=f"billing/{run_id}")
     stripe.api_key = key["vault_key"]
@@ -19,7 +20,8 @@ management API and tells a Keybrake cap hit apart from everything else:
     finally:
         keybrake.revoke_run(f"billing/{run_id}")
 
-URL and management token come from KEYBRAKE_URL and KEYBRAKE_API_KEY unless passed.
+URL and management token come from KEYBRAKE_URL and KEYBRAKE_API_KEY unless passed;
+there is no default URL, so a forgotten KEYBRAKE_URL fails instead of sending the token away.
 """
 
 import json

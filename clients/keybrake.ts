@@ -6,7 +6,7 @@
  * Keybrake cap hit apart from everything else, whichever SDK raised it.
  *
  *   const kb = new Keybrake();                      // KEYBRAKE_URL, KEYBRAKE_API_KEY from the env
- *   const key = await kb.issueKey({ vendor: "stripe", daily_usd_cap: 500,
+ *   const key = await kb.issueKey({ vendor: "stripe", daily_usd_cap: 500, total_usd_cap: 500, // the run's budget
  *     allowed_endpoints: ["POST /v1/payment_intents"], expires_in: "6h",
  *     agent_run_label: `billing/${runId}` });
  *   const stripe = new Stripe(key.vault_key, kb.stripeOptions());

@@ -1,6 +1,7 @@
 import { Elysia } from "elysia";
 import { ApiError, errorBody } from "./errors.ts";
 import { adminRoutes } from "./http/admin.ts";
+import { governanceRoutes } from "./http/governance.ts";
 import { managementRoutes } from "./http/management.ts";
 import { opsRoutes } from "./http/ops.ts";
 import { proxyRoutes } from "./http/proxy.ts";
@@ -24,6 +25,7 @@ export function createApp(s: Services, opts: AppOptions) {
     })
     .use(opsRoutes(s))
     .use(proxyRoutes(s.forwarder))
+    .use(governanceRoutes(s))
     .use(managementRoutes(s, opts.proxyBaseUrl))
     .use(adminRoutes(s, opts.proxyBaseUrl));
 }

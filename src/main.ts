@@ -10,6 +10,7 @@ import { presentToken, TokenStore } from "./domain/tokens.ts";
 import { ApiError, type FieldIssue } from "./errors.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { createServices, MAX_PROXY_BODY_BYTES, type Services } from "./services.ts";
+import { runDemo } from "./demo.ts";
 import { VERSION } from "./version.ts";
 
 const HELP = `keybrake ${VERSION} — spend-cap proxy for Stripe, Twilio and Resend
@@ -21,6 +22,7 @@ Usage:
   keybrake token list                  list management tokens (id, role, status, name; never the token)
   keybrake token revoke TOKEN_ID       revoke a token at once (and end its admin sessions)
   keybrake secrets reset --confirm     forget the stored vendor secrets (after a lost master key)
+  keybrake demo                        try it: Keybrake + a local fake Stripe/Twilio/Resend, with sample runs
   keybrake version                     print the version
   keybrake --help                      this text
 
@@ -92,6 +94,7 @@ function handleShutdown(app: ReturnType<typeof createApp>, services: Services, l
       logger.info(`shutdown grace over: cutting ${server.pendingRequests} call(s); their reservations stay unsettled`);
       await server.stop(true);
     }
+    services.webhooks.stop(); // deliveries not yet sent stay queued in the outbox for the next start
     await services.retention.stop();
     // Ledger writes queued in this turn commit on the next one (group commit): let them run.
     await new Promise((resolve) => setImmediate(resolve));
@@ -211,6 +214,7 @@ function main(argv: string[]) {
   const [command = "serve", ...rest] = argv;
   if (command === "--help" || command === "-h" || command === "help") return void process.stdout.write(HELP);
   if (command === "version" || command === "--version") return void console.log(VERSION);
+  if (command === "demo") return void runDemo().catch((e) => fail(`demo: ${(e as Error).message}`));
   // `keybrake --port 9090` is `keybrake serve --port 9090`.
   const serveArgs = command === "serve" ? rest : command.startsWith("--") ? argv : null;
   let config: Config;

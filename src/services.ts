@@ -1,7 +1,9 @@
 import type { Config } from "./config.ts";
 import { openDatabase, type Db } from "./db/connection.ts";
 import { AdminSessions } from "./domain/admin-sessions.ts";
+import { CapAlerts } from "./domain/alerts.ts";
 import { AuditService } from "./domain/audit.ts";
+import { BudgetService } from "./domain/budgets.ts";
 import { EventLog } from "./domain/events.ts";
 import { loadMasterKey, SecretBox } from "./domain/crypto.ts";
 import { KeyService } from "./domain/keys.ts";
@@ -9,13 +11,14 @@ import { Ledger } from "./domain/ledger.ts";
 import { AuditRetention } from "./domain/retention.ts";
 import { VendorSecretStore } from "./domain/secrets.ts";
 import { TokenStore } from "./domain/tokens.ts";
+import { WebhookService } from "./domain/webhooks.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { Forwarder } from "./proxy/forward.ts";
 import { loadPricing } from "./vendors/pricing.ts";
 
-/** Largest proxied request body: Resend accepts 40 MB emails with attachments. */
-export const MAX_PROXY_BODY_BYTES = 40 * 1024 * 1024;
+/** Largest proxied request body, per vendor (SPEC §3): bounded before it is buffered. Also Bun's maxRequestBodySize (main.ts), so /admin bodies are bounded before parsing. */
+export const MAX_PROXY_BODY_BYTES = 1024 * 1024;
 
 export interface Services {
   config: Config;
@@ -28,6 +31,8 @@ export interface Services {
   metrics: Metrics;
   logger: Logger;
   events: EventLog;
+  budgets: BudgetService;
+  webhooks: WebhookService;
   forwarder: Forwarder;
   adminSessions: AdminSessions;
   retention: AuditRetention;
@@ -45,15 +50,21 @@ export function createServices(config: Config, fetchImpl?: typeof fetch, logger:
   const db = openDatabase(config.dataDir);
   const box = new SecretBox(loadMasterKey(config.dataDir, config.masterKey));
   const events = new EventLog(db.sqlite, logger);
+  // Budgets, cap alerts and the webhook outbox (SPEC §7): the outbox is an event sink, so a
+  // delivery is queued in the same transaction as the change or alert it reports.
+  const webhooks = new WebhookService(db, box, logger);
+  events.addSink(webhooks.outboxSink);
   const secrets = new VendorSecretStore(db.sqlite, box, events);
   try {
+    // Before anything runs: a wrong master key stops start-up here, not at the first call.
     secrets.verifyMasterKey();
     secrets.adoptEnvironment(config.vendorSecretsFromEnv);
   } catch (e) {
     db.sqlite.close();
     throw e;
   }
-  const ledger = new Ledger(db.sqlite);
+  webhooks.start();
+  const ledger = new Ledger(db.sqlite, new CapAlerts(db.sqlite, events));
   // Stored answers for replays live 24 h (or the dedupe window); pruning is cheap and indexed.
   ledger.pruneRepeats(Date.now());
   setInterval(() => ledger.pruneRepeats(Date.now()), 10 * 60_000).unref();
@@ -81,6 +92,8 @@ export function createServices(config: Config, fetchImpl?: typeof fetch, logger:
     metrics,
     logger,
     events,
+    budgets: new BudgetService(db, events),
+    webhooks,
     forwarder,
     adminSessions: new AdminSessions(db, tokens),
     retention: new AuditRetention(db.sqlite, config.auditRetentionMs, clock, (m) => logger.error(m)),

@@ -103,12 +103,14 @@ test("issue a key through the form: field errors inline, then the vault key show
   await page.click("button[data-copy]");
   await page.locator("button[data-copy]", { hasText: /Copied|Press Ctrl\+C/ }).waitFor(WAIT);
   keyId = (await kb.api("GET", `/vault/keys?label=${encodeURIComponent(label)}`)).json.data[0].key_id;
-  // The polled list picks the new key up by itself.
-  await page.locator(`#key-${keyId}`).waitFor(WAIT);
+  // The polled Runs list picks the new run up by itself.
+  await page.locator("table.runs tbody tr", { hasText: label }).waitFor(WAIT);
   await shot("02-keys-issued");
 });
 
 test("spend appears on the keys page without a reload", async () => {
+  await page.goto(`${kb.url}/admin/keys?status=active`);
+  await page.locator(`#key-${keyId}`).waitFor(WAIT);
   await page.evaluate(() => ((window as unknown as { notReloaded: boolean }).notReloaded = true));
   const res = await payThrough(vaultKey);
   expect(res.status).toBe(200);
@@ -117,15 +119,20 @@ test("spend appears on the keys page without a reload", async () => {
   expect(await page.locator(`#key-${keyId} meter`).getAttribute("value")).toBe("29");
 });
 
-test("revoke the key (with confirmation); its next proxied call is refused", async () => {
+test("revoke the key (with confirmation): acknowledged, the row stays where it was, its next call is refused", async () => {
+  const before = await page.locator(`#key-${keyId}`).boundingBox();
   page.once("dialog", (d) => void d.accept());
-  await page.click(`#key-${keyId} button[hx-delete]`);
+  await page.click(`#key-${keyId} form[hx-post$="/revoke"] button`);
   await page.locator(`#key-${keyId} .badge`, { hasText: "revoked" }).waitFor(WAIT);
+  await page.locator("#flash", { hasText: "Revoked key" }).waitFor(WAIT);
   await shot("03-keys-revoked");
   const refused = await payThrough(vaultKey);
   expect(refused.status).toBe(401);
-  // Off the active tab on the next poll.
-  await page.locator(`#key-${keyId}`).waitFor({ state: "detached", ...WAIT });
+  // Still on the Active tab after the next polls, marked revoked, in the same place.
+  await page.waitForResponse((r) => r.url().includes("/admin/keys/table"), WAIT);
+  await page.waitForResponse((r) => r.url().includes("/admin/keys/table"), WAIT);
+  expect(await page.locator(`#key-${keyId}.inactive`).count()).toBe(1);
+  expect((await page.locator(`#key-${keyId}`).boundingBox())?.y).toBe(before?.y);
 });
 
 test("filter the audit log by label: the revoked call is there, with its details", async () => {
@@ -140,7 +147,8 @@ test("filter the audit log by label: the revoked call is there, with its details
 
   const forwarded = page.locator("table.audit tbody tr", { has: page.locator(".badge", { hasText: "forwarded" }) });
   await forwarded.getByRole("link", { name: /Details/ }).click();
-  const detail = page.locator("#audit-detail");
+  // The details open right under their row.
+  const detail = page.locator("table.audit tr.detail-row");
   await detail.getByText(/^req_/).waitFor(WAIT);
   await detail.getByText(/^pi_/).waitFor(WAIT);
   expect(await detail.getByText("$29.00").count()).toBe(2); // estimated and settled
@@ -182,6 +190,123 @@ test("a label written as HTML is shown as text on the keys and audit pages", asy
   expect(await page.locator("img").count()).toBe(0);
   expect(alerts).toEqual([]);
 });
+
+/**
+ * The 2 a.m. drill, at a laptop's and a phone's width: find the run by the start
+ * of its label, see what it spent against its cap, revoke it from its row, and
+ * see its next call refused in the audit log.
+ */
+for (const [width, height, tag] of [
+  [1280, 860, "desktop"],
+  [390, 844, "phone"],
+] as const) {
+  test(`incident flow at ${width} px: prefix → run row → revoke run → audit shows the next call refused as revoked`, async () => {
+    const prefix = `incident-${tag}-${Date.now()}/`;
+    const run = `${prefix}scheduled__2026-11-22`;
+    const a = await kb.issueKey(seedKeyBody({ agent_run_label: run, daily_usd_cap: 60 }));
+    const b = await kb.issueKey(seedKeyBody({ agent_run_label: run, daily_usd_cap: 40 }));
+    const other = await kb.issueKey(seedKeyBody({ agent_run_label: `${prefix}manual__1`, daily_usd_cap: 30 }));
+    for (const k of [a, a, a, b]) await payThrough(k.vault_key); // a: $58 then a cap hit; b: $29
+    await payThrough(other.vault_key);
+
+    const p = await browser.newPage({ viewport: { width, height }, deviceScaleFactor: tag === "phone" ? 2 : 1 });
+    p.on("console", (m) => m.type() === "error" && problems.push(m.text()));
+    p.on("pageerror", (e) => problems.push(e.message));
+    await p.context().addCookies(await page.context().cookies());
+    await p.goto(`${kb.url}/admin/keys`);
+    await p.fill("#kf-label", prefix + "*");
+    await p.click("form.filters button[type=submit]");
+    await p.waitForURL(/label=incident/, WAIT);
+    const rows = p.locator("table.runs tbody tr");
+    await rows.first().waitFor(WAIT);
+    expect(await rows.count()).toBe(2);
+    const row = rows.filter({ hasText: run });
+    // What it spent against its cap, and its cap hit, on the row.
+    await row.locator(".spent", { hasText: "$87.00" }).waitFor(WAIT);
+    expect(await row.innerText()).toContain("of $100.00");
+    expect(await row.locator(".badge.warn").innerText()).toBe("1");
+    await shot(`10-incident-${tag}-before`, p);
+
+    let confirmText = "";
+    p.once("dialog", (d) => {
+      confirmText = d.message();
+      void d.accept();
+    });
+    const top = () => row.evaluate((el) => el.getBoundingClientRect().top + window.scrollY);
+    const before = await top();
+    await row.getByRole("button", { name: /Revoke run/ }).click();
+    await row.locator(".badge", { hasText: "revoked" }).waitFor(WAIT);
+    expect(confirmText).toContain(`“${run}”`);
+    expect(confirmText).toContain("2 live keys");
+    await p.locator("#flash", { hasText: "Revoked 2 keys" }).waitFor(WAIT);
+    // The run is still listed, in place, with its final spend.
+    expect(Math.abs((await top()) - before)).toBeLessThan(2);
+    expect(await row.locator(".spent").innerText()).toBe("$87.00");
+    await shot(`11-incident-${tag}-after-revoke`, p);
+
+    expect((await payThrough(a.vault_key)).status).toBe(401);
+    await row.getByRole("link", { name: "calls" }).click();
+    await p.waitForURL(/\/admin\/audit\?label=/, WAIT);
+    const refused = p.locator("table.audit tbody tr", { has: p.locator(".badge", { hasText: "revoked" }) });
+    await refused.first().waitFor(WAIT);
+    expect(await refused.count()).toBe(1);
+    expect(await refused.locator(".status").innerText()).toBe("401");
+    await p.getByText(/This filter matches: 5 calls · \$87\.00 spent · 2 refused · 1 cap hit/).waitFor(WAIT);
+    await shot(`12-incident-${tag}-audit`, p);
+    if (tag === "phone") {
+      expect(await p.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(390);
+      // Legible: no text on the page smaller than 11 px.
+      const tiny = await p.evaluate(() =>
+        [...document.querySelectorAll("main *")]
+          .filter((el) => el.childNodes.length && [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent!.trim()))
+          .filter((el) => parseFloat(getComputedStyle(el).fontSize) < 11)
+          .map((el) => el.textContent),
+      );
+      expect(tiny).toEqual([]);
+    }
+    await p.close();
+  }, 30_000);
+}
+
+test("times can be shown in the browser's zone, and the choice is remembered", async () => {
+  const p = await browser.newPage({ viewport: { width: 1280, height: 860 }, timezoneId: "Asia/Tokyo" });
+  await p.context().addCookies(await page.context().cookies());
+  await p.goto(`${kb.url}/admin/audit`);
+  const first = p.locator("table.audit tbody tr time").first();
+  const utcText = await first.innerText();
+  await p.getByRole("button", { name: "Times: UTC" }).click();
+  await p.getByRole("button", { name: "Times: local" }).waitFor(WAIT);
+  const iso = (await first.getAttribute("datetime"))!;
+  const tokyo = new Date(Date.parse(iso) + 9 * 3_600_000).toISOString();
+  expect(await first.innerText()).toBe(`${tokyo.slice(5, 10)} ${tokyo.slice(11, 19)}`);
+  expect(await first.innerText()).not.toBe(utcText);
+  await p.reload();
+  await p.getByRole("button", { name: "Times: local" }).waitFor(WAIT);
+  expect(await p.locator("table.audit th[data-zone-label]").innerText()).toMatch(/local/i);
+  await p.close();
+}, 30_000);
+
+test("spend: the window selector, the per-run chart with its cap line and a time axis, today first on a phone", async () => {
+  await page.goto(`${kb.url}/admin/spend?days=7&label=${encodeURIComponent(label)}`);
+  await page.locator("svg[role=img] line.cap-line").waitFor({ state: "attached", ...WAIT });
+  expect(await page.locator("#run-title + desc, svg desc").first().textContent()).toContain("daily cap $100.00");
+  expect(await page.locator("svg g.axis.x text").count()).toBeGreaterThanOrEqual(2);
+  expect(await page.locator('nav.tabs a[aria-current="page"]').innerText()).toBe("7 days");
+  await shot("13-spend-run-7d");
+  const phone = await browser.newPage({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2 });
+  await phone.context().addCookies(await page.context().cookies());
+  await phone.goto(`${kb.url}/admin/spend?days=90`);
+  const chart = phone.locator("figure.chart").last();
+  await chart.waitFor(WAIT);
+  // The daily chart opens on its right end: today is on screen, the oldest days are what scrolls.
+  const today = chart.locator("g.axis.x text", { hasText: "today" });
+  const box = await today.boundingBox();
+  expect(box!.x + box!.width).toBeLessThanOrEqual(390);
+  expect(box!.x).toBeGreaterThanOrEqual(0);
+  expect(box!.height).toBeGreaterThanOrEqual(11);
+  await shot("14-spend-phone", phone);
+  await phone.close();
+}, 30_000);
 
 test("readable on a phone", async () => {
   const phone = await browser.newPage({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2 });

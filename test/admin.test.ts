@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { sha256Hex } from "../src/domain/crypto.ts";
+import { listRuns } from "../src/domain/runs.ts";
 import { ADMIN_TOKEN, seedKeyBody, startKeybrake, type Running } from "./helpers.ts";
 
 /**
@@ -74,9 +75,11 @@ const PROTECTED: [method: string, path: string][] = [
   ["GET", "/admin/keys/table"],
   ["POST", "/admin/keys"],
   ["DELETE", "/admin/keys/key_whatever"],
+  ["POST", "/admin/keys/key_whatever/revoke"],
   ["POST", "/admin/runs/revoke"],
   ["GET", "/admin/audit"],
   ["GET", "/admin/audit/1"],
+  ["GET", "/admin/audit/rows"],
   ["GET", "/admin/audit/export.csv"],
   ["GET", "/admin/spend"],
   ["GET", "/admin/vendors"],
@@ -265,7 +268,10 @@ describe("keys page", () => {
     const row = await res.text();
     expect(row).toStartWith(`<tr id="key-${k.key_id}"`);
     expect(row).toContain("revoked");
-    expect(await countElements(row, "button[hx-delete]")).toBe(0);
+    expect(await countElements(row, "form[hx-post$='/revoke']")).toBe(0);
+    // The acknowledgement goes to the toast out of band; the row itself stays where it was.
+    expect(await countElements(row, '#flash[hx-swap-oob="innerHTML"]')).toBe(1);
+    expect(row).toContain("admin-revoke-one");
     expect(await keyStatus(k.key_id)).toBe("revoked");
     // Unknown keys are a message, not a crash.
     expect((await get("/admin/keys/key_nope", { method: "DELETE", headers: as(s, true) })).status).toBe(404);
@@ -354,7 +360,7 @@ describe("keys page", () => {
     expect(rotated.headers.get("location")).toBe("/admin/vendors");
   });
 
-  test("tabs and filters narrow the list", async () => {
+  test("tabs and filters narrow the list; counts follow the filter; a just-revoked key stays in place", async () => {
     const label = "admin-filter-" + Date.now();
     const active = await kb.issueKey(seedKeyBody({ agent_run_label: label }));
     const revoked = await kb.issueKey(seedKeyBody({ agent_run_label: label, vendor: "resend", allowed_endpoints: ["POST /emails"] }));
@@ -362,13 +368,89 @@ describe("keys page", () => {
     const table = async (q: string) => (await get(`/admin/keys/table?${q}`, { headers: as(s, true, false) })).text();
     const activeTab = await table(`status=active&label=${encodeURIComponent(label)}`);
     expect(activeTab).toContain(active.key_id);
-    expect(activeTab).not.toContain(revoked.key_id);
+    // Revoked a moment ago: still on the Active tab, marked revoked, so the rows do not shift under the pointer.
+    expect(activeTab).toContain(revoked.key_id);
+    expect(await countElements(activeTab, `#key-${revoked.key_id}.inactive`)).toBe(1);
+    expect(activeTab).toMatch(/Active keys<span class="count">1<\/span>/);
+    expect(activeTab).toMatch(/Revoked<span class="count">1<\/span>/);
     const revokedTab = await table(`status=revoked&label=${encodeURIComponent(label)}`);
     expect(revokedTab).toContain(revoked.key_id);
     expect(revokedTab).not.toContain(active.key_id);
     const resendOnly = await table(`status=all&vendor=resend&label=${encodeURIComponent(label)}`);
     expect(resendOnly).toContain(revoked.key_id);
     expect(resendOnly).not.toContain(active.key_id);
+    expect(resendOnly).toMatch(/All keys<span class="count">1<\/span>/);
+  });
+});
+
+describe("runs: find a run by the start of its label, see its spend, revoke it on its row", () => {
+  let s: Session;
+  const prefix = `oncall-${Date.now()}/`;
+  let fan: { key_id: string; vault_key: string };
+  let second: { key_id: string; vault_key: string };
+  beforeAll(async () => {
+    s = await login();
+    kb.services.secrets.set("stripe", { secret_key: "sk_test_runs_view_0000000000" });
+    // Two keys in one run, one key in another run with the same prefix, one elsewhere.
+    fan = await kb.issueKey(seedKeyBody({ agent_run_label: prefix + "a", daily_usd_cap: 100 }));
+    second = await kb.issueKey(seedKeyBody({ agent_run_label: prefix + "a", daily_usd_cap: 50 }));
+    await kb.issueKey(seedKeyBody({ agent_run_label: prefix + "b", daily_usd_cap: 10 }));
+    await kb.issueKey(seedKeyBody({ agent_run_label: "elsewhere-" + prefix }));
+  });
+  const runsTable = async (label: string) => (await get(`/admin/keys/table?status=runs&label=${encodeURIComponent(label)}`, { headers: as(s, true, false) })).text();
+
+  test("label=prefix/* lists both runs of the prefix and nothing else; exact label lists one", async () => {
+    const html = await runsTable(prefix + "*");
+    expect(await countElements(html, "table.runs tbody tr")).toBe(2);
+    expect(html).toContain(`${prefix}a`);
+    expect(html).toContain(`${prefix}b`);
+    expect(html).not.toContain("elsewhere-");
+    expect(html).toMatch(/Runs<span class="count">2<\/span>/);
+    expect(html).toMatch(/Active keys<span class="count">3<\/span>/);
+    expect(await countElements(await runsTable(prefix + "a"), "table.runs tbody tr")).toBe(1);
+    // An exact label that matches nothing offers the prefix search.
+    const none = await runsTable(prefix.slice(0, -1));
+    expect(none).toContain("No runs for label");
+    expect(none).toContain(encodeURIComponent(prefix.slice(0, -1) + "*").replace(/%2F/g, "%2F"));
+  });
+
+  test("a run row sums its keys' caps, and Revoke run names the label and the number of live keys", async () => {
+    const html = await runsTable(prefix + "a");
+    expect(html).toContain("$0.00</strong> <span class=\"muted\">of $150.00");
+    expect(html).toContain("2 keys");
+    const confirm = /hx-confirm="([^"]+)"/.exec(html)?.[1] ?? "";
+    expect(confirm).toContain(`${prefix}a`);
+    expect(confirm).toContain("2 live keys");
+    expect(html).toContain(`href="/admin/keys/${fan.key_id > second.key_id ? fan.key_id : second.key_id}/edit"`);
+  });
+
+  test("revoking from the row answers the same row, now revoked with its spend, plus an acknowledgement", async () => {
+    const before = await runsTable(prefix + "a");
+    const rowId = /<tr id="(run-[a-z0-9]+)"/.exec(before)?.[1];
+    const res = await postForm("/admin/runs/revoke", { agent_run_label: prefix + "a" }, as(s, true));
+    expect(res.status).toBe(200);
+    const html = await res.text();
+    expect(html).toStartWith(`<tr id="${rowId}"`);
+    expect(html).toContain(">revoked<");
+    expect(html).toContain("of $150.00");
+    expect(await countElements(html, "form[hx-post='/admin/runs/revoke']")).toBe(0);
+    expect(html).toContain(`Revoked 2 keys of run “${prefix}a”`);
+    expect(await keyStatus(fan.key_id)).toBe("revoked");
+    // The list still shows the run, in the same place, as revoked.
+    const after = await runsTable(prefix + "*");
+    expect(after.indexOf(`${prefix}a`)).toBeGreaterThan(-1);
+    expect(await countElements(after, `#${rowId}.inactive`)).toBe(1);
+    // The next call with its key is refused, and the audit page shows it with the status the client got.
+    const refused = await fetch(`${kb.url}/stripe/v1/payment_intents`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${fan.vault_key}`, "content-type": "application/x-www-form-urlencoded" },
+      body: "amount=2900&currency=usd",
+    });
+    expect(refused.status).toBe(401);
+    const audit = await (await get(`/admin/audit?label=${encodeURIComponent(prefix + "*")}`, { headers: { cookie: s.cookie } })).text();
+    expect(audit).toContain(">revoked<");
+    expect(audit).toMatch(/class="status by-keybrake"[^>]*>401</);
+    expect(audit).toContain("This filter matches: 1 call · $0.00 spent · 1 refused · 0 cap hits");
   });
 });
 
@@ -443,9 +525,23 @@ describe("audit, spend and vendor pages", () => {
     expect(admin.trim().split("\r\n")).toHaveLength(4);
   });
 
-  test("the spend page draws an SVG chart with no script or inline style", async () => {
-    const html = await (await get("/admin/spend", { headers: { cookie: s.cookie } })).text();
-    expect(await countElements(html, "svg[role=img]")).toBe(1);
+  test("the spend page draws an SVG chart with no script or inline style (and says so when there is nothing to draw)", async () => {
+    const emptyWindow = await (await get("/admin/spend?days=1&label=no-such-run", { headers: { cookie: s.cookie } })).text();
+    expect(await countElements(emptyWindow, "svg[role=img]")).toBe(0);
+    expect(emptyWindow).toContain("No settled spend in the last day.");
+    expect(emptyWindow).not.toContain("$0.000001");
+    kb.services.secrets.set("stripe", { secret_key: "sk_test_spend_chart_00000000" });
+    const k = await kb.issueKey(seedKeyBody({ agent_run_label: "spend-chart" }));
+    kb.services.db.sqlite.run(
+      "INSERT INTO audit_log (ts, key_id, agent_run_label, vendor, method, path, outcome, vendor_status, estimated_micros, settled_micros, ledger_state) VALUES (?, ?, 'spend-chart', 'stripe', 'POST', '/v1/payment_intents', 'forwarded', 200, 29000000, 29000000, 'settled')",
+      [Date.now(), k.key_id],
+    );
+    const html = await (await get("/admin/spend?label=spend-chart", { headers: { cookie: s.cookie } })).text();
+    expect(await countElements(html, "svg[role=img]")).toBe(2);
+    // The run's chart draws its cap as a line, labelled.
+    expect(await countElements(html, "line.cap-line")).toBe(1);
+    expect(html).toContain("daily cap $500.00");
+    for (const d of ["1", "7", "30", "90"]) expect(html).toContain(`days=${d}`);
     expect(await countElements(html, "[style]")).toBe(0);
     expect(await countElements(html, "script:not([src])")).toBe(0);
   });
@@ -473,4 +569,191 @@ describe("audit, spend and vendor pages", () => {
     expect(res.status).toBe(200);
     expect(await res.text()).toContain("No secret is stored");
   });
+});
+
+describe("the issue form as people type it", () => {
+  let s: Session;
+  beforeAll(async () => {
+    s = await login();
+  });
+  const base = { vendor: "stripe", agent_run_label: "form-typing", daily_usd_cap: "10", allowed_endpoints: "POST /v1/payment_intents", expires_in: "4h" };
+
+  const accepted: [name: string, over: Record<string, string>, want: Record<string, unknown>][] = [
+    ["a dollar sign", { daily_usd_cap: "$500" }, { daily_usd_cap: 500 }],
+    ["thousands separators", { daily_usd_cap: "$1,250.50", total_usd_cap: "2,000" }, { daily_usd_cap: 1250.5, total_usd_cap: 2000 }],
+    ["a sub-cent amount", { daily_usd_cap: "$ 0.0083" }, { daily_usd_cap: 0.0083 }],
+  ];
+  for (const [name, over, want] of accepted) {
+    test(`accepted: ${name}`, async () => {
+      const label = `form-typing-${Date.now()}-${Math.random()}`;
+      const res = await postForm("/admin/keys", { ...base, ...over, agent_run_label: label }, as(s, true));
+      expect(res.status).toBe(200);
+      const listed = (await kb.api("GET", `/vault/keys?label=${encodeURIComponent(label)}`)).json.data;
+      expect(listed[0]).toMatchObject(want);
+    });
+  }
+
+  const refused: [name: string, over: Record<string, string>, messages: string[]][] = [
+    ["a duration over the maximum, in days", { expires_in: "40d" }, ["expires_in must be at most 30d"]],
+    ["a duration over the maximum, in hours", { expires_in: "1000h" }, ["expires_in must be at most 720h"]],
+    ["a comma that is not a thousands separator", { daily_usd_cap: "1,25" }, ["daily_usd_cap must be a number of US dollars"]],
+    [
+      "an endpoint with Keybrake's /stripe prefix",
+      { allowed_endpoints: "GET /v1/customers/*\nPOST /stripe/v1/payment_intents" },
+      ["Line 2:", "drop the /stripe prefix", "POST /v1/payment_intents"],
+    ],
+    [
+      "every bad field at once, the form's own (metadata) with the API's",
+      { agent_run_label: "", daily_usd_cap: "lots", expires_in: "40d", metadata: "{not json" },
+      ["agent_run_label must not be empty", "daily_usd_cap must be a number of US dollars", "expires_in must be at most 30d", "metadata must be a JSON object", "Fix the 4 fields marked below"],
+    ],
+  ];
+  for (const [name, over, messages] of refused) {
+    test(`refused, every message shown: ${name}`, async () => {
+      const before = countKeys();
+      const res = await postForm("/admin/keys", { ...base, ...over }, as(s, true));
+      expect(res.status).toBe(422);
+      const html = (await res.text()).replaceAll("&quot;", '"');
+      for (const m of messages) expect(html).toContain(m);
+      expect(countKeys()).toBe(before);
+    });
+  }
+
+  test("the API refuses a vendor-prefixed endpoint too, naming the entry", async () => {
+    const r = await kb.api("POST", "/vault/keys", seedKeyBody({ allowed_endpoints: ["POST /v1/refunds", "POST /stripe/v1/payment_intents"] }));
+    expect(r.status).toBe(400);
+    expect(r.json.error.details).toEqual([{ field: "allowed_endpoints.1", message: expect.stringContaining("drop the /stripe prefix") }]);
+  });
+
+  test("a vendor with no secret is warned about on the form and on the issued key", async () => {
+    expect(kb.services.secrets.status("twilio").configured).toBe(false);
+    const page = await (await get("/admin/keys", { headers: { cookie: s.cookie } })).text();
+    expect(page).toMatch(/No secret is configured for [a-z, ]*twilio/);
+    const res = await postForm(
+      "/admin/keys",
+      { ...base, vendor: "twilio", allowed_endpoints: "POST /2010-04-01/Accounts/*/Messages.json", agent_run_label: "form-no-secret" },
+      as(s, true),
+    );
+    expect(res.status).toBe(200);
+    expect(await res.text()).toContain("twilio has no secret configured yet");
+  });
+});
+
+describe("admin bodies are bounded before they are read", () => {
+  const big = "x".repeat(70 * 1024);
+  test("a login POST over 64 KiB is refused with 413 and opens no session", async () => {
+    const sessions = () => (kb.services.db.sqlite.query("SELECT count(*) AS n FROM admin_sessions").get() as { n: number }).n;
+    const before = sessions();
+    const res = await postForm("/admin/login", { token: ADMIN_TOKEN, pad: big });
+    expect(res.status).toBe(413);
+    expect(res.headers.get("set-cookie")).toBeNull();
+    expect(sessions()).toBe(before);
+  });
+
+  test("every admin form route, the other admin plugins' included, refuses an oversized body with 413 and changes nothing", async () => {
+    const s = await login();
+    const k = await kb.issueKey(seedKeyBody({ agent_run_label: "bounded-body" }));
+    const routes = ["/admin/keys", `/admin/keys/${k.key_id}/revoke`, "/admin/runs/revoke", "/admin/vendors/resend", "/admin/tokens", `/admin/keys/${k.key_id}/edit`, "/admin/budgets", "/admin/webhooks", "/admin/logout"];
+    const before = countKeys();
+    for (const path of routes) {
+      const res = await postForm(path, { _csrf: s.csrf, agent_run_label: "bounded-body", pad: big }, { cookie: s.cookie });
+      expect(`${path} ${res.status}`).toBe(`${path} 413`);
+    }
+    expect(countKeys()).toBe(before);
+    expect(await keyStatus(k.key_id)).toBe("active");
+  });
+
+  test("a streamed body with no Content-Length is cut off at the limit too", async () => {
+    const s = await login();
+    const chunk = new TextEncoder().encode("a".repeat(16 * 1024));
+    let sent = 0;
+    const body = new ReadableStream<Uint8Array>({
+      pull(c) {
+        if (sent++ < 8) c.enqueue(chunk);
+        else c.close();
+      },
+    });
+    const res = await fetch(`${kb.url}/admin/keys`, {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded", ...as(s, true) },
+      body,
+      // @ts-expect-error Bun's fetch streams a ReadableStream body
+      duplex: "half",
+    });
+    expect(res.status).toBe(413);
+  });
+});
+
+describe("audit pages: what the client saw, what was spent, account ids masked", () => {
+  let s: Session;
+  const label = `audit-view-${Date.now()}`;
+  const SID = "AC" + "0123456789abcdef".repeat(2);
+  beforeAll(async () => {
+    s = await login();
+    const key = await kb.issueKey(seedKeyBody({ agent_run_label: label, vendor: "twilio", allowed_endpoints: ["GET /2010-04-01/Accounts/*/Messages.json"] }));
+    await kb.api("DELETE", `/vault/keys/${key.key_id}`);
+    // Refused before the vendor (revoked): no vendor status, no money.
+    await fetch(`${kb.url}/twilio/2010-04-01/Accounts/${SID}/Messages.json`, {
+      method: "POST",
+      headers: { authorization: "Basic " + btoa(`${SID}:${key.vault_key}`), "content-type": "application/x-www-form-urlencoded" },
+      body: "To=%2B15005550006&From=%2B15005550001&Body=hi",
+    });
+  });
+
+  test("the Twilio Account SID shows only its last 4 in the page, the API and the CSV", async () => {
+    const page = await (await get(`/admin/audit?label=${label}`, { headers: { cookie: s.cookie } })).text();
+    const api = JSON.stringify((await kb.api("GET", `/vault/audit?label=${label}`)).json);
+    const csv = await (await get(`/admin/audit/export.csv?label=${label}`, { headers: { cookie: s.cookie } })).text();
+    for (const text of [page, api, csv]) {
+      expect(text).not.toContain(SID);
+      expect(text).toContain("/Accounts/••••cdef/Messages.json");
+    }
+  });
+
+  test("a refusal shows the status the client got (401, from Keybrake) and no money in the Cost column", async () => {
+    const rows = await (await get(`/admin/audit/rows?label=${label}`, { headers: as(s, true, false) })).text();
+    expect(await countElements(rows, "table.audit tbody tr")).toBe(1);
+    expect(rows).toMatch(/class="status by-keybrake"[^>]*>401</);
+    expect(rows).toContain("Refused: nothing spent");
+    expect(rows).not.toContain("est.");
+    expect(rows).toContain("This filter matches: 1 call · $0.00 spent · 1 refused · 0 cap hits");
+    const id = /id="audit-(\d+)"/.exec(rows)![1];
+    const detail = await (await get(`/admin/audit/${id}`, { headers: as(s, true, false) })).text();
+    expect(detail).toStartWith(`<tr class="detail-row" id="audit-detail-${id}"`);
+    expect(detail).toContain("401, from Keybrake (the vendor was not called)");
+    expect(detail).not.toContain("Ledger");
+  });
+
+  test("the live tail polls the rows fragment; paging back turns it off", async () => {
+    const live = await (await get(`/admin/audit?label=${label}&live=1`, { headers: { cookie: s.cookie } })).text();
+    expect(await countElements(live, `#audit-live[hx-get^="/admin/audit/rows"][hx-trigger="every 3s"]`)).toBe(1);
+    const paged = await (await get(`/admin/audit?label=${label}&live=1&cursor=1`, { headers: { cookie: s.cookie } })).text();
+    expect(await countElements(paged, "#audit-live[hx-trigger]")).toBe(0);
+  });
+});
+
+test("a cap refusal says its amounts in the one money format ($29.00, not $29.000000)", async () => {
+  const k = await kb.issueKey(seedKeyBody({ agent_run_label: "money-format", daily_usd_cap: 10.5 }));
+  const res = await fetch(`${kb.url}/stripe/v1/payment_intents`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${k.vault_key}`, "content-type": "application/x-www-form-urlencoded" },
+    body: "amount=2900&currency=usd",
+  });
+  expect(res.status).toBe(429);
+  expect(((await res.json()) as any).error.message).toBe("Spend cap reached: this call would cost $29.00 and $10.50 is left.");
+  // Headers stay exact for machines.
+  expect(res.headers.get("x-keybrake-remaining-usd")).toBe("10.500000");
+});
+
+test("runs page newest first and continue from the cursor without repeating or skipping a run", async () => {
+  const prefix = `paging-${Date.now()}/`;
+  for (const run of ["a", "b", "c"]) await kb.issueKey(seedKeyBody({ agent_run_label: prefix + run }));
+  await kb.issueKey(seedKeyBody({ agent_run_label: prefix + "a" })); // a's newest key is now the newest of all
+  const first = listRuns(kb.services.db, { label: prefix + "*", limit: 2 });
+  expect(first.runs.map((r) => r.agent_run_label)).toEqual([prefix + "a", prefix + "c"]);
+  expect(first.nextCursor).toBeString();
+  const second = listRuns(kb.services.db, { label: prefix + "*", limit: 2, cursor: first.nextCursor! });
+  expect(second.runs.map((r) => r.agent_run_label)).toEqual([prefix + "b"]);
+  expect(second.nextCursor).toBeNull();
+  expect(first.runs[0]).toMatchObject({ keys: 2, active_keys: 2, status: "active", daily_cap_usd: 1000, calls: 0, last_call_at: null });
 });

@@ -267,3 +267,53 @@ describe("behaviors", () => {
     expect(fake.executed).toHaveLength(1);
   });
 });
+
+describe("money the fake moves (what the attack and fuzz tests compare against)", () => {
+  const post = (path: string, body: string, auth = `Bearer ${fake.credentials.stripe}`, type = "application/x-www-form-urlencoded") =>
+    fetch(fake.url + path, { method: "POST", headers: { authorization: auth, "content-type": type }, body }).then(async (r) => ({ status: r.status, json: (await r.json()) as any }));
+
+  test("Stripe: a PaymentIntent moves at confirmation, in its currency as last updated; Rack's last value wins", async () => {
+    const pi = await post("/v1/payment_intents", "amount=100&amount=5000&currency=idr");
+    expect(pi.json.amount).toBe(5000);
+    expect(fake.moved).toEqual([]);
+    await post(`/v1/payment_intents/${pi.json.id}`, "currency=usd");
+    await post(`/v1/payment_intents/${pi.json.id}/confirm`, "");
+    await post(`/v1/payment_intents/${pi.json.id}/confirm`, "");
+    expect(fake.moved).toEqual([{ vendor: "stripe", what: "payment_intent", currency: "usd", amount: 5000 }]);
+    expect(fake.movedUsdMicros()).toBe(50_000_000);
+  });
+
+  test("Stripe: a refund moves in the charge's currency; an auto-advancing invoice collects itself at finalize", async () => {
+    const charge = await post("/v1/charges", "amount=1000&currency=kwd&source=tok_visa");
+    await post("/v1/refunds", `charge=${charge.json.id}&currency=usd`);
+    const cus = await post("/v1/customers", "");
+    await post("/v1/invoiceitems", `customer=${cus.json.id}&amount=700&currency=eur`);
+    const inv = await post("/v1/invoices", `customer=${cus.json.id}`);
+    expect(inv.json.auto_advance).toBe(true);
+    await post(`/v1/invoices/${inv.json.id}/finalize`, "");
+    expect(fake.moved.map((m) => [m.what, m.currency, m.amount])).toEqual([
+      ["charge", "kwd", 1000],
+      ["refund", "kwd", 1000],
+      ["invoice", "eur", 700],
+    ]);
+  });
+
+  test("Twilio bills by destination and template; Resend bills broadcasts per contact", async () => {
+    const auth = "Basic " + btoa(`${fake.credentials.twilioSid}:${fake.credentials.twilioToken}`);
+    const path = `/2010-04-01/Accounts/${fake.credentials.twilioSid}/Messages.json`;
+    fake.twilioTemplates["HX1"] = "x".repeat(200); // two GSM-7 segments
+    await post(path, new URLSearchParams({ To: "+447700900123", From: "+1500", Body: "hi" }).toString(), auth);
+    await post(path, new URLSearchParams({ To: "+15005550006", From: "+1500", ContentSid: "HX1" }).toString(), auth);
+    const refused = await post(path, new URLSearchParams({ To: "+999", From: "+1500", Body: "hi" }).toString(), auth);
+    expect(refused.status).toBe(400);
+    const r = `Bearer ${fake.credentials.resend}`;
+    const aud = await post("/audiences", JSON.stringify({ name: "a" }), r, "application/json");
+    for (const email of ["a@x.test", "b@x.test", "c@x.test"]) await post(`/audiences/${aud.json.id}/contacts`, JSON.stringify({ email }), r, "application/json");
+    await post("/broadcasts", JSON.stringify({ audience_id: aud.json.id, send: true }), r, "application/json");
+    expect(fake.moved.map((m) => [m.vendor, m.amount])).toEqual([
+      ["twilio", 52_000],
+      ["twilio", 16_600],
+      ["resend", 2_700],
+    ]);
+  });
+});

@@ -8,6 +8,9 @@
  * and then inspect `calls` (everything received) and `executed` (what "really happened").
  */
 
+import { DEFAULT_USD_MICROS_PER_MAJOR_UNIT, minorUnitsToUsdMicros } from "../src/vendors/currency.ts";
+import { countSmsSegments } from "../src/vendors/sms-segments.ts";
+
 export interface RecordedCall {
   vendor: "stripe" | "twilio" | "resend";
   method: string;
@@ -48,6 +51,12 @@ export interface FakeVendor {
    * after a send makes a later fetch of the message show the settled price.
    */
   twilioPrice: string | null;
+  /** Content templates Twilio holds (ContentSid → the text it sends). */
+  twilioTemplates: Record<string, string>;
+  /** Every movement of money the fake executed, in the currency it moved in. */
+  moved: MovedMoney[];
+  /** All of `moved` in USD micros (Stripe amounts at the built-in rates, rounded up). */
+  movedUsdMicros(): number;
   setDefaultBehavior(b: Behavior): void;
   /** Forget calls, executions, queued behaviors, idempotency keys and stored objects; back to normal. */
   reset(): void;
@@ -129,6 +138,8 @@ class FakeVendorServer implements FakeVendor {
   executed: RecordedCall[] = [];
   nextBehaviors: Behavior[] = [];
   twilioPrice: string | null = null;
+  twilioTemplates: Record<string, string> = {};
+  moved: MovedMoney[] = [];
   private defaultBehavior: Behavior = NORMAL;
   private remembered = new Map<string, Remembered>();
   private emulators: Record<Vendor, VendorEmulator>;
@@ -166,7 +177,17 @@ class FakeVendorServer implements FakeVendor {
     this.remembered.clear();
     this.defaultBehavior = NORMAL;
     this.twilioPrice = null;
+    this.twilioTemplates = {};
+    this.moved.length = 0;
     this.emulators = this.freshEmulators();
+  }
+
+  movedUsdMicros(): number {
+    let total = 0;
+    for (const m of this.moved) {
+      total += m.currency === "usd_micros" ? m.amount : minorUnitsToUsdMicros(m.amount, m.currency, DEFAULT_USD_MICROS_PER_MAJOR_UNIT[m.currency]!);
+    }
+    return total;
   }
 
   async stop(): Promise<void> {
@@ -176,9 +197,9 @@ class FakeVendorServer implements FakeVendor {
 
   private freshEmulators(): Record<Vendor, VendorEmulator> {
     return {
-      stripe: new StripeEmulator(this.credentials.stripe),
-      twilio: new TwilioEmulator(this.credentials, () => this.twilioPrice),
-      resend: new ResendEmulator(this.credentials.resend),
+      stripe: new StripeEmulator(this.credentials.stripe, this.moved),
+      twilio: new TwilioEmulator(this.credentials, () => this.twilioPrice, () => this.twilioTemplates, this.moved),
+      resend: new ResendEmulator(this.credentials.resend, this.moved),
     };
   }
 
@@ -362,23 +383,149 @@ const DECLINING_TOKENS: Record<string, string> = {
   tok_chargeDeclinedInsufficientFunds: "insufficient_funds",
 };
 
+/**
+ * Rack's parse_nested_query, as Stripe's API reads a form body (rack/rack,
+ * lib/rack/query_parser.rb): pairs split on `[&;] *` (Rack 2's separator, the more
+ * permissive one), `+` and `%XX` unescaped, a repeated key keeps the LAST value,
+ * `k[]` appends, brackets nest, and leading `[`/trailing `]` of a name are stripped.
+ * Independent of Keybrake's reader on purpose: the fuzz test checks one against the other.
+ */
+export type RackValue = string | null | RackValue[] | { [k: string]: RackValue };
+export class RackTypeError extends Error {}
+
+function rackUnescape(s: string): string {
+  const bytes: number[] = [];
+  for (let i = 0; i < s.length; i++) {
+    const c = s[i]!;
+    if (c === "+") bytes.push(0x20);
+    else if (c === "%" && /^[0-9A-Fa-f]{2}$/.test(s.slice(i + 1, i + 3))) {
+      bytes.push(parseInt(s.slice(i + 1, i + 3), 16));
+      i += 2;
+    } else for (const b of new TextEncoder().encode(c)) bytes.push(b);
+  }
+  return new TextDecoder().decode(new Uint8Array(bytes));
+}
+
+export function rackParse(qs: string): Record<string, RackValue> {
+  const params: Record<string, RackValue> = {};
+  if (!qs) return params;
+  for (const p of qs.split(/[&;] */)) {
+    const eq = p.indexOf("=");
+    const k = rackUnescape(eq < 0 ? p : p.slice(0, eq));
+    const v = eq < 0 ? null : rackUnescape(p.slice(eq + 1));
+    rackNormalize(params, k, v, 100);
+  }
+  return params;
+}
+
+function isHash(v: unknown): v is Record<string, RackValue> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function rackNormalize(params: Record<string, RackValue>, name: string, v: RackValue, depth: number): Record<string, RackValue> | RackValue[] | undefined {
+  if (depth <= 0) throw new RackTypeError("too deep");
+  const m = /^[\[\]]*([^\[\]]+)\]*/.exec(name);
+  const k = m?.[1] ?? "";
+  const after = m ? name.slice(m[0].length) : "";
+  if (k === "") return v !== null && name === "[]" ? [v] : undefined;
+  if (after === "") params[k] = v;
+  else if (after === "[") params[name] = v;
+  else if (after === "[]") {
+    params[k] ??= [];
+    if (!Array.isArray(params[k])) throw new RackTypeError(`expected Array for param \`${k}'`);
+    (params[k] as RackValue[]).push(v);
+  } else if (/^\[\]\[([^\[\]]+)\]$/.test(after) || /^\[\](.+)$/.test(after)) {
+    const child = (/^\[\]\[([^\[\]]+)\]$/.exec(after) ?? /^\[\](.+)$/.exec(after))![1]!;
+    params[k] ??= [];
+    const arr = params[k];
+    if (!Array.isArray(arr)) throw new RackTypeError(`expected Array for param \`${k}'`);
+    const last = arr[arr.length - 1];
+    if (isHash(last) && !(child in last)) rackNormalize(last, child, v, depth - 1);
+    else arr.push(rackNormalize({}, child, v, depth - 1) as RackValue);
+  } else {
+    params[k] ??= {};
+    if (!isHash(params[k])) throw new RackTypeError(`expected Hash for param \`${k}'`);
+    params[k] = rackNormalize(params[k] as Record<string, RackValue>, after, v, depth - 1) as RackValue;
+  }
+  return params;
+}
+
+/** Stripe reads the query string of a POST too; body parameters win (Rack's `params` = GET.merge(POST)). */
+type StripeParams = Record<string, RackValue>;
+const str = (p: StripeParams, k: string): string | null => (typeof p[k] === "string" ? (p[k] as string) : null);
+
+function stripeParams(call: RecordedCall): StripeParams | Outcome {
+  try {
+    return { ...rackParse(call.query), ...rackParse(call.body) };
+  } catch (e) {
+    return refused(400, { error: { type: "invalid_request_error", message: `Invalid parameters: ${(e as Error).message}` } });
+  }
+}
+
+/** Stripe amounts: a whole number, as Stripe's integer parser takes it. */
+function intParam(p: StripeParams, k: string): number | null {
+  const v = str(p, k);
+  return v !== null && /^\d+$/.test(v.trim()) ? Number(v.trim()) : null;
+}
+
+const STRIPE_CURRENCIES = new Set(Object.keys(DEFAULT_USD_MICROS_PER_MAJOR_UNIT).concat(["xyz_never"]));
+function currencyParam(p: StripeParams): string | null {
+  const c = str(p, "currency")?.trim().toLowerCase() ?? null;
+  return c !== null && STRIPE_CURRENCIES.has(c) ? c : null;
+}
+
+/** Money the fake actually moved, in the currency it moved in. */
+export interface MovedMoney {
+  vendor: Vendor;
+  what: string;
+  currency: string;
+  /** Smallest currency unit (Stripe), or USD micros (Twilio, Resend: currency "usd_micros"). */
+  amount: number;
+}
+
 class StripeEmulator implements VendorEmulator {
   private paymentIntents = new Map<string, StripeObject>();
   private charges = new Map<string, StripeObject>();
   private customers = new Map<string, StripeObject>();
+  private prices = new Map<string, StripeObject>();
+  private invoiceItems: StripeObject[] = [];
+  private invoices = new Map<string, StripeObject>();
+  private p = (h: (p: StripeParams, c: RecordedCall, params: Params) => Outcome) => (c: RecordedCall, params: Params) => {
+    const parsed = stripeParams(c);
+    return "reply" in parsed && "executed" in parsed ? (parsed as Outcome) : h(parsed as StripeParams, c, params);
+  };
   private routes: Route[] = [
-    route("POST", "/v1/payment_intents", (c) => this.createPaymentIntent(form(c))),
-    route("POST", "/v1/payment_intents/:id/confirm", (_, p) => this.settlePaymentIntent(p.id!)),
-    route("POST", "/v1/payment_intents/:id/capture", (_, p) => this.settlePaymentIntent(p.id!)),
-    route("POST", "/v1/charges", (c) => this.createCharge(form(c))),
-    route("POST", "/v1/refunds", (c) => this.createRefund(form(c))),
-    route("POST", "/v1/customers", (c) => this.createCustomer(form(c))),
+    route("POST", "/v1/payment_intents", this.p((f) => this.createPaymentIntent(f))),
+    route("GET", "/v1/payment_intents/:id", (_, p) => this.getObject(this.paymentIntents, "payment_intent", p.id!)),
+    route("POST", "/v1/payment_intents/:id", this.p((f, _, p) => this.updatePaymentIntent(p.id!, f))),
+    route("POST", "/v1/payment_intents/:id/confirm", this.p((_, __, p) => this.settlePaymentIntent(p.id!, "confirm"))),
+    route("POST", "/v1/payment_intents/:id/capture", this.p((f, _, p) => this.settlePaymentIntent(p.id!, "capture", intParam(f, "amount_to_capture")))),
+    route("POST", "/v1/payment_intents/:id/cancel", (_, p) => this.cancelPaymentIntent(p.id!)),
+    route("POST", "/v1/charges", this.p((f) => this.createCharge(f))),
+    route("GET", "/v1/charges/:id", (_, p) => this.getObject(this.charges, "charge", p.id!)),
+    route("POST", "/v1/refunds", this.p((f) => this.createRefund(f))),
+    route("POST", "/v1/transfers", this.p((f) => this.moveMoney("transfer", f))),
+    route("POST", "/v1/payouts", this.p((f) => this.moveMoney("payout", f))),
+    route("POST", "/v1/topups", this.p((f) => this.moveMoney("topup", f))),
+    route("POST", "/v1/customers", this.p((f) => this.createCustomer(f))),
     route("GET", "/v1/customers", (c) => this.listCustomers(new URLSearchParams(c.query))),
     route("GET", "/v1/customers/:id", (_, p) => this.getCustomer(p.id!)),
+    route("POST", "/v1/customers/:id/subscriptions", this.p((f, _, p) => this.subscribe(p.id!, f))),
+    route("POST", "/v1/subscriptions", this.p((f) => this.subscribe(str(f, "customer") ?? "", f))),
+    route("POST", "/v1/prices", this.p((f) => this.createPrice(f))),
+    route("POST", "/v1/invoiceitems", this.p((f) => this.createInvoiceItem(f))),
+    route("POST", "/v1/invoices", this.p((f) => this.createInvoice(f))),
+    route("GET", "/v1/invoices/:id", (_, p) => this.getObject(this.invoices, "invoice", p.id!)),
+    route("POST", "/v1/invoices/:id", this.p((f, _, p) => this.updateInvoice(p.id!, f))),
+    route("POST", "/v1/invoices/:id/finalize", this.p((f, _, p) => this.finalizeInvoice(p.id!, f))),
+    route("POST", "/v1/invoices/:id/pay", (_, p) => this.payInvoice(p.id!)),
     route("GET", "/v1/balance", () => read({ object: "balance", available: [{ amount: 0, currency: "usd" }], pending: [], livemode: false })),
   ];
 
-  constructor(private readonly secret: string) {}
+  constructor(
+    private readonly secret: string,
+    private readonly moved: MovedMoney[],
+  ) {}
 
   authenticate(call: RecordedCall): Reply | null {
     // stripe-node sends Bearer; curl-style Basic puts the key in the user name.
@@ -428,43 +575,98 @@ class StripeEmulator implements VendorEmulator {
     return { error: { type, message: `Fake Stripe answered ${status} as scripted.` } };
   }
 
-  private createPaymentIntent(f: URLSearchParams): Outcome {
-    const missing = missingParam(f, ["amount", "currency"]);
-    if (missing) return missing;
-    const amount = Number(f.get("amount"));
-    const confirmed = f.get("confirm") === "true";
+  private move(what: string, currency: string, amount: number): void {
+    this.moved.push({ vendor: "stripe", what, currency, amount });
+  }
+
+  private getObject(store: Map<string, StripeObject>, kind: string, id: string): Outcome {
+    const o = store.get(id);
+    return o ? read(o) : noSuch(kind, id, "id");
+  }
+
+  private createPaymentIntent(f: StripeParams): Outcome {
+    const amount = intParam(f, "amount");
+    if (amount === null) return parameterMissing("amount");
+    const currency = currencyParam(f);
+    if (currency === null) return parameterMissing("currency");
     const pi: StripeObject = {
       id: stripeId("pi"),
       object: "payment_intent",
       amount,
-      amount_received: confirmed ? amount : 0,
-      capture_method: f.get("capture_method") ?? "automatic_async",
+      amount_received: 0,
+      capture_method: str(f, "capture_method") ?? "automatic_async",
       created: unixNow(),
-      currency: f.get("currency"),
-      customer: f.get("customer"),
-      description: f.get("description"),
+      currency,
+      customer: str(f, "customer"),
+      description: str(f, "description"),
       livemode: false,
       metadata: metadataOf(f),
-      payment_method: f.get("payment_method"),
-      status: confirmed ? "succeeded" : "requires_payment_method",
+      payment_method: str(f, "payment_method"),
+      status: "requires_payment_method",
     };
     this.paymentIntents.set(pi.id, pi);
+    if (str(f, "confirm") === "true") this.confirm(pi);
     return executed(pi);
   }
 
-  /** Confirm and capture both end in `succeeded` here: the fake has no card flows. */
-  private settlePaymentIntent(id: string): Outcome {
+  /** Amount and currency can change until the intent succeeds. */
+  private updatePaymentIntent(id: string, f: StripeParams): Outcome {
     const pi = this.paymentIntents.get(id);
     if (!pi) return noSuch("payment_intent", id, "intent");
-    Object.assign(pi, { status: "succeeded", amount_received: pi.amount });
+    if (pi.status === "succeeded" || pi.status === "canceled") return refused(400, { error: { type: "invalid_request_error", code: "payment_intent_unexpected_state", message: "This PaymentIntent can no longer be updated." } });
+    // Stripe validates every parameter before it changes anything: a 400 leaves the intent as it was.
+    const amount = f.amount === undefined ? undefined : intParam(f, "amount");
+    if (amount === null) return parameterMissing("amount");
+    const currency = f.currency === undefined ? undefined : currencyParam(f);
+    if (currency === null) return parameterMissing("currency");
+    if (amount !== undefined) pi.amount = amount;
+    if (currency !== undefined) pi.currency = currency;
+    if (str(f, "description") !== null) pi.description = str(f, "description");
     return executed(pi);
   }
 
-  private createCharge(f: URLSearchParams): Outcome {
-    const missing = missingParam(f, ["amount", "currency"]);
-    if (missing) return missing;
+  /** Money moves at confirmation, or at capture for manual capture; only once. */
+  private confirm(pi: StripeObject): void {
+    if (pi.capture_method === "manual") pi.status = "requires_capture";
+    else {
+      pi.status = "succeeded";
+      pi.amount_received = pi.amount;
+      this.move("payment_intent", pi.currency as string, pi.amount as number);
+    }
+  }
+
+  private settlePaymentIntent(id: string, step: "confirm" | "capture", amountToCapture: number | null = null): Outcome {
+    const pi = this.paymentIntents.get(id);
+    if (!pi) return noSuch("payment_intent", id, "intent");
+    if (step === "confirm") {
+      if (pi.status !== "requires_payment_method" && pi.status !== "requires_confirmation") return executed(pi); // idempotent in the fake: nothing more moves
+      this.confirm(pi);
+      return executed(pi);
+    }
+    if (pi.status === "requires_capture") {
+      const amount = Math.min(amountToCapture ?? (pi.amount as number), pi.amount as number);
+      Object.assign(pi, { status: "succeeded", amount_received: amount });
+      this.move("payment_intent capture", pi.currency as string, amount);
+    } else if (pi.status === "requires_payment_method") {
+      this.confirm(pi); // the fake has no card flows: capture of an unconfirmed intent confirms it
+    }
+    return executed(pi);
+  }
+
+  private cancelPaymentIntent(id: string): Outcome {
+    const pi = this.paymentIntents.get(id);
+    if (!pi) return noSuch("payment_intent", id, "intent");
+    pi.status = "canceled";
+    return executed(pi);
+  }
+
+  private createCharge(f: StripeParams): Outcome {
+    const amount = intParam(f, "amount");
+    if (amount === null) return parameterMissing("amount");
+    const currency = currencyParam(f);
+    if (currency === null) return parameterMissing("currency");
     const id = stripeId("ch");
-    const declineCode = DECLINING_TOKENS[f.get("source") ?? ""];
+    const declineCode = DECLINING_TOKENS[str(f, "source") ?? ""];
     if (declineCode) {
       // Stripe saves declines under the idempotency key: a retry gets the same decline.
       const decline = stripeError(402, {
@@ -479,13 +681,13 @@ class StripeEmulator implements VendorEmulator {
     const charge: StripeObject = {
       id,
       object: "charge",
-      amount: Number(f.get("amount")),
+      amount,
       amount_refunded: 0,
       captured: true,
       created: unixNow(),
-      currency: f.get("currency"),
-      customer: f.get("customer"),
-      description: f.get("description"),
+      currency,
+      customer: str(f, "customer"),
+      description: str(f, "description"),
       livemode: false,
       metadata: metadataOf(f),
       paid: true,
@@ -493,39 +695,54 @@ class StripeEmulator implements VendorEmulator {
       status: "succeeded",
     };
     this.charges.set(id, charge);
+    this.move("charge", currency, amount);
     return executed(charge);
   }
 
-  private createRefund(f: URLSearchParams): Outcome {
-    const chargeId = f.get("charge");
-    const intentId = f.get("payment_intent");
+  /** A refund moves money in its charge's currency, whatever else the request says. */
+  private createRefund(f: StripeParams): Outcome {
+    const chargeId = str(f, "charge");
+    const intentId = str(f, "payment_intent");
     if (!chargeId && !intentId) return parameterMissing("charge");
     const paid = chargeId ? this.charges.get(chargeId) : this.paymentIntents.get(intentId!);
     if (!paid) return chargeId ? noSuch("charge", chargeId, "charge") : noSuch("payment_intent", intentId!, "payment_intent");
+    const amount = f.amount !== undefined ? intParam(f, "amount") : (paid.amount as number);
+    if (amount === null) return parameterMissing("amount");
+    const currency = paid.currency as string;
+    this.move("refund", currency, amount);
     return executed({
       id: stripeId("re"),
       object: "refund",
-      amount: f.has("amount") ? Number(f.get("amount")) : paid.amount,
+      amount,
       charge: chargeId,
       created: unixNow(),
-      currency: paid.currency ?? "usd",
+      currency,
       metadata: metadataOf(f),
       payment_intent: intentId,
       status: "succeeded",
     });
   }
 
-  private createCustomer(f: URLSearchParams): Outcome {
+  private moveMoney(kind: string, f: StripeParams): Outcome {
+    const amount = intParam(f, "amount");
+    if (amount === null) return parameterMissing("amount");
+    const currency = currencyParam(f);
+    if (currency === null) return parameterMissing("currency");
+    this.move(kind, currency, amount);
+    return executed({ id: stripeId(kind.slice(0, 2)), object: kind, amount, currency, created: unixNow() });
+  }
+
+  private createCustomer(f: StripeParams): Outcome {
     const customer: StripeObject = {
       id: stripeId("cus"),
       object: "customer",
       balance: 0,
       created: unixNow(),
-      description: f.get("description"),
-      email: f.get("email"),
+      description: str(f, "description"),
+      email: str(f, "email"),
       livemode: false,
       metadata: metadataOf(f),
-      name: f.get("name"),
+      name: str(f, "name"),
     };
     this.customers.set(customer.id, customer);
     return executed(customer);
@@ -541,29 +758,99 @@ class StripeEmulator implements VendorEmulator {
     const all = [...this.customers.values()].reverse(); // newest first, like Stripe
     return read({ object: "list", data: all.slice(0, limit), has_more: all.length > limit, url: "/v1/customers" });
   }
-}
 
-function form(call: RecordedCall): URLSearchParams {
-  return new URLSearchParams(call.body);
+  private createPrice(f: StripeParams): Outcome {
+    const amount = intParam(f, "unit_amount");
+    const currency = currencyParam(f);
+    if (amount === null) return parameterMissing("unit_amount");
+    if (currency === null) return parameterMissing("currency");
+    const price: StripeObject = { id: stripeId("price"), object: "price", unit_amount: amount, currency };
+    this.prices.set(price.id, price);
+    return executed(price);
+  }
+
+  /** A subscription charges its first period at once (legacy /v1/customers/{id}/subscriptions too). */
+  private subscribe(customer: string, f: StripeParams): Outcome {
+    if (!this.customers.has(customer)) return noSuch("customer", customer, "customer");
+    const items = Array.isArray(f.items) ? f.items : isHash(f.items) ? Object.values(f.items) : [];
+    const priceIds = items.map((i) => (isHash(i) && typeof i.price === "string" ? i.price : null)).concat(str(f, "plan") ?? str(f, "price") ?? []);
+    const prices = priceIds.filter((id): id is string => id !== null).map((id) => this.prices.get(id));
+    if (prices.length === 0 || prices.some((p) => !p)) return parameterMissing("items");
+    for (const price of prices) this.move("subscription", price!.currency as string, price!.unit_amount as number);
+    return executed({ id: stripeId("sub"), object: "subscription", customer, status: "active" });
+  }
+
+  private createInvoiceItem(f: StripeParams): Outcome {
+    const amount = intParam(f, "amount");
+    const currency = currencyParam(f);
+    const customer = str(f, "customer");
+    if (amount === null || currency === null || !customer) return parameterMissing("amount");
+    const item: StripeObject = { id: stripeId("ii"), object: "invoiceitem", amount, currency, customer, invoice: null };
+    this.invoiceItems.push(item);
+    return executed(item);
+  }
+
+  /** Stripe's default for auto_advance here is true: the invoice finalizes and collects itself. */
+  private createInvoice(f: StripeParams): Outcome {
+    const customer = str(f, "customer");
+    if (!customer) return parameterMissing("customer");
+    const items = this.invoiceItems.filter((i) => i.customer === customer && i.invoice === null);
+    const id = stripeId("in");
+    for (const i of items) i.invoice = id;
+    const invoice: StripeObject = {
+      id,
+      object: "invoice",
+      customer,
+      status: "draft",
+      auto_advance: str(f, "auto_advance") !== "false",
+      currency: (items[0]?.currency as string) ?? "usd",
+      amount_due: items.reduce((sum, i) => sum + (i.amount as number), 0),
+      amount_paid: 0,
+    };
+    this.invoices.set(id, invoice);
+    return executed(invoice);
+  }
+
+  private updateInvoice(id: string, f: StripeParams): Outcome {
+    const inv = this.invoices.get(id);
+    if (!inv) return noSuch("invoice", id, "invoice");
+    if (f.auto_advance !== undefined) inv.auto_advance = str(f, "auto_advance") === "true";
+    return executed(inv);
+  }
+
+  private finalizeInvoice(id: string, f: StripeParams): Outcome {
+    const inv = this.invoices.get(id);
+    if (!inv) return noSuch("invoice", id, "invoice");
+    if (f.auto_advance !== undefined) inv.auto_advance = str(f, "auto_advance") === "true";
+    inv.status = "open";
+    if (inv.auto_advance) this.collect(inv); // Stripe attempts payment by itself
+    return executed(inv);
+  }
+
+  private payInvoice(id: string): Outcome {
+    const inv = this.invoices.get(id);
+    if (!inv) return noSuch("invoice", id, "invoice");
+    this.collect(inv);
+    return executed(inv);
+  }
+
+  private collect(inv: StripeObject): void {
+    if (inv.status === "paid") return;
+    inv.status = "paid";
+    inv.amount_paid = inv.amount_due;
+    this.move("invoice", inv.currency as string, inv.amount_due as number);
+  }
 }
 
 /** `metadata[order]=42` → `{ order: "42" }`. */
-function metadataOf(f: URLSearchParams): Record<string, string> {
-  const metadata: Record<string, string> = {};
-  for (const [k, v] of f) {
-    const m = /^metadata\[(.+)\]$/.exec(k);
-    if (m?.[1]) metadata[m[1]] = v;
-  }
-  return metadata;
+function metadataOf(f: StripeParams): Record<string, string> {
+  const m = f.metadata;
+  if (!isHash(m)) return {};
+  return Object.fromEntries(Object.entries(m).filter(([, v]) => typeof v === "string")) as Record<string, string>;
 }
 
 function stripeError(status: number, error: Record<string, unknown>): Reply {
   return { status, body: { error } };
-}
-
-function missingParam(f: URLSearchParams, required: string[]): Outcome | null {
-  const param = required.find((p) => !f.get(p));
-  return param ? parameterMissing(param) : null;
 }
 
 function parameterMissing(param: string): Outcome {
@@ -601,13 +888,15 @@ type TwilioMessage = Record<string, unknown> & { sid: string };
 class TwilioEmulator implements VendorEmulator {
   private messages = new Map<string, TwilioMessage>();
   private routes: Route[] = [
-    route("POST", "/2010-04-01/Accounts/:account/Messages.json", (c) => this.createMessage(form(c))),
+    route("POST", "/2010-04-01/Accounts/:account/Messages.json", (c) => this.createMessage(twilioParams(c.body))),
     route("GET", "/2010-04-01/Accounts/:account/Messages/:sid.json", (c, p) => this.fetchMessage(c.path, p.sid!)),
   ];
 
   constructor(
     private readonly credentials: FakeCredentials,
     private readonly currentPrice: () => string | null,
+    private readonly templates: () => Record<string, string>,
+    private readonly moved: MovedMoney[],
   ) {}
 
   authenticate(call: RecordedCall): Reply | null {
@@ -632,12 +921,28 @@ class TwilioEmulator implements VendorEmulator {
     return twilioError(status, status === 401 ? 20003 : 20000 + status, `Fake Twilio answered ${status} as scripted.`).body;
   }
 
-  private createMessage(f: URLSearchParams): Outcome {
+  private createMessage(f: TwilioParams): Outcome {
     const invalid = validateMessage(f);
     if (invalid) return refused(invalid.status, invalid.body);
+    const to = f.get("to")!;
+    const rate = twilioRate(to);
+    if (rate === null) return refused(400, twilioError(400, 21408, `Permission to send an SMS has not been enabled for the region indicated by the 'To' number: ${to}.`).body);
+    let body = f.get("body") ?? "";
+    const contentSid = f.get("contentsid");
+    if (contentSid) {
+      const template = this.templates()[contentSid];
+      if (template === undefined) return refused(400, twilioError(400, 21656, "The ContentSid is Invalid.").body);
+      body = template;
+    }
+    if ([...body].length > 1600) return refused(400, twilioError(400, 21617, "The concatenated message body exceeds the 1600 character limit.").body);
     const sid = twilioSid("SM");
     const account = this.credentials.twilioSid;
-    const body = f.get("Body") ?? "";
+    const media = f.all("mediaurl");
+    const segments = countSmsSegments(body).segments;
+    const mms = media.length > 0 || f.get("sendasmms")?.toLowerCase() === "true";
+    // MMS is per message in +1; elsewhere Twilio sends an SMS with a link (one more segment).
+    const cost = mms ? (to.startsWith("+1") && twilioRate(to) === 8_300 ? 20_000 : (segments + 1) * rate) : segments * rate;
+    this.moved.push({ vendor: "twilio", what: mms ? "mms" : "sms", currency: "usd_micros", amount: cost });
     const now = rfc2822(new Date());
     const message: TwilioMessage = {
       account_sid: account,
@@ -649,16 +954,16 @@ class TwilioEmulator implements VendorEmulator {
       direction: "outbound-api",
       error_code: null,
       error_message: null,
-      from: f.get("From"),
-      messaging_service_sid: f.get("MessagingServiceSid"),
-      num_media: String(f.getAll("MediaUrl").length),
+      from: f.get("from") ?? null,
+      messaging_service_sid: f.get("messagingservicesid") ?? null,
+      num_media: String(media.length),
       num_segments: String(approximateSegments(body)),
       price: null,
       price_unit: "USD",
       sid,
-      status: f.get("From") ? "queued" : "accepted",
+      status: f.get("from") ? "queued" : "accepted",
       subresource_uris: { media: `/2010-04-01/Accounts/${account}/Messages/${sid}/Media.json` },
-      to: f.get("To"),
+      to,
       uri: `/2010-04-01/Accounts/${account}/Messages/${sid}.json`,
     };
     this.messages.set(sid, message);
@@ -684,10 +989,39 @@ function notFound(path: string): Outcome {
   return refused(status, body);
 }
 
-function validateMessage(f: URLSearchParams): Reply | null {
-  if (!f.get("To")) return twilioError(400, 21604, "A 'To' phone number is required.");
-  if (!f.get("From") && !f.get("MessagingServiceSid")) return twilioError(400, 21603, "A 'From' phone number is required.");
-  if (!f.get("Body") && f.getAll("MediaUrl").length === 0) return twilioError(400, 21602, "Message body is required.");
+/**
+ * Twilio's form parameters, read as permissively as a server might: names folded to
+ * lower case, and a repeated name keeps its LAST value (MediaUrl keeps all).
+ */
+interface TwilioParams {
+  get(name: string): string | undefined;
+  all(name: string): string[];
+}
+
+function twilioParams(body: string): TwilioParams {
+  const pairs = [...new URLSearchParams(body)].map(([k, v]) => [k.toLowerCase(), v] as const);
+  return {
+    get: (name) => pairs.filter(([k]) => k === name).at(-1)?.[1],
+    all: (name) => pairs.filter(([k]) => k === name).map(([, v]) => v),
+  };
+}
+
+/** What the fake Twilio charges per segment by destination (USD micros); an unlisted region is not enabled. */
+const FAKE_TWILIO_RATES: Record<string, number> = { "1": 8_300, "1876": 120_000, "44": 52_000, "49": 99_000, "371": 120_000, "882": 500_000 };
+
+function twilioRate(to: string): number | null {
+  const digits = to.replace(/^\+/, "");
+  for (let n = Math.min(6, digits.length); n >= 1; n--) {
+    const r = FAKE_TWILIO_RATES[digits.slice(0, n)];
+    if (r !== undefined) return r;
+  }
+  return null;
+}
+
+function validateMessage(f: TwilioParams): Reply | null {
+  if (!f.get("to")) return twilioError(400, 21604, "A 'To' phone number is required.");
+  if (!f.get("from") && !f.get("messagingservicesid")) return twilioError(400, 21603, "A 'From' phone number is required.");
+  if (!f.get("body") && !f.get("contentsid") && f.all("mediaurl").length === 0) return twilioError(400, 21602, "Message body is required.");
   return null;
 }
 
@@ -722,9 +1056,59 @@ class ResendEmulator implements VendorEmulator {
     route("GET", "/emails/:id", (_, p) => this.getEmail(p.id!)),
     route("GET", "/domains", () => read({ object: "list", has_more: false, data: this.domains })),
     route("POST", "/domains", (c) => this.createDomain(c.body)),
+    route("POST", "/audiences", (c) => this.createAudience(c.body)),
+    route("POST", "/audiences/:id/contacts", (c, p) => this.addContact(p.id!, c.body)),
+    route("POST", "/broadcasts", (c) => this.createBroadcast(c.body)),
+    route("POST", "/broadcasts/:id/send", (_, p) => this.sendBroadcast(p.id!)),
   ];
+  private audiences = new Map<string, string[]>();
+  private broadcasts = new Map<string, { audience: string; sent: boolean }>();
 
-  constructor(private readonly secret: string) {}
+  constructor(
+    private readonly secret: string,
+    private readonly moved: MovedMoney[],
+  ) {}
+
+  /** Resend bills per recipient; a "to" string holding commas is read as that many addresses (the worst case). */
+  private bill(what: string, recipients: number): void {
+    this.moved.push({ vendor: "resend", what, currency: "usd_micros", amount: recipients * 900 });
+  }
+
+  private createAudience(raw: string): Outcome {
+    const input = parseJson(raw);
+    if (!isObject(input) || typeof input.name !== "string") return refusedBy(resendError(422, "missing_required_field", "Missing `name` field."));
+    const id = crypto.randomUUID();
+    this.audiences.set(id, []);
+    return executed({ object: "audience", id, name: input.name });
+  }
+
+  private addContact(audience: string, raw: string): Outcome {
+    const input = parseJson(raw);
+    const list = this.audiences.get(audience);
+    if (!list) return refusedBy(resendError(404, "not_found", "Audience not found"));
+    if (!isObject(input) || typeof input.email !== "string") return refusedBy(resendError(422, "missing_required_field", "Missing `email` field."));
+    list.push(input.email);
+    return executed({ object: "contact", id: crypto.randomUUID() });
+  }
+
+  private createBroadcast(raw: string): Outcome {
+    const input = parseJson(raw);
+    if (!isObject(input) || typeof input.audience_id !== "string" || !this.audiences.has(input.audience_id)) {
+      return refusedBy(resendError(422, "validation_error", "A valid `audience_id` is required."));
+    }
+    const id = crypto.randomUUID();
+    this.broadcasts.set(id, { audience: input.audience_id, sent: false });
+    if (input.send === true) return this.sendBroadcast(id);
+    return executed({ id });
+  }
+
+  private sendBroadcast(id: string): Outcome {
+    const b = this.broadcasts.get(id);
+    if (!b) return refusedBy(resendError(404, "not_found", "Broadcast not found"));
+    if (!b.sent) this.bill("broadcast", this.audiences.get(b.audience)!.length);
+    b.sent = true;
+    return executed({ id });
+  }
 
   /** Per Resend's error reference: no key is 401 missing_api_key, a wrong key is 403 invalid_api_key. */
   authenticate(call: RecordedCall): Reply | null {
@@ -768,6 +1152,7 @@ class ResendEmulator implements VendorEmulator {
     if (!isObject(email)) return refusedBy(resendError(400, "validation_error", "Invalid JSON body."));
     const invalid = validateEmail(email);
     if (invalid) return refusedBy(invalid);
+    this.bill("email", recipientCount(email));
     return executed({ id: this.store(email) });
   }
 
@@ -778,6 +1163,7 @@ class ResendEmulator implements VendorEmulator {
     }
     const invalid = emails.map(validateEmail).find((r) => r !== null);
     if (invalid) return refusedBy(invalid);
+    for (const e of emails) this.bill("email", recipientCount(e));
     const data = emails.map((e) => ({ id: this.store(e) }));
     return executed(validation === "permissive" ? { data, errors: [] } : { data });
   }
@@ -821,6 +1207,12 @@ class ResendEmulator implements VendorEmulator {
     this.domains.push(domain);
     return executed(domain);
   }
+}
+
+function recipientCount(email: Json): number {
+  let n = 0;
+  for (const f of ["to", "cc", "bcc"]) for (const a of asList(email[f]) ?? []) n += a.split(",").length;
+  return n;
 }
 
 function resendError(statusCode: number, name: string, message: string): Reply {

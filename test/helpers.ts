@@ -46,6 +46,7 @@ export async function startKeybrake(env: Record<string, string> = {}, opts: { da
     },
     async stop() {
       await app.stop(true);
+      services.webhooks.stop();
       await services.retention.stop();
       services.db.sqlite.close();
       if (!opts.keepData && !opts.dataDir) rmSync(dataDir, { recursive: true, force: true });

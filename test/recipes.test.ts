@@ -64,7 +64,11 @@ function outcomes(rows: any[]): Record<string, number> {
 async function expectRunRevoked(label: string, vaultKey: string) {
   const keys = (await stack.kb.api("GET", `/vault/keys?label=${encodeURIComponent(label)}`)).json.data;
   expect(keys.length).toBeGreaterThan(0);
-  for (const k of keys) expect(k.revoked_at).toBeString();
+  for (const k of keys) {
+    expect(k.revoked_at).toBeString();
+    // The run's budget is its lifetime cap too, so a run crossing UTC midnight cannot spend it twice.
+    expect(k.total_usd_cap).toBe(k.daily_usd_cap);
+  }
   const after = await proxied(stack.kb.url, vaultKey, "POST", "/v1/payment_intents", { amount: "100", currency: "usd" });
   expect(after.status).toBe(401);
   expect(after.headers.get("x-keybrake-error")).toBe("key_revoked");
@@ -261,14 +265,16 @@ describe("Kestra (examples/kestra/billing-workflow.yml)", () => {
     const kv = new Map<string, string>();
     const outputs: Record<string, { body: string }> = {};
     const ctx: PebbleContext = {
-      vars: { keybrake_url: stack.kb.url }, // the one edit a user makes: the URL
+      vars: {},
       inputs: { customer_ids: CUSTOMERS, budget_usd: 100.0 },
       execution: { id: executionId },
-      secrets: { KEYBRAKE_API_KEY: ADMIN_TOKEN },
+      secrets: { KEYBRAKE_API_KEY: ADMIN_TOKEN, KEYBRAKE_URL: stack.kb.url }, // the two secrets a user creates
       outputs,
       kv,
     };
-    expect(flow.variables.keybrake_url).toStartWith("https://");
+    // No default URL anywhere: without the KEYBRAKE_URL secret the first task cannot render.
+    expect(readFileSync(join(EXAMPLES, "kestra/billing-workflow.yml"), "utf8")).not.toMatch(/https?:\/\/(?!keybrake:)/);
+    expect(() => pebble(task("setup-vault-key").uri, { ...ctx, secrets: { KEYBRAKE_API_KEY: ADMIN_TOKEN } })).toThrow("no secret KEYBRAKE_URL");
 
     const send = async (t: any, c: PebbleContext) => {
       expect(t.type).toBe("io.kestra.plugin.core.http.Request");
@@ -283,8 +289,8 @@ describe("Kestra (examples/kestra/billing-workflow.yml)", () => {
     // setup-vault-key: the body in the YAML is what the API accepts.
     const setup = task("setup-vault-key");
     const issued = JSON.parse(pebble(setup.body, ctx));
-    expect(Object.keys(issued).sort()).toEqual(["agent_run_label", "allowed_endpoints", "daily_usd_cap", "expires_in", "vendor"]);
-    expect(issued).toMatchObject({ vendor: "stripe", daily_usd_cap: 100, agent_run_label: label });
+    expect(Object.keys(issued).sort()).toEqual(["agent_run_label", "allowed_endpoints", "daily_usd_cap", "expires_in", "total_usd_cap", "vendor"]);
+    expect(issued).toMatchObject({ vendor: "stripe", daily_usd_cap: 100, total_usd_cap: 100, agent_run_label: label });
     outputs["setup-vault-key"] = { body: await send(setup, ctx) };
 
     // store-vault-key: KV entry that lives exactly as long as the vault key.
@@ -370,7 +376,9 @@ describe("Argo Workflows (examples/argo-workflows/billing-workflow.yaml)", () =>
     const workflowName = "billing-agent-x7k2p";
     const label = `argo/${workflowName}`;
     const params = Object.fromEntries(wf.spec.arguments.parameters.map((p: any) => [p.name, p.value]));
-    expect(params.keybrake_url).toStartWith("https://");
+    // Required at submit: no default host the management token could be sent to.
+    expect(Object.keys(params)).toContain("keybrake_url");
+    expect(params.keybrake_url).toBeUndefined();
     // argo submit billing-workflow.yaml -p budget_usd=100 -p keybrake_url=…
     const vars: Record<string, string> = {
       "workflow.name": workflowName,
@@ -513,6 +521,44 @@ function mainParameters(source: string): string[] {
     .map((p) => p.trim().match(/^(\w+)/)?.[1])
     .filter((p): p is string => !!p);
 }
+
+// ---------------------------------------------------------------------------
+// No public fallback: a recipe without KEYBRAKE_URL fails before sending anything
+// ---------------------------------------------------------------------------
+
+describe("without KEYBRAKE_URL every recipe stops with a clear message and sends nothing", () => {
+  const MESSAGE = "KEYBRAKE_URL is not set";
+  const pythonRecipes: [name: string, dir: string, call: string][] = [
+    ["Airflow", "airflow", `import billing_dag as m; m.issue_vault_key(run_id="r", params={"budget_usd": 1.0})`],
+    ["Temporal, Python", "temporal/python", `import asyncio, activities as m; asyncio.run(m.issue_vault_key("wf", 1.0))`],
+  ];
+  for (const [name, dir, call] of pythonRecipes) {
+    test(name, async () => {
+      const r = await run([PYTHON, "-c", call], { cwd: join(EXAMPLES, dir), env: { PYTHONPATH: join(EXAMPLES, dir), KEYBRAKE_API_KEY: ADMIN_TOKEN } });
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toContain(MESSAGE);
+    });
+  }
+
+  test("Temporal, TypeScript and Windmill", async () => {
+    const saved = process.env.KEYBRAKE_URL;
+    delete process.env.KEYBRAKE_URL;
+    const sent = spyOn(globalThis, "fetch");
+    try {
+      const temporal = await import("../examples/temporal/typescript/activities.ts");
+      const windmill = await import("../examples/windmill/billing__flow/issue_vault_key.ts");
+      const revoke = await import("../examples/windmill/billing__flow/revoke_vault_key.ts");
+      await expect(temporal.issueVaultKey("wf", 1)).rejects.toThrow(MESSAGE);
+      await expect(windmill.main(ADMIN_TOKEN, 1)).rejects.toThrow(MESSAGE);
+      await expect(revoke.main(ADMIN_TOKEN, [])).rejects.toThrow(MESSAGE);
+      await Bun.sleep(0);
+      expect(sent).not.toHaveBeenCalled();
+    } finally {
+      sent.mockRestore();
+      process.env.KEYBRAKE_URL = saved;
+    }
+  });
+});
 
 // ---------------------------------------------------------------------------
 // Static checks for the parts no test above executes

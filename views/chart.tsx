@@ -9,15 +9,15 @@ import { usdMicros, utc } from "./format.ts";
 
 const W = 880;
 const H = 260;
-const PAD = { left: 64, right: 12, top: 12, bottom: 28 };
+const PAD = { left: 84, right: 16, top: 14, bottom: 30 };
 const plotW = W - PAD.left - PAD.right;
 const plotH = H - PAD.top - PAD.bottom;
 
-/** A round number ≥ value for the top of the axis: 1, 2, 2.5 or 5 × 10ⁿ. */
+/** A round number ≥ value for the top of the axis (1, 1.2, 1.6, 2, 2.4, 3, 4, 5, 6, 8 × 10ⁿ: quarters stay round). */
 export function niceCeil(value: number): number {
   if (value <= 0) return 1;
   const exp = 10 ** Math.floor(Math.log10(value));
-  for (const m of [1, 2, 2.5, 5, 10]) if (m * exp >= value) return m * exp;
+  for (const m of [1, 1.2, 1.6, 2, 2.4, 3, 4, 5, 6, 8, 10]) if (m * exp >= value) return m * exp;
   return 10 * exp;
 }
 
@@ -58,13 +58,21 @@ function PlotFrame(p: PropsWithChildren<{ id: string; title: string; desc: strin
 
 /** Spend per UTC day, one stacked colour per run. */
 export function DailySpendChart({ data, title }: { data: DailySeries; title: string }) {
+  if (data.peak === 0) {
+    return (
+      <div class="empty chart-empty">
+        <p safe>{`No settled spend in the last ${data.days.length === 1 ? "day" : `${data.days.length} days`}.`}</p>
+        <p class="small">Spend appears here once a vault key's calls settle.</p>
+      </div>
+    );
+  }
   const top = niceCeil(data.peak);
   const n = data.days.length;
   const band = plotW / n;
   const barW = Math.max(2, band * 0.68);
   const total = data.series.reduce((s, x) => s + x.total, 0);
   return (
-    <figure class="chart">
+    <figure class="chart daily">
       <PlotFrame
         id="daily"
         title={title}
@@ -95,9 +103,9 @@ export function DailySpendChart({ data, title }: { data: DailySeries; title: str
         </g>
         <g class="axis x">
           {data.days.map((day, i) =>
-            (n - 1 - i) % 7 === 0 ? (
-              <text x={(PAD.left + i * band + band / 2).toFixed(1)} y={String(H - 8)} text-anchor="middle" safe>
-                {day.slice(5)}
+            (n - 1 - i) % dayLabelEvery(n) === 0 ? (
+              <text x={(PAD.left + i * band + band / 2).toFixed(1)} y={String(H - 8)} text-anchor={i === n - 1 && n > 7 ? "end" : "middle"} safe>
+                {i === n - 1 ? "today" : day.slice(5)}
               </text>
             ) : (
               ""
@@ -124,33 +132,84 @@ export function DailySpendChart({ data, title }: { data: DailySeries; title: str
           </ul>
         </figcaption>
       ) : (
-        <figcaption class="muted">No settled spend in this window.</figcaption>
+        ""
       )}
     </figure>
   );
 }
 
-/** A run's running total: a step line, since money moves call by call. */
-export function CumulativeChart({ points, title }: { points: { t: number; micros: number }[]; title: string }) {
+/** Day labels on the x axis: every day for a week, then spaced so they never overlap (counted back from today). */
+function dayLabelEvery(days: number): number {
+  return days <= 7 ? 1 : days <= 31 ? 7 : 14;
+}
+
+const TICK_STEPS_MS = [1000, 5000, 10_000, 30_000, 60_000, 5 * 60_000, 15 * 60_000, 30 * 60_000, 3_600_000, 3 * 3_600_000, 6 * 3_600_000, 12 * 3_600_000, 86_400_000, 2 * 86_400_000, 7 * 86_400_000];
+
+/** Round times between t0 and t1 (UTC), at most `max` of them, and how to write them. */
+export function timeTicks(t0: number, t1: number, max = 6): { t: number; text: string }[] {
+  const span = Math.max(1, t1 - t0);
+  const step = TICK_STEPS_MS.find((s) => span / s <= max) ?? Math.ceil(span / max / 86_400_000) * 86_400_000;
+  const ticks: { t: number; text: string }[] = [];
+  for (let t = Math.ceil(t0 / step) * step; t <= t1; t += step) {
+    const iso = new Date(t).toISOString();
+    const text =
+      step >= 86_400_000
+        ? iso.slice(5, 10)
+        : step < 60_000
+          ? iso.slice(11, 19)
+          : span > 86_400_000 || iso.slice(11, 16) === "00:00"
+            ? `${iso.slice(5, 10)} ${iso.slice(11, 16)}`
+            : iso.slice(11, 16);
+    ticks.push({ t, text });
+  }
+  // Under a couple of seconds there is nothing round to mark: label both ends instead.
+  if (ticks.length < 2) return [t0, t1].map((t) => ({ t, text: new Date(t).toISOString().slice(11, 19) }));
+  return ticks;
+}
+
+/** A run's running total: a step line, since money moves call by call, under its cap. */
+export function CumulativeChart({ points, title, cap }: { points: { t: number; micros: number }[]; title: string; cap?: { micros: number; kind: "daily" | "lifetime" } }) {
   if (!points.length) {
-    return <p class="muted">No settled calls for this run in the window.</p>;
+    return (
+      <div class="empty chart-empty">
+        <p>No settled calls for this run in the window.</p>
+        {cap ? <p class="small" safe>{`Its ${cap.kind} cap is ${usdMicros(cap.micros)}.`}</p> : ""}
+      </div>
+    );
   }
   const first = points[0]!.t;
   const last = points[points.length - 1]!.t;
   // One call (or calls in one instant) still needs a width to draw on.
   const t0 = first === last ? first - 60_000 : first;
   const t1 = first === last ? last + 60_000 : last;
-  const top = niceCeil(points[points.length - 1]!.micros);
+  const total = points[points.length - 1]!.micros;
+  const top = niceCeil(Math.max(total, cap?.micros ?? 0) * 1.05);
   const x = (t: number) => PAD.left + ((t - t0) / (t1 - t0)) * plotW;
   const y = (m: number) => PAD.top + plotH - (m / top) * plotH;
   let d = `M${x(t0).toFixed(1)},${y(0).toFixed(1)}`;
   for (const p of points) d += ` H${x(p.t).toFixed(1)} V${y(p.micros).toFixed(1)}`;
   const area = `${d} H${x(t1).toFixed(1)} V${y(0).toFixed(1)} Z`;
+  const capText = cap ? `${cap.kind} cap ${usdMicros(cap.micros)}` : "";
   return (
     <figure class="chart">
-      <PlotFrame id="run" title={title} desc={`${usdMicros(points[points.length - 1]!.micros)} settled between ${utc(first)} and ${utc(last)}.`} top={top}>
+      <PlotFrame
+        id="run"
+        title={title}
+        desc={`${usdMicros(total)} settled between ${utc(first)} and ${utc(last)}${cap ? `, against a ${capText}` : ""}.`}
+        top={top}
+      >
         <path d={area} class="area" />
         <path d={d} class="line" />
+        {cap ? (
+          <g class="cap">
+            <line x1={String(PAD.left)} x2={String(W - PAD.right)} y1={y(cap.micros).toFixed(1)} y2={y(cap.micros).toFixed(1)} class="cap-line" />
+            <text x={String(W - PAD.right - 4)} y={(y(cap.micros) - 6).toFixed(1)} text-anchor="end" class="cap-text" safe>
+              {capText}
+            </text>
+          </g>
+        ) : (
+          ""
+        )}
         {points.length <= 80
           ? points.map((p) => (
               <circle cx={x(p.t).toFixed(1)} cy={y(p.micros).toFixed(1)} r="3" class="dot">
@@ -159,14 +218,21 @@ export function CumulativeChart({ points, title }: { points: { t: number; micros
             ))
           : ""}
         <g class="axis x">
-          <text x={String(PAD.left)} y={String(H - 8)} text-anchor="start" safe>
-            {utc(t0)}
-          </text>
-          <text x={String(W - PAD.right)} y={String(H - 8)} text-anchor="end" safe>
-            {utc(t1)}
-          </text>
+          {timeTicks(t0, t1).map((tick) => (
+            <g>
+              <line x1={x(tick.t).toFixed(1)} x2={x(tick.t).toFixed(1)} y1={String(PAD.top + plotH)} y2={String(PAD.top + plotH + 4)} class="baseline" />
+              <text x={x(tick.t).toFixed(1)} y={String(H - 8)} text-anchor={x(tick.t) < PAD.left + 40 ? "start" : x(tick.t) > W - PAD.right - 40 ? "end" : "middle"} safe>
+                {tick.text}
+              </text>
+            </g>
+          ))}
         </g>
       </PlotFrame>
+      <figcaption class="muted small">
+        <strong safe>{`${usdMicros(total)} settled`}</strong>
+        {cap ? <span safe>{` of its ${capText}`}</span> : ""}
+        {" · times on the axis are UTC."}
+      </figcaption>
     </figure>
   );
 }

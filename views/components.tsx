@@ -1,4 +1,5 @@
 import type { PropsWithChildren } from "@kitajs/html";
+import { utc } from "./format.ts";
 
 /** Small building blocks shared by the admin pages. */
 
@@ -166,5 +167,20 @@ export function FlashMessage({ tone, text }: { tone: "ok" | "danger"; text: stri
     <Notice tone={tone}>
       <p safe>{text}</p>
     </Notice>
+  );
+}
+
+/**
+ * A time, written in UTC on the server; admin.js rewrites it to the browser's
+ * local time when the operator chose that (remembered per browser).
+ */
+export function Time({ at, text, compact, class: cls }: { at: string | number | null | undefined; text?: string; compact?: boolean; class?: string }) {
+  if (at === null || at === undefined) return <span class={cls}>—</span>;
+  const iso = new Date(at).toISOString();
+  const shown = text ?? utc(iso);
+  return (
+    <time class={cls} datetime={iso} title={utc(iso)} data-time={compact ? "compact" : text === undefined ? "full" : "relative"} safe>
+      {shown}
+    </time>
   );
 }

@@ -1,18 +1,14 @@
+import { formatUsd, formatUsdMicros } from "../src/money-format.ts";
 /** Display formatting shared by the admin views. Pure: values in, text out. */
 
-const whole = new Intl.NumberFormat("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
-const fine = new Intl.NumberFormat("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 6 });
-
-/** $1,234.50; sub-cent amounts keep their digits ($0.0083) so an SMS never reads as $0.00. */
+/** The one money format (src/money-format.ts): cents from $1 up, up to 4 significant digits below. */
 export function usd(amount: number | null | undefined): string {
   if (amount === null || amount === undefined) return "—";
-  const sign = amount < 0 ? "-" : "";
-  const abs = Math.abs(amount);
-  return `${sign}$${(Number.isInteger(abs * 100) ? whole : fine).format(abs)}`;
+  return formatUsd(amount);
 }
 
 export function usdMicros(micros: number): string {
-  return usd(micros / 1_000_000);
+  return formatUsdMicros(micros);
 }
 
 /** "2026-11-22 14:05:09 UTC": every time on these pages is UTC, like the caps. */

@@ -1,7 +1,7 @@
 import type { PropsWithChildren } from "@kitajs/html";
 import { assetHref } from "./assets.ts";
 
-export type Section = "keys" | "audit" | "spend" | "vendors" | "tokens";
+export type Section = "keys" | "audit" | "spend" | "vendors" | "tokens" | "budgets" | "webhooks" | "events";
 
 const NAV: { section: Section; href: string; label: string }[] = [
   { section: "keys", href: "/admin/keys", label: "Keys" },
@@ -9,6 +9,9 @@ const NAV: { section: Section; href: string; label: string }[] = [
   { section: "spend", href: "/admin/spend", label: "Spend" },
   { section: "vendors", href: "/admin/vendors", label: "Vendors" },
   { section: "tokens", href: "/admin/tokens", label: "Tokens" },
+  { section: "budgets", href: "/admin/budgets", label: "Budgets" },
+  { section: "webhooks", href: "/admin/webhooks", label: "Webhooks" },
+  { section: "events", href: "/admin/events", label: "Events" },
 ];
 
 /** Shared <head>: our stylesheet and scripts only, and htmx told not to inject styles (CSP allows no inline style). */
@@ -53,6 +56,9 @@ export function Layout({ title, section, csrf, children }: PropsWithChildren<{ t
                 ))}
               </ul>
             </nav>
+            <button class="btn ghost small time-toggle" type="button" data-time-toggle aria-pressed="false" title="Show times in UTC or in this browser's time zone (remembered in this browser)">
+              Times: UTC
+            </button>
             <form class="logout" method="post" action="/admin/logout">
               <CsrfField token={csrf} />
               <button class="btn ghost small" type="submit">
@@ -62,6 +68,7 @@ export function Layout({ title, section, csrf, children }: PropsWithChildren<{ t
           </div>
         </header>
         <main id="main" class="page">
+          {/* A toast, fixed to the corner: messages never push the rows under the pointer. */}
           <div id="flash" class="flash-area" aria-live="polite"></div>
           {children}
         </main>

@@ -14,6 +14,14 @@ One vault key per DAG run, capped in dollars and shared by every mapped task:
 
 Put this file in your dags/ folder. Set KEYBRAKE_URL and KEYBRAKE_API_KEY (a Keybrake
 management token) in the workers' environment; Python needs ``httpx`` and ``stripe``.
+Without KEYBRAKE_URL the tasks fail: there is no default host.
+
+What Airflow stores: the vault key is ``issue_vault_key``'s return value, so it sits in
+XCom (the metadata database, in plain text) and shows in the UI's XCom tab and in the
+mapped tasks' rendered arguments, for as long as the run's XComs are kept. The key is
+capped, allowlisted to one endpoint, expires in 6 h and is revoked by the teardown, so
+what leaks is bounded by the run's budget; to keep it out of the UI as well, use a
+custom XCom backend that encrypts, or register it with Airflow's secrets masker.
 """
 
 import os
@@ -44,11 +52,19 @@ except ImportError:
         pass
 
 
-KEYBRAKE_URL = os.environ.get("KEYBRAKE_URL", "https://proxy.keybrake.com")
 AMOUNT_CENTS = 2900
 
 # stripe-python 8+ exports the class at top level; older releases only under stripe.error.
 StripeRateLimitError = getattr(stripe, "RateLimitError", None) or stripe.error.RateLimitError
+
+
+def keybrake_url() -> str:
+    # No default on purpose: a forgotten KEYBRAKE_URL must not send the management token
+    # (and the vault key) to some public host.
+    url = os.environ.get("KEYBRAKE_URL", "").rstrip("/")
+    if not url:
+        raise RuntimeError("KEYBRAKE_URL is not set: point it at your own Keybrake, e.g. http://keybrake:8080")
+    return url
 
 
 def run_label(run_id: str) -> str:
@@ -66,11 +82,14 @@ def is_cap_hit(err: Exception) -> bool:
 @task
 def issue_vault_key(**context) -> str:
     r = httpx.post(
-        f"{KEYBRAKE_URL}/vault/keys",
+        f"{keybrake_url()}/vault/keys",
         headers={"Authorization": f"Bearer {os.environ['KEYBRAKE_API_KEY']}"},
         json={
             "vendor": "stripe",
+            # The run's budget, whole: a run that crosses UTC midnight gets a fresh
+            # daily cap, and total_usd_cap keeps it from getting its budget twice.
             "daily_usd_cap": float(context["params"]["budget_usd"]),
+            "total_usd_cap": float(context["params"]["budget_usd"]),
             "allowed_endpoints": ["POST /v1/payment_intents"],
             "expires_in": "6h",
             "agent_run_label": run_label(context["run_id"]),
@@ -90,7 +109,7 @@ def get_customer_ids(**context) -> list:
 @task(retries=3, retry_delay=timedelta(seconds=30))
 def charge_customer(customer_id: str, vault_key: str, **context) -> dict:
     stripe.api_key = vault_key  # scoped key, not the real secret
-    stripe.api_base = f"{KEYBRAKE_URL}/stripe"
+    stripe.api_base = f"{keybrake_url()}/stripe"
     try:
         intent = stripe.PaymentIntent.create(
             amount=AMOUNT_CENTS,
@@ -109,7 +128,7 @@ def charge_customer(customer_id: str, vault_key: str, **context) -> dict:
 @task
 def revoke_vault_key(**context) -> int:
     r = httpx.post(
-        f"{KEYBRAKE_URL}/vault/keys/revoke",
+        f"{keybrake_url()}/vault/keys/revoke",
         headers={"Authorization": f"Bearer {os.environ['KEYBRAKE_API_KEY']}"},
         json={"agent_run_label": run_label(context["run_id"])},
         timeout=30,

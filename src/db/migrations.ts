@@ -7,15 +7,18 @@ import m0001 from "../../migrations/0001_init.sql" with { type: "text" };
 import m0002 from "../../migrations/0002_admin_sessions.sql" with { type: "text" };
 import m0003 from "../../migrations/0003_idempotency.sql" with { type: "text" };
 import m0004 from "../../migrations/0004_events.sql" with { type: "text" };
+import m0005 from "../../migrations/0005_priced_objects.sql" with { type: "text" };
 import m0006 from "../../migrations/0006_operations.sql" with { type: "text" };
 import m0007 from "../../migrations/0007_token_roles.sql" with { type: "text" };
+import m0008 from "../../migrations/0008_budgets_webhooks.sql" with { type: "text" };
 
 export const MIGRATIONS: readonly { name: string; sql: string }[] = [
   { name: "0001_init.sql", sql: m0001 },
   { name: "0002_admin_sessions.sql", sql: m0002 },
   { name: "0003_idempotency.sql", sql: m0003 },
   { name: "0004_events.sql", sql: m0004 },
-  // 0005 belongs to another branch of this wave; the lead merges it in order.
+  { name: "0005_priced_objects.sql", sql: m0005 },
   { name: "0006_operations.sql", sql: m0006 },
   { name: "0007_token_roles.sql", sql: m0007 },
+  { name: "0008_budgets_webhooks.sql", sql: m0008 },
 ];

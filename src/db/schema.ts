@@ -44,6 +44,7 @@ export const vaultKeys = sqliteTable(
     revokedAt: integer("revoked_at"),
     spentTotalMicros: integer("spent_total_micros").notNull().default(0),
     reservedTotalMicros: integer("reserved_total_micros").notNull().default(0),
+    stripeAccounts: text("stripe_accounts", { mode: "json" }).$type<string[]>(),
     issuedByTokenId: text("issued_by_token_id"),
   },
   (t) => [index("vault_keys_label").on(t.agentRunLabel, t.id)],
@@ -82,6 +83,20 @@ export const auditLog = sqliteTable("audit_log", {
   replayOf: integer("replay_of"),
 });
 
+export const pricedObjects = sqliteTable(
+  "priced_objects",
+  {
+    keyId: text("key_id").notNull(),
+    objectId: text("object_id").notNull(),
+    kind: text("kind").notNull(),
+    amount: integer("amount").notNull(),
+    currency: text("currency").notNull(),
+    countedMicros: integer("counted_micros").notNull(),
+    updatedAt: integer("updated_at").notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.keyId, t.objectId] })],
+);
+
 export const adminSessions = sqliteTable("admin_sessions", {
   idHash: text("id_hash").primaryKey(),
   csrfToken: text("csrf_token").notNull(),
@@ -93,3 +108,69 @@ export const adminSessions = sqliteTable("admin_sessions", {
 
 export type VaultKeyRow = typeof vaultKeys.$inferSelect;
 export type AuditRow = typeof auditLog.$inferSelect;
+
+/** Pooled daily caps over label prefixes (migrations/0008). */
+export const budgets = sqliteTable("budgets", {
+  id: text("id").primaryKey(),
+  name: text("name").notNull(),
+  labelPrefix: text("label_prefix").notNull(),
+  vendor: text("vendor", { enum: ["stripe", "twilio", "resend"] }),
+  dailyCapMicros: integer("daily_cap_micros").notNull(),
+  createdAt: integer("created_at").notNull(),
+  updatedAt: integer("updated_at").notNull(),
+  deletedAt: integer("deleted_at"),
+});
+
+export const budgetSpendDays = sqliteTable(
+  "budget_spend_days",
+  {
+    budgetId: text("budget_id").notNull(),
+    day: text("day").notNull(),
+    spentMicros: integer("spent_micros").notNull().default(0),
+    reservedMicros: integer("reserved_micros").notNull().default(0),
+  },
+  (t) => [primaryKey({ columns: [t.budgetId, t.day] })],
+);
+
+export const webhooks = sqliteTable("webhooks", {
+  id: text("id").primaryKey(),
+  url: text("url").notNull(),
+  events: text("events", { mode: "json" }).$type<string[]>().notNull(),
+  thresholds: text("thresholds", { mode: "json" }).$type<number[]>().notNull(),
+  format: text("format", { enum: ["json", "slack"] }).notNull(),
+  secretSealed: text("secret_sealed").notNull(),
+  secretHint: text("secret_hint").notNull(),
+  createdAt: integer("created_at").notNull(),
+  deletedAt: integer("deleted_at"),
+});
+
+export const webhookDeliveries = sqliteTable("webhook_deliveries", {
+  id: text("id").primaryKey(),
+  webhookId: text("webhook_id").notNull(),
+  eventId: text("event_id").notNull(),
+  eventType: text("event_type").notNull(),
+  body: text("body").notNull(),
+  state: text("state", { enum: ["pending", "delivered", "failed"] }).notNull(),
+  attempts: integer("attempts").notNull(),
+  nextAttemptAt: integer("next_attempt_at").notNull(),
+  createdAt: integer("created_at").notNull(),
+  deliveredAt: integer("delivered_at"),
+});
+
+export const webhookAttempts = sqliteTable(
+  "webhook_attempts",
+  {
+    deliveryId: text("delivery_id").notNull(),
+    attempt: integer("attempt").notNull(),
+    ts: integer("ts").notNull(),
+    status: integer("status"),
+    error: text("error"),
+    durationMs: integer("duration_ms").notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.deliveryId, t.attempt] })],
+);
+
+export type BudgetRow = typeof budgets.$inferSelect;
+export type WebhookRow = typeof webhooks.$inferSelect;
+export type WebhookDeliveryRow = typeof webhookDeliveries.$inferSelect;
+export type WebhookAttemptRow = typeof webhookAttempts.$inferSelect;

@@ -54,6 +54,14 @@ export function parseAuditQuery(query: Record<string, string | undefined>): Audi
   return parsed.data;
 }
 
+/**
+ * Twilio puts the real Account SID in every path. Show it the way the Vendors
+ * page shows secrets, by its last 4 characters, in the API, the CSV and the pages.
+ */
+export function maskAccountIds(path: string): string {
+  return path.replace(/\/Accounts\/AC[0-9a-fA-F]{28}([0-9a-fA-F]{4})(?=\/|$)/g, "/Accounts/••••$1");
+}
+
 export function presentAudit(r: AuditRow) {
   return {
     id: r.id,
@@ -62,7 +70,7 @@ export function presentAudit(r: AuditRow) {
     agent_run_label: r.agentRunLabel,
     vendor: r.vendor,
     method: r.method,
-    path: r.path,
+    path: r.path && maskAccountIds(r.path),
     outcome: r.outcome,
     error_code: r.errorCode,
     vendor_status: r.vendorStatus,
@@ -107,6 +115,22 @@ export class AuditService {
     const more = rows.length > f.limit;
     if (more) rows.pop();
     return { rows, nextCursor: more ? String(rows[rows.length - 1]!.id) : null };
+  }
+
+  /** What a filter matched, for the admin pages' summary line: calls, settled and held money, refusals, cap hits. */
+  summary(f: AuditFilter): { calls: number; settledMicros: number; reservedMicros: number; refused: number; capHits: number } {
+    const r = this.db.orm
+      .select({
+        calls: sql<number>`count(*)`,
+        settled: sql<number>`coalesce(sum(CASE WHEN ${auditLog.ledgerState} = 'settled' THEN ${auditLog.settledMicros} END), 0)`,
+        reserved: sql<number>`coalesce(sum(CASE WHEN ${auditLog.ledgerState} IN ('reserved', 'unsettled') THEN ${auditLog.estimatedMicros} END), 0)`,
+        refused: sql<number>`coalesce(sum(${auditLog.outcome} NOT IN ('forwarded', 'replayed', 'upstream_error')), 0)`,
+        capHits: sql<number>`coalesce(sum(${auditLog.outcome} = 'cap_hit'), 0)`,
+      })
+      .from(auditLog)
+      .where(this.where(f))
+      .get();
+    return { calls: r?.calls ?? 0, settledMicros: r?.settled ?? 0, reservedMicros: r?.reserved ?? 0, refused: r?.refused ?? 0, capHits: r?.capHits ?? 0 };
   }
 
   /** Every matching row, in batches, for CSV/JSONL export without holding the log in memory. */

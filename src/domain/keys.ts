@@ -46,7 +46,14 @@ export const duration = (field: string, maxMs: number) =>
 
 export const endpoint = z.string().superRefine((entry, ctx) => {
   const rule = parseEndpointRule(entry);
-  if (typeof rule === "string") ctx.addIssue({ code: "custom", message: rule });
+  if (typeof rule === "string") return void ctx.addIssue({ code: "custom", message: rule });
+  // Rules match the vendor's own path (what is forwarded), never Keybrake's /{vendor} routing
+  // prefix: "POST /stripe/v1/…" would be accepted and then refuse every call.
+  const first = rule.segments[0];
+  if (first !== undefined && (VENDORS as readonly string[]).includes(first)) {
+    const rest = "/" + rule.segments.slice(1).join("/");
+    ctx.addIssue({ code: "custom", message: `"${entry.trim()}": drop the /${first} prefix; rules use the vendor's own path, e.g. "${rule.method} ${rest}"` });
+  }
 });
 
 const metadataValue = z.union([z.string().max(500), z.number(), z.boolean(), z.null()], {
@@ -77,6 +84,12 @@ export function issueKeySchema(maxTtlMs: number) {
     dedupe_window: duration("dedupe_window", MAX_DEDUPE_WINDOW_MS).optional(),
     require_idempotency_key: z.boolean({ error: "require_idempotency_key must be true or false" }).optional(),
     allow_unpriced: z.boolean({ error: "allow_unpriced must be true or false" }).optional(),
+    stripe_accounts: z
+      .array(z.string().regex(/^acct_[A-Za-z0-9]{1,64}$/, "stripe_accounts entries are connected account ids (acct_…)"), {
+        error: "stripe_accounts must be a list of connected account ids",
+      })
+      .max(100, "stripe_accounts takes at most 100 entries")
+      .optional(),
   });
 }
 
@@ -104,6 +117,7 @@ export function presentKey(row: VaultKeyRow, now = Date.now()) {
     dedupe_window_seconds: row.dedupeWindowMs === null ? null : row.dedupeWindowMs / 1000,
     require_idempotency_key: row.requireIdempotencyKey,
     allow_unpriced: row.allowUnpriced,
+    stripe_accounts: row.stripeAccounts ?? [],
     expires_at: iso(row.expiresAt),
     created_at: iso(row.createdAt),
     revoked_at: iso(row.revokedAt),
@@ -200,6 +214,7 @@ export class KeyService {
       revokedAt: null,
       spentTotalMicros: 0,
       reservedTotalMicros: 0,
+      stripeAccounts: input.stripe_accounts?.length ? input.stripe_accounts : null,
       issuedByTokenId: by.tokenId,
     };
     this.db.sqlite

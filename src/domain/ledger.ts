@@ -1,4 +1,7 @@
 import type { Database, Statement } from "bun:sqlite";
+import type { PricedObject } from "../vendors/types.ts";
+import type { CapAlerts } from "./alerts.ts";
+import { BudgetLedger, type BudgetHold, type LiveBudget } from "./budgets.ts";
 import { remainingMicros } from "./keys.ts";
 import { utcDay } from "./time.ts";
 
@@ -45,6 +48,8 @@ export interface LiveKey {
   dedupe_window_ms: number | null;
   require_idempotency_key: number;
   allow_unpriced: number;
+  /** JSON list of connected accounts this key may name in Stripe-Account, or null. */
+  stripe_accounts: string | null;
   expires_at: number;
   revoked_at: number | null;
 }
@@ -77,7 +82,12 @@ export interface Reservation {
   /** Set when this attempt carries over an earlier attempt's reservation: this attempt's own audit row. */
   retryAuditId: number | null;
   guard: RepeatGuard | null;
+  /** The budgets this call holds money on (§7); settlement and release adjust exactly these. */
+  budgets: BudgetHold[];
 }
+
+/** Which limit refused a call: the key's own caps, or a pooled budget (named). */
+export type CapScope = { kind: "key" } | { kind: "budget"; budgetId: string; name: string };
 
 export interface StoredAnswer {
   status: number;
@@ -87,7 +97,7 @@ export interface StoredAnswer {
 
 export type Admission =
   | { kind: "reserved"; reservation: Reservation }
-  | { kind: "refused"; outcome: "revoked" | "expired" | "cap_hit"; auditId: number; remainingMicros: number }
+  | { kind: "refused"; outcome: "revoked" | "expired" | "cap_hit"; auditId: number; remainingMicros: number; capScope?: CapScope }
   | { kind: "replay"; answer: StoredAnswer; auditId: number; remainingMicros: number }
   | { kind: "mismatch"; auditId: number }
   /** The first attempt is still in flight: wait and ask again. Nothing was written. */
@@ -133,13 +143,20 @@ export class Ledger {
   private readonly q: Record<string, Statement<any, any[]>>;
   private pending: PendingWrite[] = [];
   private readonly commitBatch: (batch: PendingWrite[], results: { ok: boolean; value: unknown }[]) => void;
+  private readonly budgets: BudgetLedger;
 
-  constructor(private readonly sqlite: Database) {
+  /** `alerts` raises cap.threshold and cap.hit inside the transaction that moved the money. */
+  constructor(
+    private readonly sqlite: Database,
+    private readonly alerts: CapAlerts | null = null,
+  ) {
+    this.budgets = new BudgetLedger(sqlite);
     const p = (s: string) => sqlite.prepare(s);
     this.q = {
+      keyForAlerts: p(`SELECT daily_cap_micros, agent_run_label FROM vault_keys WHERE id = ?`),
       keyByHash: p(
         `SELECT id, vendor, daily_cap_micros, total_cap_micros, allowed_endpoints, agent_run_label, dedupe_window_ms,
-                require_idempotency_key, allow_unpriced, expires_at, revoked_at
+                require_idempotency_key, allow_unpriced, stripe_accounts, expires_at, revoked_at
            FROM vault_keys WHERE key_hash = ?`,
       ),
       capRow: p(
@@ -170,7 +187,14 @@ export class Ledger {
                               vendor_request_id = ?, vendor_object_id = ?, latency_ms = ?, error_code = ?
           WHERE id = ?`,
       ),
-      knownObject: p(`SELECT 1 FROM audit_log WHERE vendor_object_id = ? LIMIT 1`),
+      pricedObject: p(
+        `SELECT object_id AS objectId, kind, amount, currency, counted_micros AS countedMicros
+           FROM priced_objects WHERE key_id = ? AND object_id = ?`,
+      ),
+      putPricedObject: p(
+        `INSERT OR REPLACE INTO priced_objects (key_id, object_id, kind, amount, currency, counted_micros, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?)`,
+      ),
       repeat: p(
         `SELECT request_hash, state, audit_id, reserved_micros, spend_day, status, headers, body, updated_at, expires_at
            FROM idempotency_records WHERE key_id = ? AND idem_key = ?`,
@@ -208,9 +232,15 @@ export class Ledger {
     return this.write(() => this.admitInTransaction(key, call, micros, now, guard));
   }
 
-  /** 2xx: the call cost `actualMicros`; the answer is kept for replays. */
-  settle(r: Reservation, s: Settlement, answer: StoredAnswer | null): Promise<void> {
-    return this.write(() => this.finish(r, s, s.actualMicros, "settled", answer));
+  /** 2xx: the call cost `actualMicros`; the answer is kept for replays; what a priced call produced is recorded in the same transaction. */
+  settle(r: Reservation, s: Settlement, answer: StoredAnswer | null, produced?: PricedObject | null): Promise<void> {
+    return this.write(() => {
+      this.finish(r, s, s.actualMicros, "settled", answer);
+      if (produced) {
+        const o = produced;
+        this.q.putPricedObject!.run(r.keyId, o.objectId, o.kind, o.amount, o.currency, o.countedMicros, Date.now());
+      }
+    });
   }
 
   /** Vendor 4xx: no money moved; the answer is kept for replays (a retry gets the same refusal, like the vendor's own idempotency). */
@@ -258,8 +288,9 @@ export class Ledger {
     return this.q.keyByHash!.get(hash) as LiveKey | null;
   }
 
-  createdThroughKeybrake(objectId: string): boolean {
-    return this.q.knownObject!.get(objectId) !== null;
+  /** What a priced call of this key produced for this object; never another key's, never an id merely seen in a response. */
+  pricedObject(keyId: string, objectId: string): PricedObject | null {
+    return (this.q.pricedObject!.get(keyId, objectId) as PricedObject | null) ?? null;
   }
 
   /** Forgets stored answers past their time (24 h for Idempotency-Keys, the window for dedupe). */
@@ -302,20 +333,63 @@ export class Ledger {
       this.q.markRepeat!.run("in_flight", now, key.id, guard!.idemKey);
       return {
         kind: "reserved",
-        reservation: { auditId: carried.audit_id, keyId: key.id, day: carried.spend_day, micros: carried.reserved_micros, remainingMicros: left, retryAuditId, guard },
+        reservation: {
+          auditId: carried.audit_id,
+          keyId: key.id,
+          day: carried.spend_day,
+          micros: carried.reserved_micros,
+          remainingMicros: left,
+          retryAuditId,
+          guard,
+          budgets: this.budgets.heldBy(carried.audit_id),
+        },
       };
     }
     if (micros > left) {
       const auditId = this.insertAudit(now, key, call, "cap_hit", "cap_exceeded", micros, "none", day, null, null);
-      return { kind: "refused", outcome: "cap_hit", auditId, remainingMicros: left };
+      this.keyCapHit(key, cap, micros, day, now);
+      return { kind: "refused", outcome: "cap_hit", auditId, remainingMicros: left, capScope: { kind: "key" } };
+    }
+    // Every live budget over this label, read under the write lock: a budget changed a moment ago applies now.
+    const live = this.budgets.matching(key.vendor, key.agent_run_label, day);
+    const pooled = Math.min(left, ...live.map(budgetLeft));
+    const full = live.find((b) => micros > budgetLeft(b));
+    if (full) {
+      const auditId = this.insertAudit(now, key, call, "cap_hit", "budget_cap_exceeded", micros, "none", day, null, null);
+      this.alerts?.hit({ kind: "budget", id: full.id, name: full.name, labelPrefix: full.label_prefix }, full.spent_micros + full.reserved_micros, micros, full.daily_cap_micros, day, now);
+      return { kind: "refused", outcome: "cap_hit", auditId, remainingMicros: pooled, capScope: { kind: "budget", budgetId: full.id, name: full.name } };
     }
     if (micros > 0) {
       this.q.reserveDay!.run(key.id, day, micros);
       this.q.reserveTotal!.run(micros, key.id);
     }
     const auditId = this.insertAudit(now, key, call, "forwarded", null, micros, micros > 0 ? "reserved" : "none", day, null, null);
+    const holds = micros > 0 ? this.budgets.reserve(auditId, live, day, micros) : [];
     if (guard) this.q.putRepeat!.run(key.id, guard.idemKey, guard.requestHash, auditId, micros, day, now, now + guard.ttlMs);
-    return { kind: "reserved", reservation: { auditId, keyId: key.id, day, micros, remainingMicros: left - micros, retryAuditId: null, guard } };
+    return { kind: "reserved", reservation: { auditId, keyId: key.id, day, micros, remainingMicros: pooled - micros, retryAuditId: null, guard, budgets: holds } };
+  }
+
+  /** Settles the call's budget holds, then raises the thresholds this spend reached on its key and budgets. */
+  private settleBudgetsAndAlert(r: Reservation, actual: number, now: number): void {
+    const settled = this.budgets.settle(r.budgets, actual);
+    if (!this.alerts || actual <= 0) return;
+    const key = this.q.keyForAlerts!.get(r.keyId) as { daily_cap_micros: number; agent_run_label: string };
+    const today = this.q.day!.get(r.keyId, r.day) as { spent_micros: number } | null;
+    const after = today?.spent_micros ?? 0;
+    this.alerts.spent(
+      [
+        { scope: { kind: "key", id: r.keyId, label: key.agent_run_label }, before: after - actual, after, capMicros: key.daily_cap_micros },
+        ...settled.map((b) => ({ scope: { kind: "budget" as const, id: b.budgetId, name: b.name, labelPrefix: b.labelPrefix }, before: b.spentBefore, after: b.spentAfter, capMicros: b.capMicros })),
+      ],
+      r.day,
+      now,
+    );
+  }
+
+  private keyCapHit(key: LiveKey, cap: CapRow, micros: number, day: string, now: number): void {
+    if (!this.alerts) return;
+    const today = this.q.day!.get(key.id, day) as { spent_micros: number; reserved_micros: number } | null;
+    this.alerts.hit({ kind: "key", id: key.id, label: key.agent_run_label }, (today?.spent_micros ?? 0) + (today?.reserved_micros ?? 0), micros, cap.daily_cap_micros, day, now);
   }
 
   private remaining(keyId: string, cap: CapRow, day: string): number {
@@ -337,6 +411,7 @@ export class Ledger {
       this.q.settleDay!.run(r.micros, actual, r.keyId, r.day);
       this.q.settleTotal!.run(r.micros, actual, r.keyId);
     }
+    this.settleBudgetsAndAlert(r, actual, Date.now());
     this.q.finishAudit!.run("forwarded", state, actual, s.vendorStatus, s.vendorRequestId, s.vendorObjectId, s.latencyMs, null, r.auditId);
     if (r.retryAuditId !== null) {
       this.q.finishAudit!.run("forwarded", "none", 0, s.vendorStatus, s.vendorRequestId, s.vendorObjectId, s.latencyMs, null, r.retryAuditId);
@@ -378,4 +453,9 @@ export class Ledger {
     );
     return Number(res.lastInsertRowid);
   }
+}
+
+/** What a budget can still take today. */
+function budgetLeft(b: LiveBudget): number {
+  return Math.max(0, b.daily_cap_micros - b.spent_micros - b.reserved_micros);
 }

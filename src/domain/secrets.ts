@@ -119,8 +119,8 @@ export class VendorSecretStore {
     return this.fromEnv[vendor] !== undefined;
   }
 
-  /** Validates and stores a vendor's secret (all its fields at once), recording who did it. */
-  set(vendor: VendorName, input: unknown, actor: Actor | null, now = Date.now()): void {
+  /** Validates and stores a vendor's secret (all its fields at once), recording who did it (null: Keybrake itself). */
+  set(vendor: VendorName, input: unknown, actor: Actor | null = null, now = Date.now()): void {
     if (this.isManagedByEnv(vendor)) {
       const variables = Object.values(SECRET_VARIABLES[vendor]).join(" and ");
       throw new ApiError("managed_by_env", `The ${vendor} secret is managed by the environment (${variables}); change it there and restart.`, { vendor, variables: Object.values(SECRET_VARIABLES[vendor]) });

@@ -30,10 +30,37 @@ export function issueFormValues(body: unknown): FormValues {
   return values;
 }
 
-/** A number when the box holds one; otherwise the text itself, so validation names the field. */
-function numberOrText(text: string): number | string {
-  const n = Number(text);
-  return text.trim() !== "" && Number.isFinite(n) ? n : text;
+/**
+ * Money as people type it: "$500", "1,250.50", "$ 0.0083". Commas are only
+ * accepted as thousands separators ("1,25" stays text, so validation names it).
+ * Anything that is not a plain amount goes through as text, so the API names the field.
+ */
+export function moneyOrText(text: string): number | string {
+  const t = text.trim().replace(/^\$\s*/, "").replace(/\s*(USD|usd)$/, "");
+  if (!/^\d{1,3}(,\d{3})+(\.\d*)?$|^\d+(\.\d*)?$|^\.\d+$/.test(t)) return text;
+  const n = Number(t.replace(/,/g, ""));
+  return Number.isFinite(n) ? n : text;
+}
+
+const UNITS: [string, number][] = [
+  ["d", 86_400],
+  ["h", 3_600],
+  ["m", 60],
+  ["s", 1],
+];
+
+/** seconds in the unit the operator typed ("40d" → 30d), or the largest unit that says it exactly. */
+export function durationInUnitOf(typed: string | undefined, seconds: number): string {
+  const unit = /^\s*\d+\s*(d|h|m|s)\s*$/.exec(typed ?? "")?.[1];
+  const own = UNITS.find(([u]) => u === unit);
+  if (own && seconds % own[1] === 0) return `${seconds / own[1]}${own[0]}`;
+  const [u, size] = UNITS.find(([, size]) => seconds % size === 0) ?? ["s", 1];
+  return `${seconds / size}${u}`;
+}
+
+/** The API states duration limits in seconds; say them back in the units typed. */
+function durationMessage(message: string, typed: string | undefined): string {
+  return message.replace(/at most (\d+)s\b/, (_, n: string) => `at most ${durationInUnitOf(typed, Number(n))}`);
 }
 
 export function issueBodyFromForm(v: FormValues): { body: Record<string, unknown>; errors: FieldErrors } {
@@ -42,8 +69,8 @@ export function issueBodyFromForm(v: FormValues): { body: Record<string, unknown
   const text = (name: IssueField) => v[name]?.trim() || undefined;
   if (text("vendor")) body.vendor = text("vendor");
   if (v.agent_run_label !== undefined) body.agent_run_label = v.agent_run_label;
-  if (text("daily_usd_cap")) body.daily_usd_cap = numberOrText(text("daily_usd_cap")!);
-  if (text("total_usd_cap")) body.total_usd_cap = numberOrText(text("total_usd_cap")!);
+  if (text("daily_usd_cap")) body.daily_usd_cap = moneyOrText(text("daily_usd_cap")!);
+  if (text("total_usd_cap")) body.total_usd_cap = moneyOrText(text("total_usd_cap")!);
   body.allowed_endpoints = (v.allowed_endpoints ?? "")
     .split(/\r?\n/)
     .map((line) => line.trim())
@@ -67,12 +94,13 @@ export function issueBodyFromForm(v: FormValues): { body: Record<string, unknown
  * ApiError details ({field, message}[]) as one message per form field:
  * "allowed_endpoints.1" belongs to the allowed_endpoints box, as line 2.
  */
-export function fieldErrorsOf(e: ApiError): FieldErrors {
+export function fieldErrorsOf(e: ApiError, typed: FormValues = {}): FieldErrors {
   const errors: FieldErrors = {};
   const issues = Array.isArray(e.details) ? (e.details as FieldIssue[]) : [];
   for (const issue of issues) {
     const [name = "(body)", index] = issue.field.split(".");
-    const message = index !== undefined && /^\d+$/.test(index) ? `Line ${Number(index) + 1}: ${issue.message}` : issue.message;
+    const text = name === "expires_in" || name === "dedupe_window" ? durationMessage(issue.message, typed[name]) : issue.message;
+    const message = index !== undefined && /^\d+$/.test(index) ? `Line ${Number(index) + 1}: ${text}` : text;
     errors[name] = errors[name] ? `${errors[name]} ${message}` : message;
   }
   if (!issues.length) errors["(body)"] = e.message;

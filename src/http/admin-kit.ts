@@ -84,3 +84,42 @@ export function queryFilters(request: Request): Record<string, string> {
   for (const [k, v] of new URLSearchParams(request.url.slice(q + 1))) if (v.trim() !== "") out[k] = v.trim();
   return out;
 }
+
+/** Admin forms are a few text boxes: anything bigger is refused before it is read or parsed. */
+export const ADMIN_MAX_BODY_BYTES = 64 * 1024;
+
+export class AdminBodyTooLarge extends Error {}
+
+/**
+ * Reads an admin form body (urlencoded, as the pages and htmx send it) with a
+ * byte limit enforced while streaming, so neither a false Content-Length nor a
+ * chunked body makes us hold more than the limit. Other content types are not
+ * parsed at all: the routes then see no fields and refuse as for an empty form.
+ */
+export async function readAdminForm(request: Request, maxBytes = ADMIN_MAX_BODY_BYTES): Promise<Record<string, string | string[]>> {
+  const declared = Number(request.headers.get("content-length") ?? 0);
+  if (declared > maxBytes) throw new AdminBodyTooLarge();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  if (request.body) {
+    const reader = request.body.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      size += value.byteLength;
+      if (size > maxBytes) {
+        await reader.cancel();
+        throw new AdminBodyTooLarge();
+      }
+      chunks.push(value);
+    }
+  }
+  const type = (request.headers.get("content-type") ?? "").toLowerCase();
+  if (!type.startsWith("application/x-www-form-urlencoded")) return {};
+  const out: Record<string, string | string[]> = {};
+  for (const [k, v] of new URLSearchParams(Buffer.concat(chunks).toString("utf8"))) {
+    const prev = out[k];
+    out[k] = prev === undefined ? v : Array.isArray(prev) ? [...prev, v] : [prev, v];
+  }
+  return out;
+}

@@ -1,21 +1,22 @@
 import { Elysia } from "elysia";
 import { ADMIN_SESSION_TTL_MS } from "../domain/admin-sessions.ts";
 import { parseAuditQuery, presentAudit, type AuditFilter } from "../domain/audit.ts";
-import { presentKey } from "../domain/keys.ts";
+import { issueKeySchema, presentKey } from "../domain/keys.ts";
+import { countKeys, labelPrefixes, listKeyRows, listRuns, suggestLabels } from "../domain/runs.ts";
 import { cumulativeSpend, dailySeries } from "../domain/spend-series.ts";
 import { utcDay } from "../domain/time.ts";
 import { checkVendorConnection } from "../domain/vendor-check.ts";
 import type { VaultKeyRow } from "../db/schema.ts";
 import { actorOf, type Principal } from "../domain/tokens.ts";
-import { ApiError } from "../errors.ts";
+import { ApiError, fieldIssues } from "../errors.ts";
 import type { Services } from "../services.ts";
 import { ADAPTERS } from "../vendors/index.ts";
 import { VENDORS, type VendorName } from "../vendors/types.ts";
 import { ASSETS, type AssetName } from "../../views/assets.ts";
-import { AuditDetail, AuditNotFound, AuditPage, type AuditFilterValues } from "../../views/audit.tsx";
+import { AuditDetailRow, AuditNotFound, AuditPage, AuditResults, type AuditFilterValues } from "../../views/audit.tsx";
 import { FlashMessage } from "../../views/components.tsx";
 import { href } from "../../views/format.ts";
-import { IssuePanel, KeyRow, KeysPage, KeysTable, RunRevoked, type IssueFormState, type KeysFilter, type KeyTab } from "../../views/keys.tsx";
+import { Acknowledge, IssuePanel, KeyRow, KeysPage, KeysTable, RunRow, runRevokedText, type IssueFormState, type KeysFilter, type KeyTab } from "../../views/keys.tsx";
 import { LoginPage } from "../../views/login.tsx";
 import { SpendPage } from "../../views/spend.tsx";
 import { ConnectionResult, VendorCard, VendorsPage } from "../../views/vendors.tsx";
@@ -23,9 +24,14 @@ import { adminSession } from "./admin-session.ts";
 import { adminKeyEditRoutes } from "./admin-key-edit.ts";
 import { adminTokenRoutes } from "./admin-tokens.ts";
 import { auditExportResponse } from "./audit-export.ts";
+import { adminGovernanceRoutes } from "./admin-governance.ts";
 import { fieldErrorsOf, issueBodyFromForm, issueFormValues, secretFromForm, utcFromLocalInput, type FieldErrors } from "./admin-forms.ts";
 import {
+  AdminBodyTooLarge,
   ADMIN_HEADERS,
+  ADMIN_MAX_BODY_BYTES,
+  readAdminForm,
+  render,
   field,
   fragment,
   html,
@@ -38,10 +44,15 @@ import {
   sessionCookie,
 } from "./admin-kit.ts";
 
-const KEY_TABS: readonly KeyTab[] = ["active", "revoked", "expired", "all"];
+const KEY_TABS: readonly KeyTab[] = ["runs", "active", "revoked", "expired", "all"];
+/** A key revoked this recently stays on the Active tab (shown revoked), so rows never vanish under the pointer. */
+const RECENTLY_REVOKED_MS = 15 * 60_000;
 const AUDIT_FILTER_FIELDS = ["label", "key_id", "vendor", "outcome", "since", "until"] as const;
 const PAGE_SIZE = 50;
-const SPEND_DAYS = 30;
+const SPEND_WINDOWS = [1, 7, 30, 90] as const;
+const DEFAULT_SPEND_DAYS = 30;
+
+const TOO_LARGE = Object.freeze({ tooLarge: true });
 
 const isVendor = (v: string | undefined): v is VendorName => (VENDORS as readonly string[]).includes(v ?? "");
 const isInvalidInput = (e: unknown): e is ApiError => e instanceof ApiError && e.code === "invalid_request";
@@ -59,36 +70,68 @@ function flash(status: number, tone: "ok" | "danger", text: string): Response {
 export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
   const keyView = (row: VaultKeyRow, now: number) => ({ ...presentKey(row, now), ...s.keys.spend(row, now) });
 
-  const keysTable = (f: KeysFilter, now = Date.now()) => {
-    const { rows, nextCursor } = s.keys.list(
-      { label: f.label, vendor: isVendor(f.vendor) ? f.vendor : undefined, status: f.status === "all" ? undefined : f.status, cursor: f.cursor, limit: PAGE_SIZE },
-      now,
-    );
-    return { filter: f, counts: s.keys.countByStatus(now), keys: rows.map((r) => keyView(r, now)), nextCursor, now };
+  const keysTable = (f: KeysFilter, csrf: string, now = Date.now()) => {
+    const rf = { label: f.label, vendor: isVendor(f.vendor) ? f.vendor : undefined };
+    const counts = countKeys(s.db, rf, now);
+    if (f.status === "runs") {
+      const { runs, nextCursor } = listRuns(s.db, { ...rf, cursor: f.cursor, limit: PAGE_SIZE }, now);
+      return { filter: f, counts, runs, keys: [], nextCursor, now, csrf };
+    }
+    const status = f.status === "all" ? undefined : f.status;
+    const { rows, nextCursor } = listKeyRows(s.db, { ...rf, status, recentGraceMs: RECENTLY_REVOKED_MS, cursor: f.cursor, limit: PAGE_SIZE }, now);
+    return { filter: f, counts, keys: rows.map((r) => keyView(r, now)), nextCursor, now, csrf };
   };
 
   const keysFilter = (request: Request): KeysFilter => {
     const q = queryFilters(request);
-    const status = KEY_TABS.find((t) => t === q.status) ?? "active";
+    const status = KEY_TABS.find((t) => t === q.status) ?? "runs";
     return { status, label: q.label, vendor: isVendor(q.vendor) ? q.vendor : undefined, cursor: q.cursor };
   };
 
-  /** The issue form through KeyService.issue: the new key, or the form back with its errors. */
+  const unconfiguredVendors = () => VENDORS.filter((v) => !s.secrets.status(v).configured);
+
+  /**
+   * The issue form through KeyService.issue: the new key, or the form back with
+   * every field's error at once (the form's own, such as metadata that is not
+   * JSON, together with the API's).
+   */
   const issueFromForm = (body: unknown, by: Principal): IssueFormState => {
     const values = issueFormValues(body);
-    const { body: apiBody, errors } = issueBodyFromForm(values);
-    if (Object.keys(errors).length) return { values, errors };
+    const { body: apiBody, errors: formErrors } = issueBodyFromForm(values);
+    if (Object.keys(formErrors).length) {
+      const parsed = issueKeySchema(s.config.maxKeyTtlMs).safeParse(apiBody);
+      const apiErrors = parsed.success ? {} : fieldErrorsOf(new ApiError("invalid_request", "Invalid request", fieldIssues(parsed.error.issues)), values);
+      return { values, errors: { ...apiErrors, ...formErrors } };
+    }
     try {
       const { row, vaultKey } = s.keys.issue(apiBody, by);
-      return { values: { vendor: row.vendor }, errors: {}, issued: { key: keyView(row, Date.now()), vaultKey, proxyBaseUrl: proxyBaseUrl() } };
+      const vendorUnconfigured = !s.secrets.status(row.vendor).configured;
+      return { values: { vendor: row.vendor }, errors: {}, issued: { key: keyView(row, Date.now()), vaultKey, proxyBaseUrl: proxyBaseUrl(), vendorUnconfigured } };
     } catch (e) {
       if (!isInvalidInput(e)) throw e;
-      return { values, errors: fieldErrorsOf(e) };
+      return { values, errors: fieldErrorsOf(e, values) };
     }
   };
 
-  const keysPage = (csrf: string, f: KeysFilter, issue: IssueFormState, status = 200) =>
-    html(KeysPage({ csrf, table: keysTable(f), issue }), status);
+  const keysPage = (csrf: string, f: KeysFilter, issue: IssueFormState, status = 200) => {
+    const labels = suggestLabels(s.db, f.label);
+    const suggestions = [...labelPrefixes(labels), ...labels];
+    return html(KeysPage({ csrf, table: keysTable(f, csrf), issue, suggestions, unconfigured: unconfiguredVendors() }), status);
+  };
+
+  /** Revokes one key; the row comes back in place (now revoked) with an acknowledgement beside it. */
+  const revokeKey = (request: Request, keyId: string, by: Principal) => {
+    try {
+      const now = Date.now();
+      const row = s.keys.revoke(keyId, by, now);
+      if (!isHtmx(request)) return redirect(href("/admin/keys", { status: "active", label: row.agentRunLabel }));
+      const ack = Acknowledge({ text: `Revoked key ${row.keyHint}… of run “${row.agentRunLabel}”: its next call is refused.` });
+      return fragment(render(KeyRow({ k: keyView(row, now), now })) + render(ack));
+    } catch (e) {
+      if (e instanceof ApiError && e.code === "not_found") return flash(404, "danger", `No vault key ${keyId}.`);
+      throw e;
+    }
+  };
 
   /** The audit filter from the query string: the typed values, and the parsed filter (or why it does not parse). */
   const auditFilter = (request: Request, extra: Record<string, string> = {}) => {
@@ -98,12 +141,20 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
     const query: Record<string, string | undefined> = { ...values, ...extra };
     if (query.since) query.since = utcFromLocalInput(query.since);
     if (query.until) query.until = utcFromLocalInput(query.until);
+    const live = q.live === "1" && !q.cursor;
     try {
-      return { values, cursor: q.cursor, filter: parseAuditQuery(query) as AuditFilter | null, errors: {} as FieldErrors };
+      return { values, live, cursor: q.cursor, filter: parseAuditQuery(query) as AuditFilter | null, errors: {} as FieldErrors };
     } catch (e) {
       if (!isInvalidInput(e)) throw e;
-      return { values, cursor: q.cursor, filter: null, errors: fieldErrorsOf(e) };
+      return { values, live, cursor: q.cursor, filter: null, errors: fieldErrorsOf(e) };
     }
+  };
+
+  /** One page of the audit log under a filter, with what the whole filter matched. */
+  const auditList = (a: ReturnType<typeof auditFilter>) => {
+    const { rows, nextCursor } = a.filter ? s.audit.page({ ...a.filter, cursor: a.cursor }) : { rows: [], nextCursor: null };
+    const summary = a.filter ? s.audit.summary({ ...a.filter, cursor: undefined }) : null;
+    return { filter: a.values, errors: a.errors, cursor: a.cursor, live: a.live, rows: rows.map(presentAudit), nextCursor, summary };
   };
 
   const vendorCards = () => VENDORS.map((v) => ({ status: s.secrets.status(v), baseUrl: s.config.baseUrls[v] }));
@@ -120,6 +171,14 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
       })
       .onTransform(({ set }) => {
         Object.assign(set.headers, ADMIN_HEADERS);
+      })
+      // Every /admin body (login included) is bounded before it is read or parsed.
+      // A body over the limit parses to a marker (a parse error would become Elysia's 400) and is refused here.
+      .onParse(({ request }) => readAdminForm(request, ADMIN_MAX_BODY_BYTES).catch((e) => (e instanceof AdminBodyTooLarge ? TOO_LARGE : Promise.reject(e))))
+      .onBeforeHandle(({ body }) => {
+        if (body === TOO_LARGE) {
+          return new Response(`Request body is larger than ${ADMIN_MAX_BODY_BYTES} bytes.`, { status: 413, headers: { "content-type": "text/plain; charset=utf-8", ...ADMIN_HEADERS } });
+        }
       })
       .get("", ({ request }) => {
         if (s.adminSessions.find(readCookie(request, SESSION_COOKIE))) return redirect("/admin/keys");
@@ -140,6 +199,7 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
       .use(adminSession(s))
       .use(adminTokenRoutes(s))
       .use(adminKeyEditRoutes(s))
+      .use(adminGovernanceRoutes(s))
       .post(
         "/logout",
         ({ request, sessionId }) => {
@@ -151,38 +211,32 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
 
       // Keys
       .get("/keys", ({ request, session }) => keysPage(session.csrfToken, keysFilter(request), { values: {}, errors: {} }), { session: true })
-      .get("/keys/table", ({ request }) => fragment(KeysTable(keysTable(keysFilter(request)))), { session: true })
+      .get("/keys/table", ({ request, session }) => fragment(KeysTable(keysTable(keysFilter(request), session.csrfToken))), { session: true })
       .post(
         "/keys",
         ({ request, body, session }) => {
           const issue = issueFromForm(body, session.principal);
           const status = issue.issued ? 200 : 422;
-          if (isHtmx(request)) return fragment(IssuePanel({ csrf: session.csrfToken, state: issue }), status);
+          if (isHtmx(request)) return fragment(IssuePanel({ csrf: session.csrfToken, state: issue, unconfigured: unconfiguredVendors() }), status);
           return keysPage(session.csrfToken, { status: "active" }, issue, status);
         },
         { session: true },
       )
-      .delete(
-        "/keys/:key_id",
-        ({ params, session }) => {
-          try {
-            const now = Date.now();
-            return fragment(KeyRow({ k: keyView(s.keys.revoke(params.key_id, session.principal, now), now), now }));
-          } catch (e) {
-            if (e instanceof ApiError && e.code === "not_found") return flash(404, "danger", `No vault key ${params.key_id}.`);
-            throw e;
-          }
-        },
-        { session: true },
-      )
+      .post("/keys/:key_id/revoke", ({ request, params, session }) => revokeKey(request, params.key_id, session.principal), { session: true })
+      .delete("/keys/:key_id", ({ request, params, session }) => revokeKey(request, params.key_id, session.principal), { session: true })
       .post(
         "/runs/revoke",
         ({ request, body, session }) => {
           const label = field(body, "agent_run_label")?.trim() ?? "";
           if (!label) return isHtmx(request) ? flash(422, "danger", "Type the run label to revoke.") : redirect("/admin/keys");
-          const { rows, newlyRevoked } = s.keys.revokeByLabel(label, session.principal);
-          if (!isHtmx(request)) return redirect(href("/admin/keys", { status: "revoked", label }));
-          return fragment(RunRevoked({ label, revoked: newlyRevoked, total: rows.length }));
+          const now = Date.now();
+          const { rows, newlyRevoked } = s.keys.revokeByLabel(label, session.principal, now);
+          if (!isHtmx(request)) return redirect(href("/admin/keys", { status: "runs", label }));
+          const text = runRevokedText({ label, revoked: newlyRevoked, total: rows.length });
+          const ack = render(Acknowledge({ text, tone: rows.length ? "ok" : "danger" }));
+          // The run's row comes back in place, now revoked with its final spend.
+          const run = listRuns(s.db, { label, limit: 1 }, now).runs[0];
+          return fragment((run ? render(RunRow({ r: run, now })) : "") + ack, rows.length ? 200 : 404);
         },
         { session: true },
       )
@@ -192,9 +246,16 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
         "/audit",
         ({ request, session }) => {
           const a = auditFilter(request, { limit: String(PAGE_SIZE) });
-          const { rows, nextCursor } = a.filter ? s.audit.page({ ...a.filter, cursor: a.cursor }) : { rows: [], nextCursor: null };
-          const page = AuditPage({ csrf: session.csrfToken, filter: a.values, errors: a.errors, cursor: a.cursor, rows: rows.map(presentAudit), nextCursor });
-          return html(page, a.filter ? 200 : 400);
+          return html(AuditPage({ csrf: session.csrfToken, ...auditList(a) }), a.filter ? 200 : 400);
+        },
+        { session: true },
+      )
+      // The list and its summary alone: what the live tail polls.
+      .get(
+        "/audit/rows",
+        ({ request }) => {
+          const a = auditFilter(request, { limit: String(PAGE_SIZE) });
+          return fragment(AuditResults(auditList(a)), a.filter ? 200 : 400);
         },
         { session: true },
       )
@@ -214,9 +275,10 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
           const id = /^\d{1,15}$/.test(params.id) ? Number(params.id) : NaN;
           const row = Number.isNaN(id) ? undefined : s.audit.page(parseAuditQuery({ cursor: String(id + 1), limit: "1" })).rows[0];
           if (!row || row.id !== id) return isHtmx(request) ? flash(404, "danger", `No audit row ${params.id}.`) : html(AuditNotFound({ id: params.id }), 404);
-          if (isHtmx(request)) return fragment(AuditDetail({ row: presentAudit(row) }));
-          const { rows, nextCursor } = s.audit.page(parseAuditQuery({ limit: String(PAGE_SIZE) }));
-          return html(AuditPage({ csrf: session.csrfToken, filter: {}, errors: {}, rows: rows.map(presentAudit), nextCursor, detail: presentAudit(row) }));
+          // Opened from a row: the details go right under it, where the eye already is.
+          if (isHtmx(request)) return fragment(AuditDetailRow({ row: presentAudit(row) }));
+          const a = auditFilter(new Request("http://x/admin/audit"), { limit: String(PAGE_SIZE) });
+          return html(AuditPage({ csrf: session.csrfToken, ...auditList(a), detail: presentAudit(row) }));
         },
         { session: true },
       )
@@ -225,18 +287,29 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
       .get(
         "/spend",
         ({ request, session }) => {
-          const label = queryFilters(request).label;
+          const q = queryFilters(request);
+          const label = q.label;
+          const days = SPEND_WINDOWS.find((d) => String(d) === q.days) ?? DEFAULT_SPEND_DAYS;
           const now = Date.now();
-          const since = Date.parse(utcDay(now - (SPEND_DAYS - 1) * 86_400_000) + "T00:00:00Z");
+          const since = Date.parse(utcDay(now - (days - 1) * 86_400_000) + "T00:00:00Z");
           const runPoints = label === undefined ? undefined : cumulativeSpend(s.audit.all(parseAuditQuery({ label, since: new Date(since).toISOString() })));
+          const run = label === undefined ? undefined : listRuns(s.db, { label, limit: label.endsWith("*") ? 1000 : 1 }, now).runs;
+          const runCap = run?.length
+            ? run.every((r) => r.total_cap_usd !== null)
+              ? { usd: run.reduce((t, r) => t + r.total_cap_usd!, 0), kind: "lifetime" as const }
+              : { usd: run.reduce((t, r) => t + r.daily_cap_usd, 0), kind: "daily" as const }
+            : undefined;
           return html(
             SpendPage({
               csrf: session.csrfToken,
-              days: SPEND_DAYS,
+              days,
+              windows: SPEND_WINDOWS,
               label,
-              daily: dailySeries(s.audit.dailySpend(since, label), now, SPEND_DAYS),
+              daily: dailySeries(s.audit.dailySpend(since, label), now, days),
               runs: s.audit.spend(since, now + 1).by_label,
               runPoints,
+              runCap,
+              now,
             }),
           );
         },

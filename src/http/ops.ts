@@ -41,6 +41,24 @@ function openApi(maxTtlMs: number) {
       },
       "/tokens/{token_id}": { delete: { summary: "Revoke a token at once and end its admin sessions (admin; idempotent)", responses: { "200": { description: "The token" }, ...errors } } },
       "/events": { get: { summary: "Operator trail (type, since, until, cursor, limit; admin and viewer)", responses: { "200": { description: "{data, next_cursor}" }, ...errors } } },
+      "/budgets": {
+        post: { summary: "Create a pooled budget {name, label_prefix, daily_usd_cap, vendor?} (admin)", responses: { "201": { description: "The budget with its spend today" }, ...errors } },
+        get: { summary: "Budgets with spent_today_usd, reserved_usd, remaining_today_usd (include_deleted; admin and viewer)", responses: { "200": { description: "{data}" }, ...errors } },
+      },
+      "/budgets/{budget_id}": {
+        get: { summary: "A budget with its spend today (admin and viewer)", responses: { "200": { description: "The budget" }, ...errors } },
+        patch: { summary: "Change name, label_prefix, daily_usd_cap, vendor (admin); applies to the next call", responses: { "200": { description: "The budget" }, "409": { description: "Deleted" }, ...errors } },
+        delete: { summary: "Delete a budget: sets deleted_at (admin; idempotent)", responses: { "200": { description: "The budget" }, ...errors } },
+      },
+      "/webhooks": {
+        post: { summary: "Create a webhook {url, events, thresholds?, format?: json|slack} (admin); the signing secret is shown only here", responses: { "201": { description: "The webhook and its secret" }, ...errors } },
+        get: { summary: "List webhooks (admin; never the secret)", responses: { "200": { description: "{data}" }, ...errors } },
+      },
+      "/webhooks/{webhook_id}": {
+        get: { summary: "A webhook (admin)", responses: { "200": { description: "The webhook" }, ...errors } },
+        delete: { summary: "Delete a webhook (admin; idempotent); queued deliveries are not sent", responses: { "200": { description: "The webhook" }, ...errors } },
+      },
+      "/webhooks/{webhook_id}/deliveries": { get: { summary: "Deliveries, newest first, each with every attempt's status (cursor, limit; admin)", responses: { "200": { description: "{data, next_cursor}" }, ...errors } } },
       "/vault/keys/revoke": { post: { summary: "Revoke every key of a run ({agent_run_label})", responses: { "200": { description: "Revoked keys" }, ...errors } } },
       "/vault/audit": { get: { summary: "Audit log (key_id, label, vendor, outcome, since, until, cursor, limit, format=json|csv|jsonl)", responses: { "200": { description: "Rows" }, ...errors } } },
       "/vault/spend": { get: { summary: "Spend per label and key over [since, until) (default: today UTC)", responses: { "200": { description: "Totals" }, ...errors } } },

@@ -3,40 +3,52 @@ import type { Forwarder } from "../proxy/forward.ts";
 import { ADAPTERS } from "../vendors/index.ts";
 import { VENDORS, type VendorName } from "../vendors/types.ts";
 
-/** Splits a request URL into its raw (still percent-encoded) path and "?query", without re-normalising it. */
-function rawTarget(url: string): { path: string; query: string } {
-  const start = url.indexOf("/", url.indexOf("//") + 2);
-  const q = url.indexOf("?", start);
-  return q < 0 ? { path: url.slice(start), query: "" } : { path: url.slice(start, q), query: url.slice(q) };
+/**
+ * Splits a request target into its raw (still percent-encoded) path and "?query", without
+ * re-normalising it. Bun gives an absolute URL built from the Host header, or the bare
+ * origin-form target when there is no Host (HTTP/1.0); the path is whatever follows the
+ * authority, never a guess from the Host header's length.
+ */
+export function rawTarget(url: string): { path: string; query: string } {
+  let start = 0;
+  if (!url.startsWith("/")) {
+    const scheme = url.indexOf("://");
+    start = scheme < 0 ? url.length : url.indexOf("/", scheme + 3);
+    if (start < 0) start = url.length;
+  }
+  const rest = url.slice(start) || "/";
+  const q = rest.indexOf("?");
+  return q < 0 ? { path: rest, query: "" } : { path: rest.slice(0, q), query: rest.slice(q) };
+}
+
+/** The vendor named by a /{vendor} prefix and the path after it, or an SDK's own path with no prefix; null: not a proxy path. */
+export function proxyTarget(path: string): { vendor: VendorName | null; rest: string } | null {
+  for (const vendor of VENDORS) {
+    if (path.startsWith(`/${vendor}/`)) return { vendor, rest: path.slice(vendor.length + 1) };
+  }
+  for (const adapter of Object.values(ADAPTERS)) {
+    for (const prefix of adapter.ownPathPrefixes) {
+      const base = prefix.replace(/\/$/, "");
+      if (path === base || path.startsWith(base + "/")) return { vendor: null, rest: path };
+    }
+  }
+  return null;
 }
 
 /**
  * Vendor routes: /{vendor}/… and, because stripe-node can only change host and
  * port, each vendor's own paths with no prefix (routed by the key's vendor).
- * Bodies stay unparsed: the forwarder reads the bytes once.
+ *
+ * Matched in onRequest, on the raw request target, before Elysia's router: the router
+ * finds the path by skipping a fixed number of characters of the URL, so a short Host
+ * header (`Host: kb`) or none at all (HTTP/1.0) would route `/v1/payment_intents` as
+ * `/payment_intents`. Bodies stay unread: the forwarder reads the bytes once.
  */
 export function proxyRoutes(forwarder: Forwarder) {
-  const app = new Elysia({ name: "proxy" });
-  for (const vendor of VENDORS) {
-    app.all(
-      `/${vendor}/*`,
-      ({ request }) => {
-        const { path, query } = rawTarget(request.url);
-        return forwarder.handle(request, vendor as VendorName, path.slice(vendor.length + 1), query);
-      },
-      { parse: "none" },
-    );
-  }
-  const unprefixed = ({ request }: { request: Request }) => {
+  return new Elysia({ name: "proxy" }).onRequest(({ request }) => {
     const { path, query } = rawTarget(request.url);
-    return forwarder.handle(request, null, path, query);
-  };
-  for (const adapter of Object.values(ADAPTERS)) {
-    for (const prefix of adapter.ownPathPrefixes) {
-      const base = prefix.replace(/\/$/, "");
-      app.all(base, unprefixed, { parse: "none" });
-      app.all(`${base}/*`, unprefixed, { parse: "none" });
-    }
-  }
-  return app;
+    const target = proxyTarget(path);
+    if (!target) return;
+    return forwarder.handle(request, target.vendor, target.rest, query);
+  });
 }

@@ -5,9 +5,10 @@ import type { AuditOutcome, CallFacts, Ledger, LiveKey, RepeatGuard, Reservation
 import type { VendorSecretStore } from "../domain/secrets.ts";
 import type { Metrics } from "../metrics.ts";
 import { microsToDecimalString } from "../money.ts";
+import { formatUsdMicros } from "../money-format.ts";
 import { ADAPTERS, vendorForPath } from "../vendors/index.ts";
 import { READ_METHODS } from "../vendors/rules.ts";
-import type { Pricing, PricingContext, VendorAdapter, VendorName } from "../vendors/types.ts";
+import type { ObjectRecord, Pricing, PricingContext, VendorAdapter, VendorName } from "../vendors/types.ts";
 import type { Logger } from "../log.ts";
 import { downstreamResponseHeaders, readVaultKey, upstreamRequestHeaders } from "./headers.ts";
 
@@ -29,39 +30,80 @@ const MAX_BUFFERED_RESPONSE = 1024 * 1024;
 /** How long an answer to an Idempotency-Key is kept for replays, as Stripe does. */
 export const IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000;
 
+/** Connection may name only these: any other name would strip an end-to-end header Keybrake relies on (Idempotency-Key…). */
+const CONNECTION_TOKENS = new Set(["close", "keep-alive"]);
+/** What an audit row of an unknown key keeps: a flood of them stores a bounded amount per request. */
+const UNKNOWN_KEY_PATH_CHARS = 128;
+
+/** The facts of one call as it ends, for the operator log (src/log.ts): one entry per call. */
+interface CallState {
+  key: LiveKey | null;
+  outcome: AuditOutcome;
+  errorCode: string | null;
+  costMicros: number;
+}
+
 /**
- * One proxied call: identify the key, check it, price and reserve, forward
- * with the real secret, settle from the answer. Every path through here
- * leaves exactly one audit row.
+ * One proxied call: identify the key, check it, read the request exactly as the
+ * vendor will, price and reserve, forward with the real secret, settle from the
+ * answer. Every path through here leaves exactly one audit row and one log entry,
+ * and answers in the vendor's error shape, internal failures included.
  */
 export class Forwarder {
   private readonly fetchUpstream: typeof fetch;
   private readonly allowlists = new Map<string, EndpointRule[]>(); // allowlists never change after issue
-  private readonly pricingContext: PricingContext;
 
   constructor(private readonly deps: ForwarderDeps) {
     this.fetchUpstream = deps.fetch ?? fetch;
-    this.pricingContext = {
-      pricing: deps.pricing,
-      createdThroughKeybrake: (id) => deps.ledger.createdThroughKeybrake(id),
-    };
   }
 
   /** `prefixVendor` is the vendor named by a /{vendor} prefix (null when the SDK cannot add one); `rawPath` follows it. */
   async handle(request: Request, prefixVendor: VendorName | null, rawPath: string, query: string): Promise<Response> {
     const started = performance.now();
-    const now = Date.now();
-    const { ledger } = this.deps;
-    const method = request.method.toUpperCase();
-    const idempotencyHeader = request.headers.get("idempotency-key");
     const call: CallFacts = {
       vendor: prefixVendor ?? vendorForPath(rawPath) ?? "stripe",
-      method,
+      method: request.method.toUpperCase().slice(0, 16),
       path: rawPath.slice(0, 2048),
-      idempotencyKey: idempotencyHeader?.slice(0, 255) ?? null, // as audited; longer keys are refused below
+      idempotencyKey: request.headers.get("idempotency-key")?.slice(0, 255) ?? null, // as audited; longer keys are refused below
     };
+    const state: CallState = { key: null, outcome: "invalid_request", errorCode: null, costMicros: 0 };
+    let res: Response;
+    try {
+      res = await this.handleCall(request, prefixVendor, rawPath, query, call, state, started);
+    } catch (err) {
+      // Never Elysia's envelope on the proxy: the SDK must raise its usual exception.
+      this.deps.logger.error(`proxy: internal error on ${call.method} ${call.path}: ${(err as Error).message}`);
+      state.outcome = "upstream_error";
+      state.errorCode = "internal_error";
+      res = this.refusalResponse(ADAPTERS[call.vendor as VendorName] ?? ADAPTERS.stripe, 500, "internal_error", "Keybrake failed while handling this call; if it moved money, it is reserved against the cap.");
+      res.headers.delete("stripe-should-retry");
+    }
+    this.deps.logger.call({
+      key_id: state.key?.id ?? null,
+      agent_run_label: state.key?.agent_run_label ?? null,
+      vendor: call.vendor,
+      method: call.method,
+      path: call.path,
+      outcome: state.outcome,
+      status: res.status,
+      error_code: state.errorCode,
+      cost_micros: state.costMicros,
+      latency_ms: Math.round((performance.now() - started) * 1000) / 1000,
+    });
+    return res;
+  }
+
+  private async handleCall(request: Request, prefixVendor: VendorName | null, rawPath: string, query: string, call: CallFacts, state: CallState, started: number): Promise<Response> {
+    const now = Date.now();
+    const { ledger } = this.deps;
+    const method = call.method;
+    const idempotencyHeader = request.headers.get("idempotency-key");
     const refuse = async (adapter: VendorAdapter, key: LiveKey | null, status: number, outcome: AuditOutcome, code: string, message: string) => {
-      await ledger.recordRefusal(key, call, outcome, code, now);
+      // An unknown key's row keeps bounded fields only: it is the cheapest request anyone can send.
+      const facts = key ? call : { ...call, path: call.path.slice(0, UNKNOWN_KEY_PATH_CHARS), idempotencyKey: null };
+      await ledger.recordRefusal(key, facts, outcome, code, now);
+      state.outcome = outcome;
+      state.errorCode = code;
       return this.refusal(adapter, status, outcome, code, message);
     };
 
@@ -71,11 +113,16 @@ export class Forwarder {
     if (!key) {
       return refuse(ADAPTERS[call.vendor as VendorName], null, 401, "invalid_key", "invalid_key", "Unknown vault key. Issue one with POST /vault/keys and send it as this vendor's API key.");
     }
+    state.key = key;
     const vendor = key.vendor as VendorName;
     call.vendor = vendor;
     const adapter = ADAPTERS[vendor];
     if (key.revoked_at !== null) return refuse(adapter, key, 401, "revoked", "key_revoked", "This vault key has been revoked.");
     if (key.expires_at <= now) return refuse(adapter, key, 401, "expired", "key_expired", "This vault key has expired.");
+    const declared = Number(request.headers.get("content-length") ?? 0);
+    if (declared > this.deps.maxBodyBytes) {
+      return refuse(adapter, key, 413, "invalid_request", "body_too_large", `Request body is larger than ${this.deps.maxBodyBytes} bytes.`);
+    }
 
     // 2. Endpoint allowed, matched on the normalised path that is actually forwarded.
     if (prefixVendor && prefixVendor !== vendor) {
@@ -89,6 +136,12 @@ export class Forwarder {
     if (!secret) {
       return refuse(adapter, key, 503, "upstream_error", "vendor_not_configured", `Keybrake has no ${vendor} secret configured.`);
     }
+    for (const token of (request.headers.get("connection") ?? "").split(",")) {
+      const name = token.trim().toLowerCase();
+      if (name !== "" && !CONNECTION_TOKENS.has(name)) {
+        return refuse(adapter, key, 400, "invalid_request", "ambiguous_request", `The Connection header names "${name.slice(0, 40)}"; Keybrake forwards end-to-end headers as sent, so Connection may only say close or keep-alive.`);
+      }
+    }
     const upstreamHeaders = upstreamRequestHeaders(request.headers);
     const path = adapter.authorize(joinPath(segments), upstreamHeaders, secret);
     call.path = path;
@@ -96,31 +149,52 @@ export class Forwarder {
     if (!isAllowed(this.allowlist(key), method, forwardedSegments)) {
       return refuse(adapter, key, 403, "endpoint_denied", "endpoint_not_allowed", `${method} ${path} is not in this vault key's allowed_endpoints.`);
     }
+    // Stripe-Context (newer Stripe APIs) names the acting account too: both are held to the key's stripe_accounts.
+    for (const header of ["stripe-account", "stripe-context"]) {
+      const account = request.headers.get(header);
+      if (account !== null && !(JSON.parse(key.stripe_accounts ?? "[]") as string[]).includes(account)) {
+        return refuse(adapter, key, 403, "endpoint_denied", "stripe_account_not_allowed", `${header === "stripe-account" ? "Stripe-Account" : "Stripe-Context"} "${account.slice(0, 64)}" is not in this vault key's stripe_accounts.`);
+      }
+    }
 
-    // 3. Price the call.
-    const declared = Number(request.headers.get("content-length") ?? 0);
-    if (declared > this.deps.maxBodyBytes) {
+    // 3. Read the body exactly as the vendor will (bounded while it streams in), then price it.
+    const raw = await readBounded(request, this.deps.maxBodyBytes);
+    if (raw === null) {
       return refuse(adapter, key, 413, "invalid_request", "body_too_large", `Request body is larger than ${this.deps.maxBodyBytes} bytes.`);
     }
-    const bodyBuffer = await request.arrayBuffer();
-    const body = new Uint8Array(bodyBuffer);
-    if (body.byteLength > this.deps.maxBodyBytes) {
-      return refuse(adapter, key, 413, "invalid_request", "body_too_large", `Request body is larger than ${this.deps.maxBodyBytes} bytes.`);
+    const wire = adapter.read({
+      method,
+      path,
+      query,
+      contentType: request.headers.get("content-type") ?? "",
+      contentEncoding: request.headers.get("content-encoding") ?? "",
+      body: raw,
+    });
+    if (!wire.ok) return refuse(adapter, key, 400, "invalid_request", "ambiguous_request", `Keybrake refused an ambiguous request: ${wire.message}`);
+    const body = wire.body;
+    const ctx: PricingContext = { pricing: this.deps.pricing, pricedObject: (id) => ledger.pricedObject(key.id, id) };
+    let estimate = adapter.estimate({ method, path, query, contentType: "", contentEncoding: "", body, form: wire.form, json: wire.json }, ctx);
+    if (estimate.kind === "lookup") {
+      // Priced from the object as the vendor has it now; this GET is part of the call's latency.
+      const found = await this.lookup(adapter, estimate.path, upstreamHeaders);
+      if (!found.ok) return refuse(adapter, key, found.status, found.status === 502 ? "upstream_error" : "invalid_request", found.code, found.message);
+      estimate = estimate.price(found.object);
     }
-    const estimate = adapter.estimate(
-      { method, path, query, contentType: request.headers.get("content-type") ?? "", body },
-      this.pricingContext,
-    );
     let micros: number;
-    if (estimate.kind === "invalid") {
-      return refuse(adapter, key, 400, "invalid_request", "cannot_price", estimate.message);
+    let record: ObjectRecord | undefined;
+    if (estimate.kind === "invalid" || estimate.kind === "lookup") {
+      return refuse(adapter, key, 400, "invalid_request", "cannot_price", estimate.kind === "invalid" ? estimate.message : "Keybrake could not price this call.");
     } else if (estimate.kind === "unpriced") {
+      if (estimate.movesMoney) {
+        return refuse(adapter, key, 403, "endpoint_denied", "unpriced_endpoint", `${method} ${path} moves money later on terms Keybrake cannot price, so it is refused even with allow_unpriced; name a price for it in the pricing file (fixed_usd) to let it through.`);
+      }
       if (!key.allow_unpriced) {
         return refuse(adapter, key, 403, "endpoint_denied", "unpriced_endpoint", `${method} ${path} has no price rule; issue the key with allow_unpriced: true to let it through at $0.`);
       }
       micros = 0;
     } else {
       micros = estimate.micros;
+      record = estimate.record;
     }
 
     // 4. Recognise repeats, then reserve atomically (revocation and expiry are re-checked inside the transaction).
@@ -145,9 +219,10 @@ export class Forwarder {
     }
     switch (admission.kind) {
       case "reserved":
-        return this.forward(adapter, admission.reservation, upstreamHeaders, method, path, query, bodyBuffer, started);
+        return this.forward(adapter, admission.reservation, upstreamHeaders, method, path, query, body, started, ctx, record, state);
       case "replay": {
         this.deps.metrics.countRequest(vendor, "replayed");
+        state.outcome = "replayed";
         const headers = new Headers(admission.answer.headers);
         headers.set("idempotent-replayed", "true");
         headers.set("x-keybrake-cost-usd", microsToDecimalString(0));
@@ -155,19 +230,49 @@ export class Forwarder {
         return new Response(admission.answer.body as Uint8Array<ArrayBuffer>, { status: admission.answer.status, headers });
       }
       case "mismatch":
+        state.errorCode = "idempotency_key_mismatch";
         return this.refusal(adapter, adapter.idempotency.mismatchStatus, "invalid_request", "idempotency_key_mismatch", "Keys for idempotent requests can only be used with the same parameters they were first used with.");
       case "refused": {
         this.deps.metrics.countRequest(vendor, admission.outcome);
+        state.outcome = admission.outcome;
         if (admission.outcome === "cap_hit") {
-          const res = this.refusalResponse(adapter, 429, "cap_exceeded", `Spend cap reached: this call would cost $${microsToDecimalString(micros)} and $${microsToDecimalString(admission.remainingMicros)} is left.`);
+          const scope = admission.capScope ?? { kind: "key" };
+          const which = scope.kind === "budget" ? `Budget "${scope.name}" (${scope.budgetId}) reached` : "Spend cap reached";
+          state.errorCode = scope.kind === "budget" ? "budget_cap_exceeded" : "cap_exceeded";
+          const res = this.refusalResponse(adapter, 429, "cap_exceeded", `${which}: this call would cost ${formatUsdMicros(micros)} and ${formatUsdMicros(admission.remainingMicros)} is left.`);
           res.headers.set("x-keybrake-cap-hit", "true");
+          res.headers.set("x-keybrake-cap-scope", scope.kind);
           res.headers.set("x-keybrake-remaining-usd", microsToDecimalString(admission.remainingMicros));
           return res;
         }
         const code = admission.outcome === "revoked" ? "key_revoked" : "key_expired";
+        state.errorCode = code;
         return this.refusalResponse(adapter, 401, code, `This vault key has been ${admission.outcome}.`);
       }
     }
+  }
+
+  /** GET of the object a call acts on, with the real secret (and the same Stripe-Account), to price the call from it. */
+  private async lookup(adapter: VendorAdapter, path: string, upstream: Headers): Promise<{ ok: true; object: Record<string, unknown> } | { ok: false; status: number; code: string; message: string }> {
+    const headers = new Headers({ authorization: upstream.get("authorization") ?? "" });
+    const account = upstream.get("stripe-account");
+    if (account) headers.set("stripe-account", account);
+    let res: Response;
+    try {
+      res = await this.fetchUpstream(this.deps.baseUrls[adapter.name] + path, { method: "GET", headers, redirect: "manual", signal: AbortSignal.timeout(this.deps.upstreamTimeoutMs) });
+    } catch {
+      return { ok: false, status: 502, code: "upstream_unreachable", message: `Keybrake could not look up ${path} at ${adapter.name} to price this call; nothing was sent.` };
+    }
+    let json: unknown;
+    try {
+      json = await res.json();
+    } catch {
+      json = undefined;
+    }
+    if (!res.ok || !json || typeof json !== "object" || Array.isArray(json)) {
+      return { ok: false, status: 400, code: "cannot_price", message: `Keybrake prices this call from ${path}, which ${adapter.name} answered with ${res.status}; nothing was sent.` };
+    }
+    return { ok: true, object: json as Record<string, unknown> };
   }
 
   /**
@@ -193,8 +298,11 @@ export class Forwarder {
     method: string,
     path: string,
     query: string,
-    body: ArrayBuffer,
+    body: Uint8Array,
     started: number,
+    ctx: PricingContext,
+    record: ObjectRecord | undefined,
+    state: CallState,
   ): Promise<Response> {
     const { ledger, metrics } = this.deps;
     const url = this.deps.baseUrls[adapter.name] + path + query;
@@ -204,7 +312,7 @@ export class Forwarder {
       upstream = await this.fetchUpstream(url, {
         method,
         headers,
-        body: method === "GET" || method === "HEAD" ? undefined : body,
+        body: method === "GET" || method === "HEAD" ? undefined : (body as Uint8Array<ArrayBuffer>),
         redirect: "manual",
         signal: AbortSignal.timeout(this.deps.upstreamTimeoutMs),
       });
@@ -219,6 +327,7 @@ export class Forwarder {
       const latencyMs = performance.now() - started;
       await ledger.keepUnsettled(reservation, { vendorStatus: null, actualMicros: 0, vendorRequestId: null, vendorObjectId: null, latencyMs }, code);
       metrics.countRequest(adapter.name, "upstream_error");
+      Object.assign(state, { outcome: "upstream_error", errorCode: code, costMicros: reservation.micros });
       const res = this.refusalResponse(adapter, timedOut ? 504 : 502, code, timedOut ? `${adapter.name} did not answer in time; the call may have gone through.` : `Lost the connection to ${adapter.name}; the call may have gone through.`);
       res.headers.delete("stripe-should-retry"); // the SDK's own retry (same Idempotency-Key) is the right move here
       res.headers.set("x-keybrake-cost-usd", microsToDecimalString(reservation.micros));
@@ -252,8 +361,9 @@ export class Forwarder {
     let cost: number;
     let remaining = reservation.remainingMicros;
     if (upstream.ok) {
-      cost = adapter.settle(reservation.micros, { status: upstream.status, headers: upstream.headers, json }, this.pricingContext);
-      await ledger.settle(reservation, { ...facts, actualMicros: cost }, answer);
+      cost = adapter.settle(reservation.micros, { status: upstream.status, headers: upstream.headers, json }, ctx);
+      const objectId = record ? (record.objectId ?? facts.vendorObjectId) : null;
+      await ledger.settle(reservation, { ...facts, actualMicros: cost }, answer, record && objectId ? { ...record, objectId } : null);
       remaining = Math.max(0, remaining + reservation.micros - cost);
       metrics.addSpend(adapter.name, cost);
       metrics.countRequest(adapter.name, "forwarded");
@@ -266,7 +376,10 @@ export class Forwarder {
       cost = reservation.micros; // outcome unknown: keep the reservation
       await ledger.keepUnsettled(reservation, { ...facts, actualMicros: 0 }, "upstream_5xx");
       metrics.countRequest(adapter.name, "upstream_error");
+      Object.assign(state, { outcome: "upstream_error", errorCode: "upstream_5xx" });
     }
+    if (upstream.status < 500) state.outcome = "forwarded";
+    state.costMicros = cost;
 
     out.set("x-keybrake-cost-usd", microsToDecimalString(cost));
     out.set("x-keybrake-remaining-usd", microsToDecimalString(remaining));
@@ -293,4 +406,30 @@ export class Forwarder {
     const headers = new Headers({ "content-type": "application/json", "x-keybrake-error": code, ...r.headers });
     return new Response(JSON.stringify(r.body), { status: r.status, headers });
   }
+}
+
+/** The request body, read as it streams in and abandoned past `max` bytes: a large body is never buffered whole. */
+async function readBounded(request: Request, max: number): Promise<Uint8Array | null> {
+  if (!request.body) return new Uint8Array();
+  const reader = request.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > max) {
+      reader.cancel().catch(() => {});
+      return null;
+    }
+    chunks.push(value);
+  }
+  if (chunks.length === 1) return chunks[0]!;
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.byteLength;
+  }
+  return out;
 }

@@ -3,11 +3,12 @@ import { z } from "zod";
 import { compileAllowlist, parseEndpointRule } from "../domain/endpoints.ts";
 import { decimalToMicros } from "../money.ts";
 import { DEFAULT_USD_MICROS_PER_MAJOR_UNIT } from "./currency.ts";
+import { DEFAULT_DESTINATION_MICROS } from "./twilio-destinations.ts";
 import { VENDORS, type Pricing, type VendorName } from "./types.ts";
 
 export const DEFAULT_PRICING: Pricing = {
   usdMicrosPerMajorUnit: DEFAULT_USD_MICROS_PER_MAJOR_UNIT,
-  twilio: { smsSegmentMicros: 8_300, mmsMicros: 20_000 },
+  twilio: { smsSegmentMicros: 8_300, mmsMicros: 20_000, destinationMicros: DEFAULT_DESTINATION_MICROS, contentSegments: {} },
   resend: { perRecipientMicros: 900 },
   fixed: { stripe: [], twilio: [], resend: [] },
 };
@@ -27,12 +28,22 @@ const endpointKey = z.string().refine((e) => typeof parseEndpointRule(e) !== "st
 
 /**
  * KEYBRAKE_PRICING_FILE: every field optional, merged over the built-in table.
- * { "currency_rates_usd": {"eur": 1.08}, "twilio": {"sms_segment_usd": 0.0079, "mms_usd": 0.02},
+ * { "currency_rates_usd": {"eur": 1.08},
+ *   "twilio": {"sms_segment_usd": 0.0079, "mms_usd": 0.02, "destination_usd": {"+44": 0.0524},
+ *              "content_sid_segments": {"HX…": 2}},
  *   "resend": {"per_recipient_usd": 0.0009}, "fixed_usd": {"stripe": {"POST /v1/customers": 0}} }
  */
 const PricingFile = z.strictObject({
   currency_rates_usd: z.record(z.string().regex(/^[a-zA-Z]{3}$/, "currency codes are 3 letters"), rate).optional(),
-  twilio: z.strictObject({ sms_segment_usd: usd.optional(), mms_usd: usd.optional() }).optional(),
+  twilio: z
+    .strictObject({
+      /** The +1 (US/Canada) rate, kept from the first pricing-file shape. */
+      sms_segment_usd: usd.optional(),
+      mms_usd: usd.optional(),
+      destination_usd: z.record(z.string().regex(/^\+?[1-9]\d{0,5}$/, 'destination prefixes are "+" and 1–6 digits'), usd).optional(),
+      content_sid_segments: z.record(z.string().regex(/^HX[0-9a-fA-F]{32}$/, "ContentSids are HX + 32 hex digits"), z.number().int().min(1).max(49)).optional(),
+    })
+    .optional(),
   resend: z.strictObject({ per_recipient_usd: usd.optional() }).optional(),
   fixed_usd: z.partialRecord(z.enum(VENDORS), z.record(endpointKey, usd)).optional(),
 });
@@ -65,8 +76,17 @@ export function loadPricing(file?: string): Pricing {
     twilio: {
       smsSegmentMicros: p.twilio?.sms_segment_usd ?? DEFAULT_PRICING.twilio.smsSegmentMicros,
       mmsMicros: p.twilio?.mms_usd ?? DEFAULT_PRICING.twilio.mmsMicros,
+      destinationMicros: destinations(p.twilio?.sms_segment_usd, p.twilio?.destination_usd),
+      contentSegments: p.twilio?.content_sid_segments ?? {},
     },
     resend: { perRecipientMicros: p.resend?.per_recipient_usd ?? DEFAULT_PRICING.resend.perRecipientMicros },
     fixed,
   };
+}
+
+function destinations(usRate: number | undefined, overrides: Record<string, number> | undefined): Record<string, number> {
+  const table: Record<string, number> = { ...DEFAULT_DESTINATION_MICROS };
+  if (usRate !== undefined) table["1"] = usRate;
+  for (const [prefix, micros] of Object.entries(overrides ?? {})) table[prefix.replace(/^\+/, "")] = micros;
+  return table;
 }

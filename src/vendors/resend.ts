@@ -1,34 +1,48 @@
-import { fixedPrice, matches, parseJson, READ_METHODS, rules } from "./rules.ts";
+import { fixedPrice, matches, READ_METHODS, rules } from "./rules.ts";
+import { readWire } from "./wire.ts";
 import type { Estimate, PricedRequest, PricingContext, VendorAdapter } from "./types.ts";
 
 const SEND = rules("POST /emails");
 const SEND_BATCH = rules("POST /emails/batch");
-/** Managing domains, audiences, contacts, keys and scheduled emails sends nothing. */
+const BROADCAST_CREATE = rules("POST /broadcasts");
+/** Sending a broadcast mails its whole audience, whose size is not in the request: priced only by the pricing file. */
+const MONEY_LATER = rules("POST /broadcasts/*/send");
+/** Managing domains, audiences, contacts, keys, scheduled emails and draft broadcasts sends nothing. Named routes only. */
 const FREE_WRITES = rules(
-  "* /emails/*",
-  "* /domains",
-  "* /domains/*",
-  "* /domains/*/*",
-  "* /audiences",
-  "* /audiences/*",
-  "* /audiences/*/contacts",
-  "* /audiences/*/contacts/*",
-  "* /contacts",
-  "* /contacts/*",
-  "* /api-keys",
-  "* /api-keys/*",
-  "* /broadcasts",
-  "* /broadcasts/*",
+  "PATCH /emails/*",
+  "POST /emails/*/cancel",
+  "POST /domains",
+  "PATCH /domains/*",
+  "DELETE /domains/*",
+  "POST /domains/*/verify",
+  "POST /audiences",
+  "DELETE /audiences/*",
+  "POST /audiences/*/contacts",
+  "PATCH /audiences/*/contacts/*",
+  "DELETE /audiences/*/contacts/*",
+  "POST /contacts",
+  "PATCH /contacts/*",
+  "DELETE /contacts/*",
+  "POST /api-keys",
+  "DELETE /api-keys/*",
+  "PATCH /broadcasts/*",
+  "DELETE /broadcasts/*",
 );
 
+/**
+ * Recipients of one email: to + cc + bcc, each a string or a list of strings. A string
+ * holding commas is counted as that many addresses: whether the vendor splits it is
+ * not documented, so Keybrake reserves as if it did.
+ */
 function recipients(email: unknown): number | null {
-  if (!email || typeof email !== "object") return null;
+  if (!email || typeof email !== "object" || Array.isArray(email)) return null;
+  const addresses = (v: string) => v.split(",").length;
   let n = 0;
   for (const field of ["to", "cc", "bcc"] as const) {
     const v = (email as Record<string, unknown>)[field];
     if (v === undefined || v === null) continue;
-    if (typeof v === "string") n += 1;
-    else if (Array.isArray(v)) n += v.length;
+    if (typeof v === "string") n += addresses(v);
+    else if (Array.isArray(v) && v.every((a) => typeof a === "string")) n += v.reduce((sum: number, a: string) => sum + addresses(a), 0);
     else return null;
   }
   return n;
@@ -40,12 +54,12 @@ function estimate(req: PricedRequest, ctx: PricingContext): Estimate {
   if (READ_METHODS.has(req.method)) return { kind: "priced", micros: 0 };
   const perRecipient = ctx.pricing.resend.perRecipientMicros;
   if (matches(SEND, req.method, req.path)) {
-    const n = recipients(parseJson(req.body));
-    if (n === null) return { kind: "invalid", param: "to", message: "Keybrake needs a JSON body with to/cc/bcc to price this email." };
+    const n = recipients(req.json);
+    if (n === null) return { kind: "invalid", param: "to", message: "Keybrake needs a JSON body with to/cc/bcc as strings or lists of strings to price this email." };
     return { kind: "priced", micros: n * perRecipient };
   }
   if (matches(SEND_BATCH, req.method, req.path)) {
-    const batch = parseJson(req.body);
+    const batch = req.json;
     if (!Array.isArray(batch)) return { kind: "invalid", message: "Keybrake needs a JSON array of emails to price this batch." };
     let total = 0;
     for (const email of batch) {
@@ -55,8 +69,16 @@ function estimate(req: PricedRequest, ctx: PricingContext): Estimate {
     }
     return { kind: "priced", micros: total * perRecipient };
   }
-  if (matches(FREE_WRITES, req.method, req.path) && !req.path.endsWith("/send")) return { kind: "priced", micros: 0 };
-  return { kind: "unpriced" }; // e.g. POST /broadcasts/{id}/send: its audience size is not in the request
+  if (matches(BROADCAST_CREATE, req.method, req.path)) {
+    const send = (req.json as Record<string, unknown> | undefined)?.send;
+    if (send !== undefined && send !== false) {
+      return { kind: "invalid", param: "send", message: "A broadcast that sends mails its whole audience, which Keybrake cannot price: create it with send: false." };
+    }
+    return { kind: "priced", micros: 0 };
+  }
+  if (matches(MONEY_LATER, req.method, req.path)) return { kind: "unpriced", movesMoney: true };
+  if (matches(FREE_WRITES, req.method, req.path)) return { kind: "priced", micros: 0 };
+  return { kind: "unpriced" };
 }
 
 const ERROR_NAME: Record<number, string> = {
@@ -76,6 +98,7 @@ export const resend: VendorAdapter = {
     headers.set("authorization", `Bearer ${secret.api_key}`);
     return path;
   },
+  read: (req) => readWire(req, { type: "json" }),
   estimate,
   settle: (estimateMicros) => estimateMicros,
   requestId: (h) => h.get("x-request-id") ?? h.get("x-resend-request-id"),

@@ -24,15 +24,3 @@ export function fixedPrice(pricing: Pricing, vendor: VendorName, method: string,
 }
 
 export const READ_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
-
-export function parseJson(body: Uint8Array): unknown {
-  try {
-    return JSON.parse(new TextDecoder().decode(body));
-  } catch {
-    return undefined;
-  }
-}
-
-export function parseForm(body: Uint8Array): URLSearchParams {
-  return new URLSearchParams(new TextDecoder().decode(body));
-}

@@ -1,93 +1,243 @@
 import { minorUnitsToUsdMicros } from "./currency.ts";
-import { fixedPrice, matches, parseForm, READ_METHODS, rules, segmentsOf } from "./rules.ts";
-import type { Estimate, PricedRequest, PricingContext, VendorAdapter } from "./types.ts";
+import { formValue } from "./form-reader.ts";
+import { fixedPrice, matches, READ_METHODS, rules, segmentsOf } from "./rules.ts";
+import type { Estimate, PricedObject, PricedRequest, PricingContext, VendorAdapter } from "./types.ts";
+import { readWire } from "./wire.ts";
 
-/** Calls that move the amount in their body: priced at amount × currency rate. */
-const AMOUNT_IN_BODY = rules(
-  "POST /v1/payment_intents",
-  "POST /v1/charges",
-  "POST /v1/refunds",
-  "POST /v1/transfers",
-  "POST /v1/payouts",
-  "POST /v1/topups",
+/**
+ * Stripe pricing, default deny: every write is priced by a named rule below, named
+ * as free, or refused. Amounts are read with the strict Rack-compatible reader
+ * (form-reader.ts), so the amount priced is the amount Stripe parses.
+ */
+
+/** Creates that move the amount in their body, and the kind of object each one leaves behind. */
+const AMOUNT_IN_BODY: [ReturnType<typeof rules>, string | null][] = [
+  [rules("POST /v1/payment_intents"), "payment_intent"],
+  [rules("POST /v1/charges"), "charge"],
+  [rules("POST /v1/transfers"), null],
+  [rules("POST /v1/payouts"), null],
+  [rules("POST /v1/topups"), null],
+];
+const REFUND = rules("POST /v1/refunds");
+const PAYMENT_INTENT_UPDATE = rules("POST /v1/payment_intents/*");
+/** Calls that make an existing object's amount move: priced from its record or its state at Stripe. */
+const PAYMENT_INTENT_MONEY = rules("POST /v1/payment_intents/*/confirm", "POST /v1/payment_intents/*/capture");
+const CHARGE_CAPTURE = rules("POST /v1/charges/*/capture");
+const INVOICE_CREATE = rules("POST /v1/invoices");
+const INVOICE_UPDATE = rules("POST /v1/invoices/*");
+const INVOICE_FINALIZE = rules("POST /v1/invoices/*/finalize");
+const INVOICE_PAY = rules("POST /v1/invoices/*/pay");
+
+/** Writes that move money later on terms not in the request (recurring prices, quotes): refused even with allow_unpriced. */
+const MONEY_LATER = rules(
+  "POST /v1/subscriptions",
+  "POST /v1/subscriptions/*",
+  "POST /v1/subscriptions/*/*",
+  "POST /v1/subscription_items",
+  "POST /v1/subscription_items/*",
+  "POST /v1/subscription_schedules",
+  "POST /v1/subscription_schedules/*",
+  "POST /v1/subscription_schedules/*/*",
+  "POST /v1/customers/*/subscriptions",
+  "POST /v1/customers/*/subscriptions/*",
+  "POST /v1/payment_intents/*/increment_authorization",
+  "POST /v1/quotes/*/accept",
 );
 
-/** Calls on an existing PaymentIntent that move its money: free if it was created (and counted) through Keybrake. */
-const PAYMENT_INTENT_MONEY = rules("POST /v1/payment_intents/*/confirm", "POST /v1/payment_intents/*/capture");
-const INVOICE_PAY = rules("POST /v1/invoices/*/pay");
-const PAYMENT_INTENT_UPDATE = rules("POST /v1/payment_intents/*");
-
-/** Writes that move no money. Everything else that writes is unpriced, and refused unless the key allows it. */
+/** Writes that provably move no money. Named routes only: anything else that writes is unpriced. */
 const FREE_WRITES = rules(
-  "* /v1/customers",
-  "* /v1/customers/*",
-  "* /v1/customers/*/*",
-  "* /v1/customers/*/*/*",
-  "* /v1/products",
-  "* /v1/products/*",
-  "* /v1/prices",
-  "* /v1/prices/*",
-  "* /v1/setup_intents",
-  "* /v1/setup_intents/*",
-  "* /v1/setup_intents/*/*",
-  "* /v1/payment_methods",
-  "* /v1/payment_methods/*",
-  "* /v1/payment_methods/*/*",
+  "POST /v1/customers",
+  "POST /v1/customers/*",
+  "DELETE /v1/customers/*",
+  "POST /v1/products",
+  "POST /v1/products/*",
+  "DELETE /v1/products/*",
+  "POST /v1/prices",
+  "POST /v1/prices/*",
+  "POST /v1/setup_intents",
+  "POST /v1/setup_intents/*",
+  "POST /v1/setup_intents/*/confirm",
+  "POST /v1/setup_intents/*/cancel",
+  "POST /v1/payment_methods",
+  "POST /v1/payment_methods/*",
+  "POST /v1/payment_methods/*/attach",
+  "POST /v1/payment_methods/*/detach",
   "POST /v1/payment_intents/*/cancel",
   "POST /v1/tokens",
-  "* /v1/coupons",
-  "* /v1/coupons/*",
-  "* /v1/tax_rates",
-  "* /v1/tax_rates/*",
-  "* /v1/invoices",
-  "POST /v1/invoices/*/finalize",
+  "POST /v1/coupons",
+  "POST /v1/coupons/*",
+  "DELETE /v1/coupons/*",
+  "POST /v1/tax_rates",
+  "POST /v1/tax_rates/*",
   "POST /v1/invoices/*/void",
-  "* /v1/invoiceitems",
-  "* /v1/invoiceitems/*",
-  "* /v1/webhook_endpoints",
-  "* /v1/webhook_endpoints/*",
+  "POST /v1/invoices/*/send",
+  "DELETE /v1/invoices/*",
+  "POST /v1/invoiceitems",
+  "POST /v1/invoiceitems/*",
+  "DELETE /v1/invoiceitems/*",
+  "POST /v1/webhook_endpoints",
+  "POST /v1/webhook_endpoints/*",
+  "DELETE /v1/webhook_endpoints/*",
   "POST /v1/checkout/sessions",
   "POST /v1/checkout/sessions/*/expire",
   "POST /v1/billing_portal/sessions",
 );
 
-function priceAmount(amountText: string | null, currency: string | null, ctx: PricingContext): Estimate {
-  if (amountText === null || !/^\d+$/.test(amountText)) {
-    return { kind: "invalid", param: "amount", message: "Keybrake needs a whole-number `amount` to price this call against the cap." };
-  }
-  const code = (currency ?? "usd").toLowerCase();
+type Priced = { micros: number } | Estimate;
+
+function usdOf(amount: number, currency: string, ctx: PricingContext, param = "amount"): Priced {
+  const code = currency.toLowerCase();
   const rate = ctx.pricing.usdMicrosPerMajorUnit[code];
   if (rate === undefined) {
-    return {
-      kind: "invalid",
-      param: "currency",
-      message: `Keybrake has no USD rate for currency "${code}"; add it to the pricing file (currency_rates_usd).`,
-    };
+    return { kind: "invalid", param: "currency", message: `Keybrake has no USD rate for currency "${code}"; add it to the pricing file (currency_rates_usd).` };
   }
   try {
-    return { kind: "priced", micros: minorUnitsToUsdMicros(Number(amountText), code, rate) };
+    return { micros: minorUnitsToUsdMicros(amount, code, rate) };
   } catch {
-    return { kind: "invalid", param: "amount", message: "`amount` is too large to price." };
+    return { kind: "invalid", param, message: `\`${param}\` is too large to price.` };
   }
+}
+
+const isPriced = (p: Priced): p is { micros: number } => !("kind" in p);
+
+function readAmount(text: string | undefined, param = "amount"): number | Estimate {
+  if (text === undefined || !/^\d{1,15}$/.test(text)) {
+    return { kind: "invalid", param, message: `Keybrake needs a whole-number \`${param}\` to price this call against the cap.` };
+  }
+  return Number(text);
+}
+
+function readCurrency(text: string | undefined): string | Estimate {
+  if (text === undefined) return "usd"; // Stripe itself refuses a create without currency: nothing moves
+  if (!/^[A-Za-z]{3}$/.test(text)) return { kind: "invalid", param: "currency", message: "`currency` must be a three-letter ISO code." };
+  return text.toLowerCase();
+}
+
+/** Amount and currency from a Stripe object as GET returns it. */
+function objectMoney(o: Record<string, unknown>, amountField = "amount"): { amount: number; currency: string } | Estimate {
+  const amount = o[amountField];
+  const currency = o.currency;
+  if (typeof amount !== "number" || !Number.isSafeInteger(amount) || amount < 0 || typeof currency !== "string") {
+    return { kind: "invalid", message: `Keybrake could not read ${amountField} and currency of this object at Stripe.` };
+  }
+  return { amount, currency: currency.toLowerCase() };
+}
+
+/** The money an existing object will move, less what this key was already charged for it. */
+function priceExisting(id: string, kind: string, amount: number, currency: string, ctx: PricingContext, record: PricedObject | null): Estimate {
+  const value = usdOf(amount, currency, ctx);
+  if (!isPriced(value)) return value;
+  const counted = record?.countedMicros ?? 0;
+  const micros = Math.max(0, value.micros - counted);
+  return { kind: "priced", micros, record: { objectId: id, kind, amount, currency, countedMicros: counted + micros } };
+}
+
+/** From this key's record of the object, else from the object as Stripe has it now. */
+function fromObject(id: string, kind: string, lookupPath: string, ctx: PricingContext, then: (amount: number, currency: string, record: PricedObject | null) => Estimate): Estimate {
+  const record = ctx.pricedObject(id);
+  if (record && record.kind === kind) return then(record.amount, record.currency, record);
+  return {
+    kind: "lookup",
+    path: lookupPath,
+    price: (o) => {
+      const m = objectMoney(o);
+      return "kind" in m ? m : then(m.amount, m.currency, null);
+    },
+  };
+}
+
+function priceCreate(req: PricedRequest, kind: string | null, ctx: PricingContext): Estimate {
+  const amount = readAmount(formValue(req.form, "amount"));
+  if (typeof amount !== "number") return amount;
+  const currency = readCurrency(formValue(req.form, "currency"));
+  if (typeof currency !== "string") return currency;
+  const usd = usdOf(amount, currency, ctx);
+  if (!isPriced(usd)) return usd;
+  return { kind: "priced", micros: usd.micros, ...(kind ? { record: { objectId: null, kind, amount, currency, countedMicros: usd.micros } } : {}) };
+}
+
+/** An update that changes amount or currency is priced at the new value, less what this key already counted for it. */
+function pricePaymentIntentUpdate(req: PricedRequest, id: string, ctx: PricingContext): Estimate {
+  const amountText = formValue(req.form, "amount");
+  const currencyText = formValue(req.form, "currency");
+  if (amountText === undefined && currencyText === undefined) return { kind: "priced", micros: 0 };
+  const newAmount = amountText === undefined ? null : readAmount(amountText);
+  if (newAmount !== null && typeof newAmount !== "number") return newAmount;
+  const newCurrency = currencyText === undefined ? null : readCurrency(currencyText);
+  if (newCurrency !== null && typeof newCurrency !== "string") return newCurrency;
+  return fromObject(id, "payment_intent", `/v1/payment_intents/${encodeURIComponent(id)}`, ctx, (amount, currency, record) =>
+    priceExisting(id, "payment_intent", newAmount ?? amount, newCurrency ?? currency, ctx, record),
+  );
+}
+
+/** A refund moves money in the charge's currency, whatever the request says. */
+function priceRefund(req: PricedRequest, ctx: PricingContext): Estimate {
+  const charge = formValue(req.form, "charge");
+  const intent = formValue(req.form, "payment_intent");
+  if ((charge === undefined) === (intent === undefined)) {
+    return { kind: "invalid", param: "charge", message: "Keybrake prices a refund from its charge: give exactly one of `charge` or `payment_intent`." };
+  }
+  if (formValue(req.form, "currency") !== undefined) {
+    return { kind: "invalid", param: "currency", message: "A refund is made in its charge's currency; leave out `currency`." };
+  }
+  const amountText = formValue(req.form, "amount");
+  const asked = amountText === undefined ? null : readAmount(amountText);
+  if (asked !== null && typeof asked !== "number") return asked;
+  const [id, kind, path] = charge !== undefined ? [charge, "charge", `/v1/charges/${encodeURIComponent(charge)}`] : [intent!, "payment_intent", `/v1/payment_intents/${encodeURIComponent(intent!)}`];
+  return fromObject(id, kind, path, ctx, (amount, currency) => {
+    const usd = usdOf(asked ?? amount, currency, ctx);
+    return isPriced(usd) ? { kind: "priced", micros: usd.micros } : usd;
+  });
+}
+
+/** Collecting an invoice: its amount_due, as Stripe has it now. */
+function invoiceLookup(id: string, ctx: PricingContext, collects: (invoice: Record<string, unknown>) => boolean): Estimate {
+  return {
+    kind: "lookup",
+    path: `/v1/invoices/${encodeURIComponent(id)}`,
+    price: (inv) => {
+      if (!collects(inv)) return { kind: "priced", micros: 0 };
+      const m = objectMoney(inv, "amount_due");
+      if ("kind" in m) return m;
+      const usd = usdOf(m.amount, m.currency, ctx);
+      return isPriced(usd) ? { kind: "priced", micros: usd.micros } : usd;
+    },
+  };
 }
 
 function estimate(req: PricedRequest, ctx: PricingContext): Estimate {
   const fixed = fixedPrice(ctx.pricing, "stripe", req.method, req.path);
   if (fixed !== null) return { kind: "priced", micros: fixed };
   if (READ_METHODS.has(req.method)) return { kind: "priced", micros: 0 };
-  const form = parseForm(req.body);
-  if (matches(AMOUNT_IN_BODY, req.method, req.path)) return priceAmount(form.get("amount"), form.get("currency"), ctx);
-  if (matches(PAYMENT_INTENT_MONEY, req.method, req.path)) {
-    const id = segmentsOf(req.path)[2]!;
-    if (ctx.createdThroughKeybrake(id)) return { kind: "priced", micros: 0 };
-    return { kind: "unpriced" };
+  const { method, path } = req;
+  const id = segmentsOf(path)[2] ?? "";
+  for (const [rule, kind] of AMOUNT_IN_BODY) if (matches(rule, method, path)) return priceCreate(req, kind, ctx);
+  if (matches(REFUND, method, path)) return priceRefund(req, ctx);
+  if (matches(PAYMENT_INTENT_MONEY, method, path)) {
+    return fromObject(id, "payment_intent", `/v1/payment_intents/${encodeURIComponent(id)}`, ctx, (amount, currency, record) =>
+      priceExisting(id, "payment_intent", amount, currency, ctx, record),
+    );
   }
-  if (matches(PAYMENT_INTENT_UPDATE, req.method, req.path)) {
-    // An update that changes the amount is priced at the new amount, to stay on the safe side.
-    return form.has("amount") ? priceAmount(form.get("amount"), form.get("currency"), ctx) : { kind: "priced", micros: 0 };
+  if (matches(CHARGE_CAPTURE, method, path)) {
+    return fromObject(id, "charge", `/v1/charges/${encodeURIComponent(id)}`, ctx, (amount, currency, record) => priceExisting(id, "charge", amount, currency, ctx, record));
   }
-  if (matches(INVOICE_PAY, req.method, req.path)) return { kind: "unpriced" };
-  if (matches(FREE_WRITES, req.method, req.path)) return { kind: "priced", micros: 0 };
+  if (matches(INVOICE_CREATE, method, path) || matches(INVOICE_UPDATE, method, path)) {
+    const auto = formValue(req.form, "auto_advance");
+    const creating = matches(INVOICE_CREATE, method, path);
+    if (creating ? auto !== "false" : auto !== undefined && auto !== "false") {
+      return { kind: "invalid", param: "auto_advance", message: "An invoice that auto-advances is collected by Stripe later, unpriced: send auto_advance=false and pay it with POST /v1/invoices/{id}/pay." };
+    }
+    return { kind: "priced", micros: 0 };
+  }
+  if (matches(INVOICE_FINALIZE, method, path)) {
+    const auto = formValue(req.form, "auto_advance");
+    if (auto === "false") return { kind: "priced", micros: 0 };
+    return invoiceLookup(id, ctx, (inv) => auto === "true" || inv.auto_advance !== false);
+  }
+  if (matches(INVOICE_PAY, method, path)) return invoiceLookup(id, ctx, () => true);
+  if (matches(PAYMENT_INTENT_UPDATE, method, path)) return pricePaymentIntentUpdate(req, id, ctx);
+  if (matches(MONEY_LATER, method, path)) return { kind: "unpriced", movesMoney: true };
+  if (matches(FREE_WRITES, method, path)) return { kind: "priced", micros: 0 };
   return { kind: "unpriced" };
 }
 
@@ -103,6 +253,7 @@ export const stripe: VendorAdapter = {
     headers.set("authorization", `Bearer ${secret.secret_key}`);
     return path;
   },
+  read: (req) => readWire(req, { type: "form", options: { keys: "nested" } }),
   estimate,
   settle: (estimateMicros) => estimateMicros, // Stripe executes exactly the amount in the request
   requestId: (h) => h.get("request-id"),
@@ -110,7 +261,7 @@ export const stripe: VendorAdapter = {
   refusal(status, code, message) {
     return {
       status,
-      body: { error: { type: IDEMPOTENCY_ERRORS.has(code) ? "idempotency_error" : (ERROR_TYPE[status] ?? "invalid_request_error"), code, message } },
+      body: { error: { type: IDEMPOTENCY_ERRORS.has(code) ? "idempotency_error" : status >= 500 ? "api_error" : (ERROR_TYPE[status] ?? "invalid_request_error"), code, message } },
       headers: { "stripe-should-retry": "false" },
     };
   },

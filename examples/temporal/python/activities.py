@@ -5,7 +5,14 @@ charge_customer   one PaymentIntent through the proxy; a cap hit is a non-retrya
 revoke_vault_key  revokes every key of the run; the workflow calls it however it ends
 
 Workers need KEYBRAKE_URL and KEYBRAKE_API_KEY (a Keybrake management token) in their
-environment, and the ``httpx`` and ``stripe`` packages. The real Stripe secret stays in Keybrake.
+environment (without KEYBRAKE_URL they fail: there is no default host), and the ``httpx``
+and ``stripe`` packages. The real Stripe secret stays in Keybrake.
+
+What Temporal stores: the vault key is the result of ``issue_vault_key`` and an argument of
+every ``charge_customer``, so it is in the workflow's event history in plain text (the Web
+UI, ``temporal workflow show``) for the namespace's retention period. It is capped,
+allowlisted, expires in 8 h and is revoked when the workflow ends; to keep it out of the
+history altogether, configure a payload codec that encrypts (Temporal's Data Converter).
 """
 
 import asyncio
@@ -35,11 +42,19 @@ except ImportError:
             self.message, self.details, self.type, self.non_retryable = message, details, type, non_retryable
 
 
-KEYBRAKE_URL = os.environ.get("KEYBRAKE_URL", "https://proxy.keybrake.com")
 CAP_HIT = "KeybrakeCapHit"  # ApplicationError type the workflow recognises
 
 # stripe-python 8+ exports the class at top level; older releases only under stripe.error.
 StripeRateLimitError = getattr(stripe, "RateLimitError", None) or stripe.error.RateLimitError
+
+
+def keybrake_url() -> str:
+    # No default on purpose: a forgotten KEYBRAKE_URL must not send the management token
+    # (and the vault key) to some public host.
+    url = os.environ.get("KEYBRAKE_URL", "").rstrip("/")
+    if not url:
+        raise RuntimeError("KEYBRAKE_URL is not set: point it at your own Keybrake, e.g. http://keybrake:8080")
+    return url
 
 
 def run_label(workflow_id: str) -> str:
@@ -62,11 +77,14 @@ def _management_headers() -> dict:
 async def issue_vault_key(workflow_id: str, budget_usd: float) -> str:
     async with httpx.AsyncClient(timeout=10) as client:
         r = await client.post(
-            f"{KEYBRAKE_URL}/vault/keys",
+            f"{keybrake_url()}/vault/keys",
             headers=_management_headers(),
             json={
                 "vendor": "stripe",
+                # The run's whole budget: without total_usd_cap a run that crosses UTC
+                # midnight would get a fresh daily cap, i.e. its budget twice.
                 "daily_usd_cap": budget_usd,
+                "total_usd_cap": budget_usd,
                 "allowed_endpoints": ["POST /v1/payment_intents", "GET /v1/customers/*"],
                 "expires_in": "8h",
                 "agent_run_label": run_label(workflow_id),
@@ -78,7 +96,7 @@ async def issue_vault_key(workflow_id: str, budget_usd: float) -> str:
 
 @activity.defn
 async def charge_customer(customer_id: str, amount_cents: int, vault_key: str) -> dict:
-    stripe.api_base = f"{KEYBRAKE_URL}/stripe"
+    stripe.api_base = f"{keybrake_url()}/stripe"
     # Same key on every Temporal retry, so a retried charge is charged once.
     idempotency_key = f"{activity.info().workflow_id}-{customer_id}-{amount_cents}"
     try:
@@ -104,7 +122,7 @@ async def charge_customer(customer_id: str, amount_cents: int, vault_key: str) -
 async def revoke_vault_key(workflow_id: str) -> int:
     async with httpx.AsyncClient(timeout=10) as client:
         r = await client.post(
-            f"{KEYBRAKE_URL}/vault/keys/revoke",
+            f"{keybrake_url()}/vault/keys/revoke",
             headers=_management_headers(),
             json={"agent_run_label": run_label(workflow_id)},
         )

@@ -6,7 +6,14 @@
  * revokeVaultKey  revokes every key of the run; the workflow calls it however it ends
  *
  * Workers need KEYBRAKE_URL and KEYBRAKE_API_KEY (a Keybrake management token) in their
- * environment and the `stripe` package. The real Stripe secret stays in Keybrake.
+ * environment (without KEYBRAKE_URL they fail: there is no default host) and the `stripe`
+ * package. The real Stripe secret stays in Keybrake.
+ *
+ * What Temporal stores: the vault key is issueVaultKey's result and an argument of every
+ * chargeCustomer, so it is in the workflow's event history in plain text (Web UI,
+ * `temporal workflow show`) for the namespace's retention period. It is capped, allowlisted,
+ * expires in 8 h and is revoked when the workflow ends; to keep it out of the history
+ * altogether, configure a payload codec that encrypts (Temporal's Data Converter).
  */
 import { ApplicationFailure, Context } from "@temporalio/activity";
 import Stripe from "stripe";
@@ -19,7 +26,12 @@ export interface ChargeResult {
   paymentIntent: string;
 }
 
-const keybrakeUrl = () => process.env.KEYBRAKE_URL ?? "https://proxy.keybrake.com";
+/** No default on purpose: a forgotten KEYBRAKE_URL must not send the management token to some public host. */
+function keybrakeUrl(): string {
+  const url = process.env.KEYBRAKE_URL?.replace(/\/+$/, "");
+  if (!url) throw new Error("KEYBRAKE_URL is not set: point it at your own Keybrake, e.g. http://keybrake:8080");
+  return url;
+}
 
 /** Every call of this run is audited under this label, and revoked by it. */
 export const runLabel = (workflowId: string) => `temporal-billing/${workflowId}`;
@@ -27,7 +39,10 @@ export const runLabel = (workflowId: string) => `temporal-billing/${workflowId}`
 export async function issueVaultKey(workflowId: string, budgetUsd: number): Promise<string> {
   const key = await management("POST", "/vault/keys", {
     vendor: "stripe",
+    // The run's whole budget: without total_usd_cap a run that crosses UTC midnight
+    // would get a fresh daily cap, i.e. its budget twice.
     daily_usd_cap: budgetUsd,
+    total_usd_cap: budgetUsd,
     allowed_endpoints: ["POST /v1/payment_intents", "GET /v1/customers/*"],
     expires_in: "8h",
     agent_run_label: runLabel(workflowId),

@@ -6,7 +6,12 @@
 // the idempotency key makes those retries safe.
 import Stripe from "stripe";
 
-const KEYBRAKE_URL = process.env.KEYBRAKE_URL ?? "https://proxy.keybrake.com";
+/** No default on purpose: a forgotten KEYBRAKE_URL must not send the management token to some public host. */
+function keybrakeUrl(): string {
+  const url = process.env.KEYBRAKE_URL?.replace(/\/+$/, "");
+  if (!url) throw new Error("KEYBRAKE_URL is not set: point it at your own Keybrake, e.g. http://keybrake:8080");
+  return url;
+}
 
 export async function main(
   customer_id: string, // the loop's flow_input.iter.value
@@ -16,7 +21,7 @@ export async function main(
 ) {
   // stripe-node takes no path prefix, only host and port: Keybrake routes the bare
   // /v1/... path by the vault key's vendor. The step's retry setting is the one retry layer.
-  const url = new URL(KEYBRAKE_URL);
+  const url = new URL(keybrakeUrl());
   const stripe = new Stripe(vault_key, {
     host: url.hostname,
     port: Number(url.port || (url.protocol === "http:" ? 80 : 443)),

@@ -1,7 +1,12 @@
 // Last step of the billing flow, and its failure handler: revoke every key of this run
 // (Windmill, Bun runtime). Any charge still in flight loses its key on its next call.
 
-const KEYBRAKE_URL = process.env.KEYBRAKE_URL ?? "https://proxy.keybrake.com";
+/** No default on purpose: a forgotten KEYBRAKE_URL must not send the management token to some public host. */
+function keybrakeUrl(): string {
+  const url = process.env.KEYBRAKE_URL?.replace(/\/+$/, "");
+  if (!url) throw new Error("KEYBRAKE_URL is not set: point it at your own Keybrake, e.g. http://keybrake:8080");
+  return url;
+}
 
 type Charge = { customer_id: string; status: string } | null;
 
@@ -12,7 +17,7 @@ export async function main(
   // Same label as issue_vault_key.ts: derived from the root flow job, so the failure
   // handler finds the key even when the step that issued it did not return.
   const agent_run_label = `windmill/${process.env.WM_ROOT_FLOW_JOB_ID ?? process.env.WM_FLOW_JOB_ID ?? "local"}`;
-  const res = await fetch(`${KEYBRAKE_URL}/vault/keys/revoke`, {
+  const res = await fetch(`${keybrakeUrl()}/vault/keys/revoke`, {
     method: "POST",
     headers: {
       Authorization: `Bearer ${keybrake_api_key}`,
