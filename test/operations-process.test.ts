@@ -190,6 +190,24 @@ describe("audit retention", () => {
   }, 30_000);
 });
 
+describe("KEYBRAKE_LOG=info", () => {
+  test("a short line each for the start, a rotation, a cap hit, a revocation and the shutdown; no secret", async () => {
+    fake.reset();
+    const { KEYBRAKE_RESEND_API_KEY: _, ...vendors } = vendorEnv(fake);
+    const kb = await spawnKeybrake({ KEYBRAKE_DATA_DIR: tempDir(), KEYBRAKE_ADMIN_TOKEN: ADMIN_TOKEN, KEYBRAKE_LOG: "info", ...vendors });
+    expect((await apiCall(kb.url, "PUT", "/vendors/resend", { api_key: "re_rotated_secret_abcd9876" })).status).toBe(200);
+    const key = (await apiCall(kb.url, "POST", "/vault/keys", seedKeyBody({ daily_usd_cap: 0.5 }))).json;
+    expect((await proxied(kb.url, key.vault_key, "POST", "/v1/payment_intents", pi)).status).toBe(429);
+    expect((await apiCall(kb.url, "DELETE", `/vault/keys/${key.key_id}`)).status).toBe(200);
+    expect(await kb.stop()).toBe(0);
+    const out = kb.output();
+    for (const line of [/listening on http:\/\/127\.0\.0\.1:\d+ — admin pages/, /vendor\.secret_set target=resend .*source=api/, new RegExp(`cap_hit stripe POST /v1/payment_intents key=${key.key_id}`), new RegExp(`key\\.revoked target=${key.key_id}`), /SIGTERM: shutting down/, /stopped: every call in flight finished and settled/]) {
+      expect(out).toMatch(line);
+    }
+    for (const secret of ["re_rotated_secret_abcd9876", key.vault_key, ADMIN_TOKEN, fake.credentials.stripe]) expect(out).not.toContain(secret);
+  }, 30_000);
+});
+
 describe("KEYBRAKE_LOG=json", () => {
   test("every stdout line is JSON; actions, start and shutdown are there; no secret, vault key or token in any line", async () => {
     fake.reset();
@@ -210,6 +228,13 @@ describe("KEYBRAKE_LOG=json", () => {
     const actions = lines.filter((l) => l.kind === "action");
     expect(actions).toContainEqual(expect.objectContaining({ type: "vendor.secret_set", target: "resend", actor: "KEYBRAKE_ADMIN_TOKEN (bootstrap)" }));
     expect(actions).toContainEqual(expect.objectContaining({ type: "vendor.secret_set", target: "stripe", actor: null, data: { vendor: "stripe", source: "environment" } }));
+    const calls = lines.filter((l) => l.kind === "call");
+    expect(calls.map((c) => [c.key_id, c.outcome, c.status, c.cost_usd])).toEqual([
+      [key.key_id, "forwarded", 200, "1.000000"],
+      [key.key_id, "cap_hit", 429, "0.000000"],
+    ]);
+    expect(calls.every((c) => c.vendor === "stripe" && c.method === "POST" && c.path === "/v1/payment_intents" && typeof c.latency_ms === "number")).toBe(true);
+    expect(actions.map((a) => a.type)).toEqual(expect.arrayContaining(["key.issued", "cap.hit", "key.revoked"]));
     const infos = lines.filter((l) => l.kind === "info").map((l) => l.msg);
     expect(infos.some((m) => m.includes("listening on"))).toBe(true);
     expect(infos.some((m) => m.startsWith("SIGTERM: shutting down"))).toBe(true);
