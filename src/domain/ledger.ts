@@ -182,6 +182,13 @@ export class Ledger {
                                 estimated_micros, ledger_state, spend_day, idempotency_key, vendor_status, replay_of)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       ),
+      // A first attempt settled or released: its outcome is already "forwarded" and error_code NULL, so
+      // neither is in the SET list and the audit_outcome index is not rewritten by the settlement.
+      settleAudit: p(
+        `UPDATE audit_log SET ledger_state = ?, settled_micros = ?, vendor_status = ?,
+                              vendor_request_id = ?, vendor_object_id = ?, latency_ms = ?
+          WHERE id = ?`,
+      ),
       finishAudit: p(
         `UPDATE audit_log SET outcome = ?, ledger_state = ?, settled_micros = ?, vendor_status = ?,
                               vendor_request_id = ?, vendor_object_id = ?, latency_ms = ?, error_code = ?
@@ -412,7 +419,9 @@ export class Ledger {
       this.q.settleTotal!.run(r.micros, actual, r.keyId);
     }
     this.settleBudgetsAndAlert(r, actual, Date.now());
-    this.q.finishAudit!.run("forwarded", state, actual, s.vendorStatus, s.vendorRequestId, s.vendorObjectId, s.latencyMs, null, r.auditId);
+    if (r.retryAuditId === null) this.q.settleAudit!.run(state, actual, s.vendorStatus, s.vendorRequestId, s.vendorObjectId, s.latencyMs, r.auditId);
+    // A carried-over reservation's row said upstream_error until now: this retry's answer makes it forwarded.
+    else this.q.finishAudit!.run("forwarded", state, actual, s.vendorStatus, s.vendorRequestId, s.vendorObjectId, s.latencyMs, null, r.auditId);
     if (r.retryAuditId !== null) {
       this.q.finishAudit!.run("forwarded", "none", 0, s.vendorStatus, s.vendorRequestId, s.vendorObjectId, s.latencyMs, null, r.retryAuditId);
     }

@@ -353,8 +353,9 @@ export class Forwarder {
 
     const out = downstreamResponseHeaders(upstream.headers);
     // Kept for replays: definite answers only (a 409 or 429 from the vendor is transient, and a retry should get through).
+    // Built only when a repeat guard will store it: without one, nothing ever replays this answer.
     const answer =
-      bytes !== null && upstream.status !== 409 && upstream.status !== 429
+      reservation.guard !== null && bytes !== null && upstream.status !== 409 && upstream.status !== 429
         ? { status: upstream.status, headers: [...out] as [string, string][], body: bytes }
         : null;
 
