@@ -4,7 +4,7 @@ import { adminRoutes } from "./http/admin.ts";
 import { governanceRoutes } from "./http/governance.ts";
 import { managementRoutes } from "./http/management.ts";
 import { opsRoutes } from "./http/ops.ts";
-import { proxyRoutes } from "./http/proxy.ts";
+import { dispatchVendorFirst, proxyRoutes } from "./http/proxy.ts";
 import type { Services } from "./services.ts";
 
 export interface AppOptions {
@@ -14,7 +14,7 @@ export interface AppOptions {
 
 /** Composes the HTTP modules over the services; never listens by itself. */
 export function createApp(s: Services, opts: AppOptions) {
-  return new Elysia()
+  const app = new Elysia()
     .onError(({ error, code }) => {
       if (error instanceof ApiError) return Response.json(errorBody(error.code, error.message, error.details), { status: error.status });
       if (code === "NOT_FOUND") return Response.json(errorBody("not_found", "No such route."), { status: 404 });
@@ -28,4 +28,5 @@ export function createApp(s: Services, opts: AppOptions) {
     .use(governanceRoutes(s))
     .use(managementRoutes(s, opts.proxyBaseUrl))
     .use(adminRoutes(s, opts.proxyBaseUrl));
+  return dispatchVendorFirst(app, s.forwarder);
 }

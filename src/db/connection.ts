@@ -2,6 +2,7 @@ import { Database } from "bun:sqlite";
 import { drizzle, type BunSQLiteDatabase } from "drizzle-orm/bun-sqlite";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
+import { startCheckpointer } from "./checkpointer.ts";
 import { MIGRATIONS } from "./migrations.ts";
 import * as schema from "./schema.ts";
 
@@ -30,11 +31,15 @@ export function openDatabase(dataDir: string): Db {
   }
   sqlite.exec("PRAGMA synchronous = NORMAL");
   sqlite.exec("PRAGMA busy_timeout = 10000");
-  // wal_autocheckpoint stays at SQLite's 1000 pages: a checkpoint runs inside the commit
-  // that crosses it, on the event loop, and larger intervals measured 2.4–4.8× worse p99
-  // end to end (bench/README.md) for no throughput gain.
   sqlite.exec("PRAGMA foreign_keys = ON");
   migrate(sqlite);
+  // Checkpoints run on a worker thread, not inside a commit on the event loop (src/db/checkpointer.ts).
+  const checkpointer = startCheckpointer(sqlite, join(dataDir, "keybrake.db"));
+  const close = sqlite.close.bind(sqlite);
+  sqlite.close = (throwOnError?: boolean) => {
+    checkpointer.stop();
+    close(throwOnError);
+  };
   return { sqlite, orm: drizzle(sqlite, { schema }) };
 }
 

@@ -225,13 +225,16 @@ export class BudgetLedger {
     const p = (s: string) => sqlite.prepare(s);
     this.q = {
       // substr()/length() count characters on both sides: exactly "starts with", with no LIKE wildcards or case folding.
+      // Two statements, not a LEFT JOIN: the join cost ~15 µs per call even with no budgets at all (bun:sqlite,
+      // measured), and every proxied call runs this; the day rows are read only for budgets that match.
       matching: p(
-        `SELECT b.id, b.name, b.label_prefix, b.daily_cap_micros, COALESCE(d.spent_micros, 0) AS spent_micros, COALESCE(d.reserved_micros, 0) AS reserved_micros
-           FROM budgets b LEFT JOIN budget_spend_days d ON d.budget_id = b.id AND d.day = ?
+        `SELECT b.id, b.name, b.label_prefix, b.daily_cap_micros
+           FROM budgets b
           WHERE b.deleted_at IS NULL AND (b.vendor IS NULL OR b.vendor = ?)
             AND substr(?, 1, length(b.label_prefix)) = b.label_prefix
           ORDER BY b.id`,
       ),
+      matchingDay: p(`SELECT spent_micros, reserved_micros FROM budget_spend_days WHERE budget_id = ? AND day = ?`),
       reserveDay: p(
         `INSERT INTO budget_spend_days (budget_id, day, reserved_micros) VALUES (?, ?, ?)
          ON CONFLICT (budget_id, day) DO UPDATE SET reserved_micros = reserved_micros + excluded.reserved_micros
@@ -249,7 +252,13 @@ export class BudgetLedger {
 
   /** The live budgets over this key's label (and vendor), with today's spend. */
   matching(vendor: string, label: string, day: string): LiveBudget[] {
-    return this.q.matching!.all(day, vendor, label) as LiveBudget[];
+    const live = this.q.matching!.all(vendor, label) as LiveBudget[];
+    for (const b of live) {
+      const d = this.q.matchingDay!.get(b.id, day) as { spent_micros: number; reserved_micros: number } | null;
+      b.spent_micros = d?.spent_micros ?? 0;
+      b.reserved_micros = d?.reserved_micros ?? 0;
+    }
+    return live;
   }
 
   /** Reserves `micros` on each budget, for the call whose audit row is `auditId`; asserts the invariant on what it wrote. */
