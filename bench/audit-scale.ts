@@ -103,6 +103,16 @@ async function main() {
     const label = encodeURIComponent(labelOf(421));
     const page = await queryLatency(kb, `/vault/audit?label=${label}`, QUERIES);
     const exportJsonl = await queryLatency(kb, `/vault/audit?label=${label}&format=jsonl`, 5);
+    // The other filters of GET /vault/audit, each over the same 1M rows: a key, an outcome, one day.
+    const day = new Date(Date.now() - 15 * 86_400_000);
+    const since = encodeURIComponent(new Date(Date.UTC(day.getUTCFullYear(), day.getUTCMonth(), day.getUTCDate())).toISOString());
+    const until = encodeURIComponent(new Date(Date.UTC(day.getUTCFullYear(), day.getUTCMonth(), day.getUTCDate() + 1)).toISOString());
+    const filters = {
+      key: await queryLatency(kb, `/vault/audit?key_id=key_seed0421`, QUERIES),
+      outcome: await queryLatency(kb, `/vault/audit?outcome=cap_hit`, QUERIES),
+      time: await queryLatency(kb, `/vault/audit?since=${since}&until=${until}`, QUERIES),
+      labelAndOutcome: await queryLatency(kb, `/vault/audit?label=${label}&outcome=cap_hit`, QUERIES),
+    };
     const afterQueries = memoryMb(kb.pid);
     const load = await proxyLoad(kb, LOAD_SECONDS);
     const afterLoad = memoryMb(kb.pid);
@@ -122,12 +132,15 @@ async function main() {
       rssMb: { afterStart: afterStart.rss, afterQueries: afterQueries.rss, afterLoad: afterLoad.rss, peak: afterLoad.peak },
       labelQuery: { path: "/vault/audit?label=…", medianMs: page.medianMs, maxMs: page.maxMs, samples: QUERIES },
       labelExportJsonl: { medianMs: exportJsonl.medianMs, rows: exportJsonl.rows, bytes: exportJsonl.bytes, samples: 5 },
+      filterQueries: Object.fromEntries(Object.entries(filters).map(([k, v]) => [k, { medianMs: v.medianMs, maxMs: v.maxMs, rows: v.rows, status: v.status }])),
       load: { seconds: LOAD_SECONDS, ...load },
     };
     console.log(
       `  RSS ${afterStart.rss.toFixed(0)} MB after start, ${afterQueries.rss.toFixed(0)} MB after queries, ${afterLoad.rss.toFixed(0)} MB after ${load.requests} proxied calls (peak ${afterLoad.peak.toFixed(0)} MB)`,
     );
     console.log(`  GET /vault/audit?label=… median ${page.medianMs.toFixed(1)} ms (max ${page.maxMs.toFixed(1)} ms, ${QUERIES} samples); JSONL export of the label ${exportJsonl.medianMs.toFixed(1)} ms`);
+    console.log(`  other filters (median of ${QUERIES}): ${Object.entries(filters).map(([k, v]) => `${k} ${v.medianMs.toFixed(1)} ms (${v.rows} rows)`).join(", ")}`);
+    check(checks, "audit filters answer", Object.values(filters).every((f) => f.status === 200 && f.rows > 0), Object.entries(filters).map(([k, v]) => `${k}: ${v.status}, ${v.rows} rows`).join("; "));
     writeResult("audit-scale", { summary, checks });
   } finally {
     for (const s of servers.reverse()) await s.stop();

@@ -29,6 +29,7 @@ interface AuditResult {
     seedSeconds: number;
     rssMb: { afterStart: number; afterQueries: number; afterLoad: number; peak: number };
     labelQuery: { medianMs: number; maxMs: number; samples: number };
+    filterQueries?: Record<string, { medianMs: number; maxMs: number; rows: number }>;
     labelExportJsonl: { medianMs: number; rows: number };
     load: { seconds: number; requests: number };
   };
@@ -116,6 +117,7 @@ function auditSection(a: AuditResult): string[] {
     `| peak RSS (VmHWM) | ${s.rssMb.peak.toFixed(0)} MB |`,
     `| GET /vault/audit?label=… (first page of 100), median of ${s.labelQuery.samples} | ${s.labelQuery.medianMs.toFixed(1)} ms (max ${s.labelQuery.maxMs.toFixed(1)} ms) |`,
     `| GET /vault/audit?label=…&format=jsonl (${int(s.labelExportJsonl.rows)} rows), median of 5 | ${s.labelExportJsonl.medianMs.toFixed(1)} ms |`,
+    ...Object.entries(s.filterQueries ?? {}).map(([k, v]) => `| GET /vault/audit filtered by ${k} (first page), median of ${s.labelQuery.samples} | ${v.medianMs.toFixed(1)} ms (max ${v.maxMs.toFixed(1)} ms) |`),
   ];
 }
 

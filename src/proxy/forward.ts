@@ -10,6 +10,7 @@ import { ADAPTERS, vendorForPath } from "../vendors/index.ts";
 import { READ_METHODS } from "../vendors/rules.ts";
 import type { ObjectRecord, Pricing, PricingContext, VendorAdapter, VendorName } from "../vendors/types.ts";
 import type { Logger } from "../log.ts";
+import { Deadlines } from "./deadlines.ts";
 import { downstreamResponseHeaders, readVaultKey, upstreamRequestHeaders } from "./headers.ts";
 
 export interface ForwarderDeps {
@@ -27,6 +28,7 @@ export interface ForwarderDeps {
 
 /** Responses larger than this, or not JSON, are streamed through and settled from their status alone. */
 const MAX_BUFFERED_RESPONSE = 1024 * 1024;
+const UTF8 = new TextDecoder();
 /** How long an answer to an Idempotency-Key is kept for replays, as Stripe does. */
 export const IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000;
 
@@ -52,6 +54,7 @@ interface CallState {
 export class Forwarder {
   private readonly fetchUpstream: typeof fetch;
   private readonly allowlists = new Map<string, EndpointRule[]>(); // allowlists never change after issue
+  private readonly deadlines = new Deadlines();
 
   constructor(private readonly deps: ForwarderDeps) {
     this.fetchUpstream = deps.fetch ?? fetch;
@@ -258,9 +261,11 @@ export class Forwarder {
     const account = upstream.get("stripe-account");
     if (account) headers.set("stripe-account", account);
     let res: Response;
+    const deadline = this.deadlines.start(this.deps.upstreamTimeoutMs);
     try {
-      res = await this.fetchUpstream(this.deps.baseUrls[adapter.name] + path, { method: "GET", headers, redirect: "manual", signal: AbortSignal.timeout(this.deps.upstreamTimeoutMs) });
+      res = await this.fetchUpstream(this.deps.baseUrls[adapter.name] + path, { method: "GET", headers, redirect: "manual", signal: deadline.signal });
     } catch {
+      deadline.done();
       return { ok: false, status: 502, code: "upstream_unreachable", message: `Keybrake could not look up ${path} at ${adapter.name} to price this call; nothing was sent.` };
     }
     let json: unknown;
@@ -268,6 +273,8 @@ export class Forwarder {
       json = await res.json();
     } catch {
       json = undefined;
+    } finally {
+      deadline.done();
     }
     if (!res.ok || !json || typeof json !== "object" || Array.isArray(json)) {
       return { ok: false, status: 400, code: "cannot_price", message: `Keybrake prices this call from ${path}, which ${adapter.name} answered with ${res.status}; nothing was sent.` };
@@ -308,19 +315,22 @@ export class Forwarder {
     const url = this.deps.baseUrls[adapter.name] + path + query;
     let upstream: Response;
     let bytes: Uint8Array<ArrayBuffer> | null;
+    const deadline = this.deadlines.start(this.deps.upstreamTimeoutMs);
     try {
       upstream = await this.fetchUpstream(url, {
         method,
         headers,
         body: method === "GET" || method === "HEAD" ? undefined : (body as Uint8Array<ArrayBuffer>),
         redirect: "manual",
-        signal: AbortSignal.timeout(this.deps.upstreamTimeoutMs),
+        signal: deadline.signal,
       });
       // JSON answers are read whole (settlement and replays need them); anything else streams through.
       const type = upstream.headers.get("content-type") ?? "";
       const length = Number(upstream.headers.get("content-length") ?? 0);
       bytes = type.includes("json") && length <= MAX_BUFFERED_RESPONSE ? new Uint8Array(await upstream.arrayBuffer()) : null;
+      if (bytes !== null) deadline.done(); // a streamed answer keeps its deadline while it streams, as before
     } catch (err) {
+      deadline.done();
       // No answer, or an answer cut off: the vendor may have executed the call.
       const timedOut = (err as Error).name === "TimeoutError";
       const code = timedOut ? "upstream_timeout" : "upstream_unreachable";
@@ -338,7 +348,7 @@ export class Forwarder {
     let json: unknown;
     if (bytes) {
       try {
-        json = JSON.parse(new TextDecoder().decode(bytes));
+        json = JSON.parse(UTF8.decode(bytes));
       } catch {
         json = undefined;
       }
