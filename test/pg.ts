@@ -4,6 +4,8 @@
  * process) and stopped when the process exits. Each test file asks for its own database, so
  * files stay independent. A test that stops and restarts PostgreSQL starts its own cluster.
  *
+ * fsync=off is safe here: a stopped server (even `-m immediate`) loses nothing the OS holds;
+ * synchronous_commit stays on, since an immediate stop would otherwise drop the last commits.
  * initdb refuses to run as root: as root (CI, this machine) the cluster belongs to the
  * `postgres` user that Debian's package creates. KEYBRAKE_TEST_POSTGRES=required (set by
  * .ci/run) turns a missing PostgreSQL into a failure instead of a skip.
@@ -77,7 +79,7 @@ export async function startCluster(): Promise<PgCluster> {
   const user = asRoot() ? "postgres" : userInfo().username;
   run(join(bin, "initdb"), ["-D", data, "-A", "trust", "-U", user, "-E", "UTF8", "--no-sync"]);
   const port = await freePort();
-  const opts = `-c listen_addresses=127.0.0.1 -p ${port} -k ${dir} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200`;
+  const opts = `-c listen_addresses=127.0.0.1 -p ${port} -k ${dir} -c fsync=off -c full_page_writes=off -c max_connections=200`;
   const psql = join(bin, "psql");
   const cluster: PgCluster = {
     port,
