@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { migratePostgres, openPostgres, type Pg } from "../src/db/pg.ts";
 import type { CallFacts, RepeatGuard } from "../src/domain/ledger.ts";
 import { PgLedger } from "../src/ledger/pg.ts";
+import { PgCapAlerts } from "../src/ledger/pg-alerts.ts";
 import { LedgerUnavailable } from "../src/ledger/types.ts";
 import { createLogger } from "../src/log.ts";
 import { Forwarder } from "../src/proxy/forward.ts";
@@ -137,6 +138,34 @@ describe.skipIf(!postgresAvailable())("PostgreSQL ledger across replicas", () =>
     expect(r2.reservation.remainingMicros).toBe(3 * USD);
     await b.release(r2.reservation, { ...settlement(0), vendorStatus: 402 }, null);
     expect(await day(sql, k.id)).toEqual({ spent: 3 * USD, reserved: 0 });
+  });
+
+  test("cap alerts and their webhook outbox rows are raised once across replicas, in the transaction that moved the money", async () => {
+    await sql`INSERT INTO webhooks (id, url, events, thresholds, format, secret_sealed, secret_hint, created_at)
+              VALUES ('whk_pg', 'http://127.0.0.1:9/hook', '["cap.threshold","cap.hit"]', '[0.5,1]', 'json', 'sealed', 'whsec_…', 0)`;
+    const k = await insertKey(sql, { dailyUsd: 10 });
+    let kicks = 0;
+    const replicas = [new PgLedger(sql, new PgCapAlerts(() => kicks++)), new PgLedger(sqlB, new PgCapAlerts(() => kicks++))];
+    const key = (await replicas[0]!.findKeyByHash(k.hash))!;
+    const kinds = await Promise.all(
+      Array.from({ length: 24 }, async (_, i) => {
+        const ledger = replicas[i % 2]!;
+        const r = await ledger.admit(key, call, USD, Date.now(), null);
+        if (r.kind === "reserved") await ledger.settle(r.reservation, settlement(USD), null);
+        return r.kind;
+      }),
+    );
+    expect(kinds.filter((x) => x === "reserved").length).toBe(10);
+    const events = await sql`SELECT type, data FROM events WHERE target = ${k.id} ORDER BY type, id`;
+    expect(events.map((e: any) => [e.type, JSON.parse(e.data).threshold ?? null, JSON.parse(e.data).spent_usd])).toEqual([
+      ["cap.hit", null, 10],
+      ["cap.threshold", 0.5, 5],
+      ["cap.threshold", 1, 10],
+    ]);
+    const [outbox] = await sql`SELECT count(*)::int AS n FROM webhook_deliveries d JOIN events e ON e.id = d.event_id WHERE e.target = ${k.id} AND d.state = 'pending'`;
+    expect(outbox.n).toBe(3);
+    expect(kicks).toBe(3);
+    await sql`UPDATE webhooks SET deleted_at = 1 WHERE id = 'whk_pg'`;
   });
 
   test("a replica SIGKILLed mid-fan-out leaves its reservations held, and the others count them", async () => {

@@ -1,9 +1,11 @@
 import type { SQL } from "bun";
 import type { Admission, AuditOutcome, CallFacts, CapScope, LiveKey, RepeatGuard, Reservation, Settlement, StoredAnswer } from "../domain/ledger.ts";
+import type { SpendChange } from "../domain/alerts.ts";
 import type { BudgetHold } from "../domain/budgets.ts";
 import { remainingMicros } from "../domain/keys.ts";
 import { utcDay } from "../domain/time.ts";
 import type { PricedObject } from "../vendors/types.ts";
+import type { PgCapAlerts } from "./pg-alerts.ts";
 import { LedgerUnavailable, type SpendLedger } from "./types.ts";
 
 /**
@@ -50,7 +52,19 @@ interface LockedBudget {
 }
 
 export class PgLedger implements SpendLedger {
-  constructor(private readonly sql: SQL) {}
+  /** `alerts` raises cap.threshold and cap.hit (and queues their webhooks) inside the transaction that moved the money. */
+  constructor(
+    private readonly sql: SQL,
+    private readonly alerts: PgCapAlerts | null = null,
+  ) {}
+
+  /** Set by a transaction that queued a webhook delivery: the sender is kicked once it has committed. */
+  private async committed<T>(work: (tx: Tx, queue: () => void) => Promise<T>): Promise<T> {
+    let queued = false;
+    const out = await this.tx((tx) => work(tx, () => (queued = true)));
+    if (queued) this.alerts?.kick();
+    return out;
+  }
 
   /** Runs `work` in one transaction; a lost database becomes LedgerUnavailable (nothing of it committed, or the commit's fate is the database's). */
   private async tx<T>(work: (tx: Tx) => Promise<T>): Promise<T> {
@@ -107,10 +121,10 @@ export class PgLedger implements SpendLedger {
   }
 
   admit(key: LiveKey, call: CallFacts, micros: number, now: number, guard: RepeatGuard | null): Promise<Admission> {
-    return this.tx((tx) => this.admitIn(tx, key, call, micros, now, guard));
+    return this.committed((tx, queue) => this.admitIn(tx, queue, key, call, micros, now, guard));
   }
 
-  private async admitIn(tx: Tx, key: LiveKey, call: CallFacts, micros: number, now: number, guard: RepeatGuard | null): Promise<Admission> {
+  private async admitIn(tx: Tx, queue: () => void, key: LiveKey, call: CallFacts, micros: number, now: number, guard: RepeatGuard | null): Promise<Admission> {
     const day = utcDay(now);
     // The lock every exact decision below rests on (see the class comment); today's row read with it.
     const [cap] = await tx`
@@ -173,6 +187,8 @@ export class PgLedger implements SpendLedger {
     }
     if (micros > left) {
       const auditId = await insertAudit(tx, now, key, call, "cap_hit", "cap_exceeded", micros, "none", day, null, null);
+      const held = n(today?.spent_micros) + n(today?.reserved_micros);
+      if (await this.alerts?.hit(tx, { kind: "key", id: key.id, label: key.agent_run_label }, held, micros, n(cap.daily_cap_micros), day, now)) queue();
       return { kind: "refused", outcome: "cap_hit", auditId, remainingMicros: left, capScope: { kind: "key" } };
     }
 
@@ -182,6 +198,8 @@ export class PgLedger implements SpendLedger {
     if (full) {
       const auditId = await insertAudit(tx, now, key, call, "cap_hit", "budget_cap_exceeded", micros, "none", day, null, null);
       const capScope: CapScope = { kind: "budget", budgetId: full.id, name: full.name };
+      const scope = { kind: "budget" as const, id: full.id, name: full.name, labelPrefix: full.label_prefix };
+      if (await this.alerts?.hit(tx, scope, full.spent_micros + full.reserved_micros, micros, full.daily_cap_micros, day, now)) queue();
       return { kind: "refused", outcome: "cap_hit", auditId, remainingMicros: pooled, capScope };
     }
     if (micros > 0) {
@@ -212,8 +230,9 @@ export class PgLedger implements SpendLedger {
   }
 
   settle(r: Reservation, s: Settlement, answer: StoredAnswer | null, produced?: PricedObject | null): Promise<void> {
-    return this.tx(async (tx) => {
-      await finish(tx, r, s, s.actualMicros, "settled", answer);
+    return this.committed(async (tx, queue) => {
+      const spent = await finish(tx, r, s, s.actualMicros, "settled", answer);
+      if (this.alerts && s.actualMicros > 0 && (await this.alerts.spent(tx, spent, r.day, Date.now()))) queue();
       if (produced) {
         const o = produced;
         await tx`INSERT INTO priced_objects (key_id, object_id, kind, amount, currency, counted_micros, updated_at)
@@ -225,7 +244,7 @@ export class PgLedger implements SpendLedger {
   }
 
   release(r: Reservation, s: Settlement, answer: StoredAnswer | null): Promise<void> {
-    return this.tx((tx) => finish(tx, r, s, 0, "released", answer));
+    return this.tx(async (tx) => void (await finish(tx, r, s, 0, "released", answer)));
   }
 
   keepUnsettled(r: Reservation, s: Settlement, errorCode: string): Promise<void> {
@@ -256,13 +275,22 @@ async function lockBudgets(tx: Tx, vendor: string, label: string, day: string): 
   return rows.map((r: any) => ({ id: r.id, name: r.name, label_prefix: r.label_prefix, daily_cap_micros: n(r.daily_cap_micros), spent_micros: n(r.spent_micros), reserved_micros: n(r.reserved_micros) }));
 }
 
-async function finish(tx: Tx, r: Reservation, s: Settlement, actual: number, state: "settled" | "released", answer: StoredAnswer | null): Promise<void> {
+/** Settles or releases; returns how today's settled spend of the key and its budgets moved (for alerts). */
+async function finish(tx: Tx, r: Reservation, s: Settlement, actual: number, state: "settled" | "released", answer: StoredAnswer | null): Promise<SpendChange[]> {
+  const changes: SpendChange[] = [];
   if (r.micros > 0 || actual > 0) {
     // Key row first, then budget day rows by id: the same lock order as admission.
-    await tx`UPDATE vault_keys SET reserved_total_micros = reserved_total_micros - ${r.micros}, spent_total_micros = spent_total_micros + ${actual} WHERE id = ${r.keyId}`;
-    await tx`UPDATE key_spend_days SET reserved_micros = reserved_micros - ${r.micros}, spent_micros = spent_micros + ${actual} WHERE key_id = ${r.keyId} AND day = ${r.day}`;
+    const [k] = await tx`UPDATE vault_keys SET reserved_total_micros = reserved_total_micros - ${r.micros}, spent_total_micros = spent_total_micros + ${actual}
+                          WHERE id = ${r.keyId} RETURNING daily_cap_micros, agent_run_label`;
+    const [d] = await tx`UPDATE key_spend_days SET reserved_micros = reserved_micros - ${r.micros}, spent_micros = spent_micros + ${actual}
+                          WHERE key_id = ${r.keyId} AND day = ${r.day} RETURNING spent_micros`;
+    if (k && d) changes.push({ scope: { kind: "key", id: r.keyId, label: k.agent_run_label }, before: n(d.spent_micros) - actual, after: n(d.spent_micros), capMicros: n(k.daily_cap_micros) });
     for (const h of [...r.budgets].sort((a, b) => (a.budgetId < b.budgetId ? -1 : 1))) {
-      await tx`UPDATE budget_spend_days SET reserved_micros = reserved_micros - ${h.micros}, spent_micros = spent_micros + ${actual} WHERE budget_id = ${h.budgetId} AND day = ${h.day}`;
+      const [b] = await tx`
+        UPDATE budget_spend_days d SET reserved_micros = d.reserved_micros - ${h.micros}, spent_micros = d.spent_micros + ${actual}
+          FROM budgets b WHERE b.id = d.budget_id AND d.budget_id = ${h.budgetId} AND d.day = ${h.day}
+        RETURNING d.spent_micros, b.name, b.label_prefix, b.daily_cap_micros`;
+      if (b) changes.push({ scope: { kind: "budget", id: h.budgetId, name: b.name, labelPrefix: b.label_prefix }, before: n(b.spent_micros) - actual, after: n(b.spent_micros), capMicros: n(b.daily_cap_micros) });
     }
   }
   await finishAudit(tx, r.auditId, "forwarded", state, actual, s, s.vendorObjectId, null);
@@ -276,6 +304,7 @@ async function finish(tx: Tx, r: Reservation, s: Settlement, actual: number, sta
       await tx`DELETE FROM idempotency_records WHERE key_id = ${r.keyId} AND idem_key = ${r.guard.idemKey}`;
     }
   }
+  return changes;
 }
 
 async function finishAudit(tx: Tx, id: number, outcome: string, ledgerState: string, settled: number | null, s: Settlement, objectId: string | null, errorCode: string | null): Promise<void> {
