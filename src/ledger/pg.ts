@@ -127,15 +127,26 @@ export class PgLedger implements SpendLedger {
   private async admitIn(tx: Tx, queue: () => void, key: LiveKey, call: CallFacts, micros: number, now: number, guard: RepeatGuard | null): Promise<Admission> {
     const day = utcDay(now);
     // The lock every exact decision below rests on (see the class comment); today's row read with it.
-    const [cap] = await tx`
-      SELECT revoked_at, expires_at, daily_cap_micros, total_cap_micros, spent_total_micros, reserved_total_micros
-        FROM vault_keys WHERE id = ${key.id} FOR UPDATE`;
-    if (!cap) throw new Error(`ledger: key ${key.id} vanished`);
-    // A statement of its own, after the lock: under READ COMMITTED it reads the newest committed day row.
-    // (Joined into the FOR UPDATE above it would not be: when the lock wait ends, PostgreSQL re-checks only
-    // the locked row and keeps the joined row from the statement's older snapshot — measured here as
+    // One round trip: the statements are pipelined on the transaction's connection and PostgreSQL runs
+    // them in order, so the reads after the lock run once it is granted, each with a fresh READ
+    // COMMITTED snapshot: they see the newest committed day row, idempotency record and budgets.
+    // (Joined into the FOR UPDATE statement they would not: when a lock wait ends, PostgreSQL re-checks
+    // only the locked row and keeps joined rows from the statement's older snapshot — measured here as
     // 142 charges admitted under a 123-charge cap.)
-    const [today] = await tx`SELECT spent_micros, reserved_micros FROM key_spend_days WHERE key_id = ${key.id} AND day = ${day}`;
+    const [[cap], [today], [prior], budgetIds] = await Promise.all([
+      tx`SELECT revoked_at, expires_at, daily_cap_micros, total_cap_micros, spent_total_micros, reserved_total_micros
+           FROM vault_keys WHERE id = ${key.id} FOR UPDATE`,
+      tx`SELECT spent_micros, reserved_micros FROM key_spend_days WHERE key_id = ${key.id} AND day = ${day}`,
+      guard
+        ? tx`SELECT request_hash, state, audit_id, reserved_micros, spend_day, status, headers, body, updated_at, expires_at
+               FROM idempotency_records WHERE key_id = ${key.id} AND idem_key = ${guard.idemKey}`
+        : Promise.resolve([]),
+      // Live budgets over this label, share-locked so a PATCH of one waits for this call; their day rows are locked below.
+      // `starts_with` is exactly "starts with": no LIKE wildcards, no case folding (as substr() on SQLite).
+      tx`SELECT id FROM budgets WHERE deleted_at IS NULL AND (vendor IS NULL OR vendor = ${key.vendor})
+           AND starts_with(${key.agent_run_label}, label_prefix) ORDER BY id FOR SHARE`,
+    ]);
+    if (!cap) throw new Error(`ledger: key ${key.id} vanished`);
     if (cap.revoked_at !== null || n(cap.expires_at) <= now) {
       const outcome = cap.revoked_at !== null ? "revoked" : "expired";
       const auditId = await insertAudit(tx, now, key, call, outcome, outcome === "revoked" ? "key_revoked" : "key_expired", micros, "none", null, null, null);
@@ -149,9 +160,6 @@ export class PgLedger implements SpendLedger {
 
     let carried: { audit_id: number; reserved_micros: number; spend_day: string } | null = null;
     if (guard) {
-      const [prior] = await tx`
-        SELECT request_hash, state, audit_id, reserved_micros, spend_day, status, headers, body, updated_at, expires_at
-          FROM idempotency_records WHERE key_id = ${key.id} AND idem_key = ${guard.idemKey}`;
       if (prior && n(prior.expires_at) > now) {
         if (prior.request_hash !== guard.requestHash) {
           return { kind: "mismatch", auditId: await insertAudit(tx, now, key, call, "invalid_request", "idempotency_key_mismatch", 0, "none", null, null, n(prior.audit_id)) };
@@ -192,7 +200,7 @@ export class PgLedger implements SpendLedger {
       return { kind: "refused", outcome: "cap_hit", auditId, remainingMicros: left, capScope: { kind: "key" } };
     }
 
-    const live = await lockBudgets(tx, key.vendor, key.agent_run_label, day);
+    const live = await lockBudgets(tx, budgetIds.map((b: { id: string }) => b.id), day);
     const pooled = Math.min(left, ...live.map(budgetLeft));
     const full = live.find((b) => micros > budgetLeft(b));
     if (full) {
@@ -202,30 +210,33 @@ export class PgLedger implements SpendLedger {
       if (await this.alerts?.hit(tx, scope, full.spent_micros + full.reserved_micros, micros, full.daily_cap_micros, day, now)) queue();
       return { kind: "refused", outcome: "cap_hit", auditId, remainingMicros: pooled, capScope };
     }
+    // The writes, pipelined: independent of each other, all under the locks taken above.
+    const writes: Promise<unknown>[] = [];
     if (micros > 0) {
-      await tx`INSERT INTO key_spend_days (key_id, day, reserved_micros) VALUES (${key.id}, ${day}, ${micros})
-               ON CONFLICT (key_id, day) DO UPDATE SET reserved_micros = key_spend_days.reserved_micros + EXCLUDED.reserved_micros`;
-      await tx`UPDATE vault_keys SET reserved_total_micros = reserved_total_micros + ${micros} WHERE id = ${key.id}`;
+      writes.push(
+        tx`INSERT INTO key_spend_days (key_id, day, reserved_micros) VALUES (${key.id}, ${day}, ${micros})
+           ON CONFLICT (key_id, day) DO UPDATE SET reserved_micros = key_spend_days.reserved_micros + EXCLUDED.reserved_micros`,
+        tx`UPDATE vault_keys SET reserved_total_micros = reserved_total_micros + ${micros} WHERE id = ${key.id}`,
+      );
     }
-    const auditId = await insertAudit(tx, now, key, call, "forwarded", null, micros, micros > 0 ? "reserved" : "none", day, null, null);
-    const holds: BudgetHold[] = [];
-    if (micros > 0) {
-      for (const b of live) {
-        const [row] = await tx`UPDATE budget_spend_days SET reserved_micros = reserved_micros + ${micros}
-                                WHERE budget_id = ${b.id} AND day = ${day} RETURNING spent_micros + reserved_micros AS held`;
-        // Checked on the same locked row a moment ago: a failure here is a ledger bug, and throwing rolls the call back.
-        if (n(row?.held) > b.daily_cap_micros) throw new Error(`ledger invariant broken: budget ${b.id} would hold ${row?.held} > cap ${b.daily_cap_micros}`);
-        await tx`INSERT INTO budget_reservations (audit_id, budget_id, day, micros) VALUES (${auditId}, ${b.id}, ${day}, ${micros})`;
-        holds.push({ budgetId: b.id, day, micros });
-      }
-    }
+    const auditId = await Promise.all([insertAudit(tx, now, key, call, "forwarded", null, micros, micros > 0 ? "reserved" : "none", day, null, null), ...writes]).then(([id]) => id as number);
+    const holds: BudgetHold[] = micros > 0 ? live.map((b) => ({ budgetId: b.id, day, micros })) : [];
+    const after: Promise<unknown>[] = holds.map(async (h) => {
+      const [row] = await tx`UPDATE budget_spend_days SET reserved_micros = reserved_micros + ${micros}
+                              WHERE budget_id = ${h.budgetId} AND day = ${day} RETURNING spent_micros + reserved_micros AS held`;
+      const cap = live.find((b) => b.id === h.budgetId)!.daily_cap_micros;
+      // Checked on the same locked row a moment ago: a failure here is a ledger bug, and throwing rolls the call back.
+      if (n(row?.held) > cap) throw new Error(`ledger invariant broken: budget ${h.budgetId} would hold ${row?.held} > cap ${cap}`);
+      await tx`INSERT INTO budget_reservations (audit_id, budget_id, day, micros) VALUES (${auditId}, ${h.budgetId}, ${day}, ${micros})`;
+    });
     if (guard) {
-      await tx`INSERT INTO idempotency_records (key_id, idem_key, request_hash, state, audit_id, reserved_micros, spend_day, updated_at, expires_at)
+      after.push(tx`INSERT INTO idempotency_records (key_id, idem_key, request_hash, state, audit_id, reserved_micros, spend_day, updated_at, expires_at)
                VALUES (${key.id}, ${guard.idemKey}, ${guard.requestHash}, 'in_flight', ${auditId}, ${micros}, ${day}, ${now}, ${now + guard.ttlMs})
                ON CONFLICT (key_id, idem_key) DO UPDATE SET request_hash = EXCLUDED.request_hash, state = 'in_flight', audit_id = EXCLUDED.audit_id,
                  reserved_micros = EXCLUDED.reserved_micros, spend_day = EXCLUDED.spend_day, status = NULL, headers = NULL, body = NULL,
-                 updated_at = EXCLUDED.updated_at, expires_at = EXCLUDED.expires_at`;
+                 updated_at = EXCLUDED.updated_at, expires_at = EXCLUDED.expires_at`);
     }
+    await Promise.all(after);
     return { kind: "reserved", reservation: { auditId, keyId: key.id, day, micros, remainingMicros: pooled - micros, retryAuditId: null, guard, budgets: holds } };
   }
 
@@ -257,15 +268,11 @@ export class PgLedger implements SpendLedger {
 }
 
 /**
- * The live budgets over this label, their day rows locked in id order. The day rows are created
- * first (a no-op once they exist) so that there is a row to lock even on a budget's first call.
- * `starts_with` is exactly "starts with": no LIKE wildcards, no case folding (as substr() on SQLite).
+ * The day rows of these (share-locked) budgets, locked in id order. The rows are created first
+ * (a no-op once they exist) so that there is a row to lock even on a budget's first call today.
  */
-async function lockBudgets(tx: Tx, vendor: string, label: string, day: string): Promise<LockedBudget[]> {
-  const budgets = await tx`SELECT id FROM budgets WHERE deleted_at IS NULL AND (vendor IS NULL OR vendor = ${vendor})
-                             AND starts_with(${label}, label_prefix) ORDER BY id FOR SHARE`;
-  if (budgets.length === 0) return [];
-  const ids = budgets.map((b: any) => b.id as string);
+async function lockBudgets(tx: Tx, ids: string[], day: string): Promise<LockedBudget[]> {
+  if (ids.length === 0) return [];
   await tx`INSERT INTO budget_spend_days (budget_id, day) SELECT unnest(${ids}::text[]), ${day} ORDER BY 1 ON CONFLICT DO NOTHING`;
   const rows = await tx`
     SELECT b.id, b.name, b.label_prefix, b.daily_cap_micros, d.spent_micros, d.reserved_micros
@@ -278,32 +285,48 @@ async function lockBudgets(tx: Tx, vendor: string, label: string, day: string): 
 /** Settles or releases; returns how today's settled spend of the key and its budgets moved (for alerts). */
 async function finish(tx: Tx, r: Reservation, s: Settlement, actual: number, state: "settled" | "released", answer: StoredAnswer | null): Promise<SpendChange[]> {
   const changes: SpendChange[] = [];
-  if (r.micros > 0 || actual > 0) {
-    // Key row first, then budget day rows by id: the same lock order as admission.
-    const [k] = await tx`UPDATE vault_keys SET reserved_total_micros = reserved_total_micros - ${r.micros}, spent_total_micros = spent_total_micros + ${actual}
-                          WHERE id = ${r.keyId} RETURNING daily_cap_micros, agent_run_label`;
-    const [d] = await tx`UPDATE key_spend_days SET reserved_micros = reserved_micros - ${r.micros}, spent_micros = spent_micros + ${actual}
-                          WHERE key_id = ${r.keyId} AND day = ${r.day} RETURNING spent_micros`;
+  const money = r.micros > 0 || actual > 0;
+  // Pipelined behind the money updates (queued first, below): the audit row and the stored answer.
+  const tailWrites = (): Promise<unknown> => {
+    const w: Promise<unknown>[] = [finishAudit(tx, r.auditId, "forwarded", state, actual, s, s.vendorObjectId, null)];
+    if (r.retryAuditId !== null) w.push(finishAudit(tx, r.retryAuditId, "forwarded", "none", 0, s, s.vendorObjectId, null));
+    if (r.guard) {
+      w.push(
+        answer
+          ? tx`UPDATE idempotency_records SET state = 'completed', status = ${answer.status}, headers = ${JSON.stringify(answer.headers)}, body = ${Buffer.from(answer.body)}, updated_at = ${Date.now()}
+                WHERE key_id = ${r.keyId} AND idem_key = ${r.guard.idemKey}`
+          : tx`DELETE FROM idempotency_records WHERE key_id = ${r.keyId} AND idem_key = ${r.guard.idemKey}`,
+      );
+    }
+    return Promise.all(w);
+  };
+  let tail: Promise<unknown> = Promise.resolve();
+  if (!money) tail = tailWrites();
+  if (money) {
+    // Pipelined, in this order on the connection: key row, key day row, budget day rows by id —
+    // the same lock order as admission.
+    const holds = [...r.budgets].sort((a, b) => (a.budgetId < b.budgetId ? -1 : 1));
+    const moved = Promise.all([
+      tx`UPDATE vault_keys SET reserved_total_micros = reserved_total_micros - ${r.micros}, spent_total_micros = spent_total_micros + ${actual}
+          WHERE id = ${r.keyId} RETURNING daily_cap_micros, agent_run_label`,
+      tx`UPDATE key_spend_days SET reserved_micros = reserved_micros - ${r.micros}, spent_micros = spent_micros + ${actual}
+          WHERE key_id = ${r.keyId} AND day = ${r.day} RETURNING spent_micros`,
+      ...holds.map(
+        (h) => tx`UPDATE budget_spend_days d SET reserved_micros = d.reserved_micros - ${h.micros}, spent_micros = d.spent_micros + ${actual}
+                    FROM budgets b WHERE b.id = d.budget_id AND d.budget_id = ${h.budgetId} AND d.day = ${h.day}
+                  RETURNING d.spent_micros, b.name, b.label_prefix, b.daily_cap_micros`,
+      ),
+    ]);
+    tail = tailWrites();
+    tail.catch(() => {}); // awaited below; a failure of `moved` first must not leave it unhandled
+    const [[k], [d], ...budgetRows] = await moved;
     if (k && d) changes.push({ scope: { kind: "key", id: r.keyId, label: k.agent_run_label }, before: n(d.spent_micros) - actual, after: n(d.spent_micros), capMicros: n(k.daily_cap_micros) });
-    for (const h of [...r.budgets].sort((a, b) => (a.budgetId < b.budgetId ? -1 : 1))) {
-      const [b] = await tx`
-        UPDATE budget_spend_days d SET reserved_micros = d.reserved_micros - ${h.micros}, spent_micros = d.spent_micros + ${actual}
-          FROM budgets b WHERE b.id = d.budget_id AND d.budget_id = ${h.budgetId} AND d.day = ${h.day}
-        RETURNING d.spent_micros, b.name, b.label_prefix, b.daily_cap_micros`;
+    budgetRows.forEach(([b], i) => {
+      const h = holds[i]!;
       if (b) changes.push({ scope: { kind: "budget", id: h.budgetId, name: b.name, labelPrefix: b.label_prefix }, before: n(b.spent_micros) - actual, after: n(b.spent_micros), capMicros: n(b.daily_cap_micros) });
-    }
+    });
   }
-  await finishAudit(tx, r.auditId, "forwarded", state, actual, s, s.vendorObjectId, null);
-  if (r.retryAuditId !== null) await finishAudit(tx, r.retryAuditId, "forwarded", "none", 0, s, s.vendorObjectId, null);
-  if (r.guard) {
-    const now = Date.now();
-    if (answer) {
-      await tx`UPDATE idempotency_records SET state = 'completed', status = ${answer.status}, headers = ${JSON.stringify(answer.headers)}, body = ${Buffer.from(answer.body)}, updated_at = ${now}
-               WHERE key_id = ${r.keyId} AND idem_key = ${r.guard.idemKey}`;
-    } else {
-      await tx`DELETE FROM idempotency_records WHERE key_id = ${r.keyId} AND idem_key = ${r.guard.idemKey}`;
-    }
-  }
+  await tail;
   return changes;
 }
 
