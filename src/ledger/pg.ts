@@ -26,6 +26,9 @@ import { LedgerUnavailable, type SpendLedger } from "./types.ts";
  * settlement alike, so two transactions never wait on each other in a cycle. Nothing is cached:
  * a replica's decision is only ever taken on rows it holds locked.
  *
+ * Writes of one key that arrive together share one such transaction (group commit, below); the
+ * checks of each still run on the locked rows, after the writes before it.
+ *
  * A transaction that cannot reach the database throws LedgerUnavailable: the proxy answers 503
  * and forwards nothing. A replica that dies mid-call leaves its committed reservation held
  * (unsettled), visible to every other replica, exactly like a crashed process on SQLite.
@@ -40,6 +43,12 @@ const nn = (v: unknown): number | null => (v === null || v === undefined ? null 
 function isUnreachable(e: unknown): boolean {
   const code = String((e as { code?: unknown })?.code ?? "");
   return /CONNECTION|CONNECT|CLOSED|TIMEOUT|ECONN|SOCKET|57P0[123]|08\d\d\d/i.test(code) || /connect|connection|socket|closed/i.test((e as Error)?.message ?? "");
+}
+
+interface PendingWrite {
+  work: (tx: Tx, queue: () => void) => Promise<any>;
+  resolve: (value: any) => void;
+  reject: (error: unknown) => void;
 }
 
 interface LockedBudget {
@@ -64,6 +73,54 @@ export class PgLedger implements SpendLedger {
     const out = await this.tx((tx) => work(tx, () => (queued = true)));
     if (queued) this.alerts?.kick();
     return out;
+  }
+
+  /**
+   * Group commit, per key: the ledger writes for one key that arrive in one event-loop turn run
+   * one after another in one transaction (one BEGIN/COMMIT, one wait for the key's lock), each
+   * against the state the ones before it left — the same decisions as one transaction each, as
+   * with the SQLite group commit. Only writes of the same key share a transaction, so a batch
+   * takes its locks in the one order every transaction uses (key row, then budget day rows by
+   * id) and batches of two replicas can never deadlock. A write that fails aborts the batch
+   * (nothing of it committed): each write then runs again in a transaction of its own, so only
+   * the failing one fails. A reservation is committed before the call is forwarded.
+   */
+  private pending = new Map<string, PendingWrite[]>();
+
+  private write<T>(keyId: string, work: (tx: Tx, queue: () => void) => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      if (this.pending.size === 0) setImmediate(() => this.flush());
+      const group = this.pending.get(keyId);
+      const w: PendingWrite = { work, resolve, reject };
+      if (group) group.push(w);
+      else this.pending.set(keyId, [w]);
+    });
+  }
+
+  private flush(): void {
+    const groups = [...this.pending.values()];
+    this.pending = new Map();
+    for (const group of groups) void this.runGroup(group);
+  }
+
+  private async runGroup(group: PendingWrite[]): Promise<void> {
+    if (group.length === 1) {
+      const w = group[0]!;
+      return this.committed(w.work).then(w.resolve, w.reject);
+    }
+    let results: unknown[];
+    try {
+      results = await this.committed(async (tx, queue) => {
+        const out: unknown[] = [];
+        for (const w of group) out.push(await w.work(tx, queue));
+        return out;
+      });
+    } catch (e) {
+      if (e instanceof LedgerUnavailable) return void group.forEach((w) => w.reject(e));
+      for (const w of group) await this.committed(w.work).then(w.resolve, w.reject);
+      return;
+    }
+    group.forEach((w, i) => w.resolve(results[i]));
   }
 
   /** Runs `work` in one transaction; a lost database becomes LedgerUnavailable (nothing of it committed, or the commit's fate is the database's). */
@@ -117,11 +174,11 @@ export class PgLedger implements SpendLedger {
   }
 
   recordRefusal(key: Pick<LiveKey, "id" | "agent_run_label"> | null, call: CallFacts, outcome: AuditOutcome, errorCode: string, now: number): Promise<number> {
-    return this.tx((tx) => insertAudit(tx, now, key, call, outcome, errorCode, 0, "none", null, null, null));
+    return this.write(key?.id ?? "", (tx) => insertAudit(tx, now, key, call, outcome, errorCode, 0, "none", null, null, null));
   }
 
   admit(key: LiveKey, call: CallFacts, micros: number, now: number, guard: RepeatGuard | null): Promise<Admission> {
-    return this.committed((tx, queue) => this.admitIn(tx, queue, key, call, micros, now, guard));
+    return this.write(key.id, (tx, queue) => this.admitIn(tx, queue, key, call, micros, now, guard));
   }
 
   private async admitIn(tx: Tx, queue: () => void, key: LiveKey, call: CallFacts, micros: number, now: number, guard: RepeatGuard | null): Promise<Admission> {
@@ -241,7 +298,7 @@ export class PgLedger implements SpendLedger {
   }
 
   settle(r: Reservation, s: Settlement, answer: StoredAnswer | null, produced?: PricedObject | null): Promise<void> {
-    return this.committed(async (tx, queue) => {
+    return this.write(r.keyId, async (tx, queue) => {
       const spent = await finish(tx, r, s, s.actualMicros, "settled", answer);
       if (this.alerts && s.actualMicros > 0 && (await this.alerts.spent(tx, spent, r.day, Date.now()))) queue();
       if (produced) {
@@ -255,11 +312,11 @@ export class PgLedger implements SpendLedger {
   }
 
   release(r: Reservation, s: Settlement, answer: StoredAnswer | null): Promise<void> {
-    return this.tx(async (tx) => void (await finish(tx, r, s, 0, "released", answer)));
+    return this.write(r.keyId, async (tx) => void (await finish(tx, r, s, 0, "released", answer)));
   }
 
   keepUnsettled(r: Reservation, s: Settlement, errorCode: string): Promise<void> {
-    return this.tx(async (tx) => {
+    return this.write(r.keyId, async (tx) => {
       await finishAudit(tx, r.auditId, "upstream_error", "unsettled", null, s, s.vendorObjectId, errorCode);
       if (r.retryAuditId !== null) await finishAudit(tx, r.retryAuditId, "upstream_error", "none", 0, s, null, errorCode);
       if (r.guard) await tx`UPDATE idempotency_records SET state = 'unknown', updated_at = ${Date.now()} WHERE key_id = ${r.keyId} AND idem_key = ${r.guard.idemKey}`;
