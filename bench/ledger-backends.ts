@@ -93,7 +93,7 @@ async function run(t: Target, capUsd: number, calls: number) {
   const k = await t.newKey(capUsd);
   const share = Math.ceil(calls / t.replicas);
   const procs = Array.from({ length: t.replicas }, (_, i) =>
-    spawn(["bun", WORKER, t.backend, k.target, k.keyId, String(Math.min(share, calls - i * share)), String(CONCURRENCY)], { stdout: "pipe", stderr: "inherit" }),
+    spawn([process.execPath, WORKER, t.backend, k.target, k.keyId, String(Math.min(share, calls - i * share)), String(CONCURRENCY)], { stdout: "pipe", stderr: "inherit" }),
   );
   const started = performance.now();
   const outs = await Promise.all(procs.map(async (p) => ((await p.exited) === 0 ? JSON.parse(await new Response(p.stdout).text()) : null)));

@@ -34,7 +34,7 @@ async function insertKey(sql: Pg, opts: { dailyUsd: number; totalUsd?: number; l
 }
 
 async function replica(url: string, keyId: string, count: number, micros: number, mode: "settle" | "hold") {
-  const proc = spawn(["bun", WORKER, url, keyId, String(count), String(micros), mode], { stdout: "pipe", stderr: "inherit" });
+  const proc = spawn([process.execPath, WORKER, url, keyId, String(count), String(micros), mode], { stdout: "pipe", stderr: "inherit" });
   return proc;
 }
 
