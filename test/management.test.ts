@@ -88,6 +88,14 @@ describe("vault key lifecycle", () => {
     expect(bad.json.error.details[0].field).toBe("status");
   });
 
+  test("a duration over the server maximum is refused in the unit it was typed in", async () => {
+    for (const [typed, limit] of [["40d", "30d"], ["1000h", "720h"], ["3000000s", "2592000s"]]) {
+      const r = await kb.api("POST", "/vault/keys", seedKeyBody({ expires_in: typed }));
+      expect(r.status).toBe(400);
+      expect(r.json.error.details).toEqual([{ field: "expires_in", message: `expires_in must be at most ${limit}` }]);
+    }
+  });
+
   test("DELETE revokes once and is idempotent; unknown ids are 404", async () => {
     const k = await kb.issueKey(seedKeyBody());
     const first = await kb.api("DELETE", `/vault/keys/${k.key_id}`);

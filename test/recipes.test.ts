@@ -25,14 +25,34 @@ const PYTHON = "/usr/bin/python3"; // Debian's, where apt put python3-stripe and
 const CUSTOMERS = ["cus_001", "cus_002", "cus_003", "cus_004", "cus_005"];
 
 let stack: Awaited<ReturnType<typeof startProxyStack>>;
+/** Each orchestrator's issuer token, minted with exactly the policy examples/README.md shows for it. */
+const TOKENS: Record<string, string> = {};
 // The TypeScript recipes read these, as they would on a worker; put back afterwards.
 const savedEnv = { KEYBRAKE_URL: process.env.KEYBRAKE_URL, KEYBRAKE_API_KEY: process.env.KEYBRAKE_API_KEY };
 beforeAll(async () => {
   await requireDebianTools();
   stack = await startProxyStack();
+  await scopedTokensAndBudgetsFromReadme();
   process.env.KEYBRAKE_URL = stack.kb.url;
-  process.env.KEYBRAKE_API_KEY = ADMIN_TOKEN;
+  process.env.KEYBRAKE_API_KEY = TOKENS.temporal!; // the Temporal TypeScript activities read it from the worker's env
 });
+
+/** The README's `keybrake token create --role issuer --policy …` lines and budget loop, done through the API. */
+async function scopedTokensAndBudgetsFromReadme() {
+  const readme = readFileSync(join(EXAMPLES, "README.md"), "utf8");
+  for (const [, name, policy] of readme.matchAll(/^keybrake token create --name (\S+) --role issuer --policy '(.+)'$/gm)) {
+    const r = await stack.kb.api("POST", "/tokens", { name, role: "issuer", policy: JSON.parse(policy!) });
+    expect(r.status).toBe(201);
+    TOKENS[name!] = r.json.token;
+  }
+  expect(Object.keys(TOKENS).sort()).toEqual(["airflow", "argo", "kestra", "temporal", "windmill"]);
+  const loop = /^for prefix in (.+); do$/m.exec(readme)![1]!.split(" ");
+  const cap = Number(/daily_usd_cap\\": (\d+)/.exec(readme)![1]);
+  for (const prefix of loop) {
+    const r = await stack.kb.api("POST", "/budgets", { name: `${prefix.slice(0, -1)} daily`, label_prefix: prefix, daily_usd_cap: cap });
+    expect(r.status).toBe(201);
+  }
+}
 afterAll(async () => {
   for (const [name, value] of Object.entries(savedEnv)) {
     if (value === undefined) delete process.env[name];
@@ -100,7 +120,7 @@ describe("Airflow (examples/airflow/billing_dag.py)", () => {
   test("$100 budget, 5 mapped charges: 3 charged, 2 skipped as cap hits, a retry replayed, the run revoked", async () => {
     const runId = "scheduled__2026-11-22T00:00:00+00:00";
     const label = `airflow-billing/${runId}`;
-    const r = await python(AIRFLOW_RUN, { cwd: join(EXAMPLES, "airflow"), args: [runId, JSON.stringify(CUSTOMERS)] });
+    const r = await python(AIRFLOW_RUN, { cwd: join(EXAMPLES, "airflow"), args: [runId, JSON.stringify(CUSTOMERS)], env: { KEYBRAKE_API_KEY: TOKENS.airflow! } });
     expect(r.code).toBe(0);
     const run = JSON.parse(r.stdout);
 
@@ -151,7 +171,7 @@ describe("Temporal, Python (examples/temporal/python)", () => {
   test("BillingWorkflow.run: 3 charged, 2 cap hits reported and not retried, key revoked in finally", async () => {
     const workflowId = "billing-2026-11-22";
     const label = `temporal-billing/${workflowId}`;
-    const r = await python(TEMPORAL_RUN, { cwd: join(EXAMPLES, "temporal/python"), args: [workflowId, JSON.stringify(CUSTOMERS), "none"] });
+    const r = await python(TEMPORAL_RUN, { cwd: join(EXAMPLES, "temporal/python"), args: [workflowId, JSON.stringify(CUSTOMERS), "none"], env: { KEYBRAKE_API_KEY: TOKENS.temporal! } });
     expect(r.code).toBe(0);
     const run = JSON.parse(r.stdout);
 
@@ -166,7 +186,7 @@ describe("Temporal, Python (examples/temporal/python)", () => {
   test("a cancelled run still revokes its key", async () => {
     const workflowId = "billing-cancelled";
     const label = `temporal-billing/${workflowId}`;
-    const r = await python(TEMPORAL_RUN, { cwd: join(EXAMPLES, "temporal/python"), args: [workflowId, JSON.stringify(CUSTOMERS), "cancel-at-2"] });
+    const r = await python(TEMPORAL_RUN, { cwd: join(EXAMPLES, "temporal/python"), args: [workflowId, JSON.stringify(CUSTOMERS), "cancel-at-2"], env: { KEYBRAKE_API_KEY: TOKENS.temporal! } });
     expect(r.code).toBe(0);
     const run = JSON.parse(r.stdout);
     expect(run.outcome).toBe("CancelledError");
@@ -268,7 +288,7 @@ describe("Kestra (examples/kestra/billing-workflow.yml)", () => {
       vars: {},
       inputs: { customer_ids: CUSTOMERS, budget_usd: 100.0 },
       execution: { id: executionId },
-      secrets: { KEYBRAKE_API_KEY: ADMIN_TOKEN, KEYBRAKE_URL: stack.kb.url }, // the two secrets a user creates
+      secrets: { KEYBRAKE_API_KEY: TOKENS.kestra!, KEYBRAKE_URL: stack.kb.url }, // the two secrets a user creates
       outputs,
       kv,
     };
@@ -385,7 +405,7 @@ describe("Argo Workflows (examples/argo-workflows/billing-workflow.yaml)", () =>
       "workflow.parameters.budget_usd": "100",
       "workflow.parameters.keybrake_url": stack.kb.url,
     };
-    const secrets: Record<string, string> = { "keybrake-credentials/api_key": ADMIN_TOKEN };
+    const secrets: Record<string, string> = { "keybrake-credentials/api_key": TOKENS.argo! };
     const containerEnv = (t: any, v: Record<string, string>) =>
       Object.fromEntries(
         t.container.env.map((e: any) => [e.name, e.valueFrom ? secrets[`${e.valueFrom.secretKeyRef.name}/${e.valueFrom.secretKeyRef.key}`]! : argo(e.value, v)]),
@@ -483,7 +503,7 @@ describe("Windmill (examples/windmill/billing__flow)", () => {
       const charge = await import("../examples/windmill/billing__flow/charge_customer.ts");
       const revoke = await import("../examples/windmill/billing__flow/revoke_vault_key.ts");
 
-      const step1 = await issue.main(ADMIN_TOKEN, 100);
+      const step1 = await issue.main(TOKENS.windmill!, 100);
       expect(step1.agent_run_label).toBe(label);
       const log = spyOn(console, "log").mockImplementation(() => {}); // the step's job log
       const results = await Promise.all(CUSTOMERS.map((c) => charge.main(c, step1.vault_key, step1.agent_run_label, 2900)));
@@ -499,7 +519,7 @@ describe("Windmill (examples/windmill/billing__flow)", () => {
       const retried = await charge.main(done.customer_id, step1.vault_key, step1.agent_run_label, 2900);
       expect(retried).toEqual(done);
 
-      const summary = await revoke.main(ADMIN_TOKEN, results);
+      const summary = await revoke.main(TOKENS.windmill!, results);
       expect(summary).toMatchObject({ agent_run_label: label, revoked: 1 });
       expect(summary.charged).toHaveLength(3);
       expect(summary.cap_hit).toHaveLength(2);
@@ -597,11 +617,11 @@ async function run(cmd: string[], opts: { env?: Record<string, string>; cwd?: st
   return { code, stdout, stderr };
 }
 
-/** A Python snippet with the recipe's directory importable and Keybrake's URL and token in the env. */
+/** A Python snippet with the recipe's directory importable and Keybrake's URL in the env (each test passes its token). */
 async function python(script: string, opts: { cwd?: string; args?: string[]; env?: Record<string, string> } = {}) {
   const r = await run([PYTHON, "-c", script, ...(opts.args ?? [])], {
     cwd: opts.cwd,
-    env: { KEYBRAKE_URL: stack.kb.url, KEYBRAKE_API_KEY: ADMIN_TOKEN, ...(opts.cwd ? { PYTHONPATH: opts.cwd } : {}), ...opts.env },
+    env: { KEYBRAKE_URL: stack.kb.url, ...(opts.cwd ? { PYTHONPATH: opts.cwd } : {}), ...opts.env },
   });
   if (r.code !== 0 && r.stderr) console.error(r.stderr);
   return r;

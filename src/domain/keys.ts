@@ -2,7 +2,7 @@ import { and, desc, eq, gt, isNotNull, isNull, lt, lte, sql, type SQL } from "dr
 import { z } from "zod";
 import type { Db } from "../db/connection.ts";
 import { keySpendDays, vaultKeys, type VaultKeyRow } from "../db/schema.ts";
-import { parseDurationMs } from "../duration.ts";
+import { formatDuration, parseDurationMs } from "../duration.ts";
 import { ApiError, fieldIssues, validationError } from "../errors.ts";
 import { newId } from "../ids.ts";
 import { decimalToMicros, microsToUsd } from "../money.ts";
@@ -38,7 +38,7 @@ export const duration = (field: string, maxMs: number) =>
       return z.NEVER;
     }
     if (ms > maxMs) {
-      ctx.addIssue({ code: "custom", message: `${field} must be at most ${Math.floor(maxMs / 1000)}s` });
+      ctx.addIssue({ code: "custom", message: `${field} must be at most ${formatDuration(maxMs, text)}` });
       return z.NEVER;
     }
     return ms;

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { formatDuration } from "../duration.ts";
 import { ApiError, fieldIssues, validationError, type FieldIssue } from "../errors.ts";
 import { microsToUsd } from "../money.ts";
 import { VENDORS } from "../vendors/types.ts";
@@ -112,7 +113,7 @@ export function policyViolations(policy: Policy, key: KeyBounds, fields: Readonl
     }
   }
   if (checks("expires_in") && policy.maxExpiresInMs !== undefined && key.expiresInMs !== undefined && key.expiresInMs > policy.maxExpiresInMs) {
-    out.push({ field: "expires_in", message: `expires_in must be at most ${policy.maxExpiresInMs / 1000}s for this token` });
+    out.push({ field: "expires_in", message: `expires_in must be at most ${formatDuration(policy.maxExpiresInMs)} for this token` });
   }
   if (checks("allowed_endpoints") && policy.allowedEndpoints) {
     const rules = policy.allowedEndpoints;

@@ -42,27 +42,6 @@ export function moneyOrText(text: string): number | string {
   return Number.isFinite(n) ? n : text;
 }
 
-const UNITS: [string, number][] = [
-  ["d", 86_400],
-  ["h", 3_600],
-  ["m", 60],
-  ["s", 1],
-];
-
-/** seconds in the unit the operator typed ("40d" → 30d), or the largest unit that says it exactly. */
-export function durationInUnitOf(typed: string | undefined, seconds: number): string {
-  const unit = /^\s*\d+\s*(d|h|m|s)\s*$/.exec(typed ?? "")?.[1];
-  const own = UNITS.find(([u]) => u === unit);
-  if (own && seconds % own[1] === 0) return `${seconds / own[1]}${own[0]}`;
-  const [u, size] = UNITS.find(([, size]) => seconds % size === 0) ?? ["s", 1];
-  return `${seconds / size}${u}`;
-}
-
-/** The API states duration limits in seconds; say them back in the units typed. */
-function durationMessage(message: string, typed: string | undefined): string {
-  return message.replace(/at most (\d+)s\b/, (_, n: string) => `at most ${durationInUnitOf(typed, Number(n))}`);
-}
-
 export function issueBodyFromForm(v: FormValues): { body: Record<string, unknown>; errors: FieldErrors } {
   const body: Record<string, unknown> = {};
   const errors: FieldErrors = {};
@@ -94,13 +73,12 @@ export function issueBodyFromForm(v: FormValues): { body: Record<string, unknown
  * ApiError details ({field, message}[]) as one message per form field:
  * "allowed_endpoints.1" belongs to the allowed_endpoints box, as line 2.
  */
-export function fieldErrorsOf(e: ApiError, typed: FormValues = {}): FieldErrors {
+export function fieldErrorsOf(e: ApiError): FieldErrors {
   const errors: FieldErrors = {};
   const issues = Array.isArray(e.details) ? (e.details as FieldIssue[]) : [];
   for (const issue of issues) {
     const [name = "(body)", index] = issue.field.split(".");
-    const text = name === "expires_in" || name === "dedupe_window" ? durationMessage(issue.message, typed[name]) : issue.message;
-    const message = index !== undefined && /^\d+$/.test(index) ? `Line ${Number(index) + 1}: ${text}` : text;
+    const message = index !== undefined && /^\d+$/.test(index) ? `Line ${Number(index) + 1}: ${issue.message}` : issue.message;
     errors[name] = errors[name] ? `${errors[name]} ${message}` : message;
   }
   if (!issues.length) errors["(body)"] = e.message;

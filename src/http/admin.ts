@@ -100,7 +100,7 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
     const { body: apiBody, errors: formErrors } = issueBodyFromForm(values);
     if (Object.keys(formErrors).length) {
       const parsed = issueKeySchema(s.config.maxKeyTtlMs).safeParse(apiBody);
-      const apiErrors = parsed.success ? {} : fieldErrorsOf(new ApiError("invalid_request", "Invalid request", fieldIssues(parsed.error.issues)), values);
+      const apiErrors = parsed.success ? {} : fieldErrorsOf(new ApiError("invalid_request", "Invalid request", fieldIssues(parsed.error.issues)));
       return { values, errors: { ...apiErrors, ...formErrors } };
     }
     try {
@@ -109,7 +109,7 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
       return { values: { vendor: row.vendor }, errors: {}, issued: { key: keyView(row, Date.now()), vaultKey, proxyBaseUrl: proxyBaseUrl(), vendorUnconfigured } };
     } catch (e) {
       if (!isInvalidInput(e)) throw e;
-      return { values, errors: fieldErrorsOf(e, values) };
+      return { values, errors: fieldErrorsOf(e) };
     }
   };
 
