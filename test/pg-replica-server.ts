@@ -35,5 +35,12 @@ const forwarder = new Forwarder({
   upstreamTimeoutMs: 30_000,
   maxBodyBytes: MAX_PROXY_BODY_BYTES,
 });
-const app = new Elysia().use(proxyRoutes(forwarder)).listen({ port: 0, hostname: "127.0.0.1" });
+// Says which replica answered (test/pg-deploy.test.ts checks the load balancer spreads calls); the proxy itself is untouched.
+const tagged = { handle: async (...args: Parameters<Forwarder["handle"]>) => {
+  const res = await forwarder.handle(...args);
+  const headers = new Headers(res.headers);
+  headers.set("x-test-replica", String(process.pid));
+  return new Response(res.body, { status: res.status, headers });
+} } as unknown as Forwarder;
+const app = new Elysia().use(proxyRoutes(tagged)).listen({ port: 0, hostname: "127.0.0.1" });
 console.log(`http://127.0.0.1:${app.server!.port}`);

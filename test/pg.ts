@@ -10,7 +10,7 @@
  * `postgres` user that Debian's package creates. KEYBRAKE_TEST_POSTGRES=required (set by
  * .ci/run) turns a missing PostgreSQL into a failure instead of a skip.
  */
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir, userInfo } from "node:os";
@@ -97,6 +97,11 @@ export async function startCluster(): Promise<PgCluster> {
     },
   };
   cluster.start();
+  // A watchdog outlives this process: when it is gone (exited, crashed or killed), the cluster is
+  // stopped and its directory removed, so no test run ever leaves a PostgreSQL behind.
+  const watchdog = `while [ -d /proc/${process.pid} ]; do sleep 0.5; done; ${join(bin, "pg_ctl")} -D ${data} -m immediate stop >/dev/null 2>&1; rm -rf ${dir}`;
+  const child = spawn(asRoot() ? "runuser" : "sh", asRoot() ? ["-u", "postgres", "--", "sh", "-c", watchdog] : ["-c", watchdog], { detached: true, stdio: "ignore", cwd: "/" });
+  child.unref();
   process.on("exit", () => cluster.destroy());
   return cluster;
 }
