@@ -212,6 +212,8 @@ main() {
   # fetch() in Bun caps concurrent requests at 256 by default; contention wants all 1,000 at once.
   part "contention (1,000 concurrent calls, cap allows 100)" env BUN_CONFIG_MAX_HTTP_REQUESTS=1024 $BUN bench/contention.ts
   part "audit scale (RSS and label query among many audit rows)" $BUN bench/audit-scale.ts
+  # The ledger on each backend (SPEC §8): SQLite ×1, PostgreSQL ×1 and ×2 replicas, with ledger checks.
+  part "ledger backends (SQLite, PostgreSQL ×1 and ×2 replicas)" $BUN bench/ledger-backends.ts
 
   log "report"
   local report_status=0

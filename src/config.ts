@@ -68,6 +68,11 @@ const EnvSchema = z.object({
   KEYBRAKE_MAX_BODY_BYTES: z.coerce.number().int().positive().default(1024 * 1024),
   KEYBRAKE_AUDIT_RETENTION: retention.default(400 * 86_400_000),
   KEYBRAKE_SHUTDOWN_GRACE: duration("KEYBRAKE_SHUTDOWN_GRACE").default(30_000),
+  // SPEC §8. Written like a secret (no flag, never echoed): the URL usually carries the database password.
+  KEYBRAKE_DATABASE_URL: z
+    .string()
+    .refine((v) => /^postgres(ql)?:\/\/[^\s]+$/.test(v.trim()), { message: "KEYBRAKE_DATABASE_URL must be a postgres:// or postgresql:// URL" })
+    .optional(),
   KEYBRAKE_LOG: z.enum(["info", "json", "silent"], { error: "KEYBRAKE_LOG must be info, json or silent" }).default("info"),
 });
 
@@ -94,6 +99,8 @@ export interface Config {
   auditRetentionMs: number | null;
   /** SIGTERM/SIGINT: how long calls in flight may take to finish and settle. */
   shutdownGraceMs: number;
+  /** SPEC §8: the PostgreSQL database shared by replicas; unset: the embedded SQLite file. */
+  databaseUrl?: string;
 }
 
 export class ConfigError extends Error {}
@@ -112,6 +119,7 @@ const SECRET_VARIABLES = new Set([
   "KEYBRAKE_TWILIO_ACCOUNT_SID",
   "KEYBRAKE_TWILIO_AUTH_TOKEN",
   "KEYBRAKE_RESEND_API_KEY",
+  "KEYBRAKE_DATABASE_URL",
 ]);
 export const FLAGS: ReadonlyMap<string, string> = new Map(
   VARIABLES.filter((v) => !SECRET_VARIABLES.has(v)).map((v) => ["--" + v.slice("KEYBRAKE_".length).toLowerCase().replaceAll("_", "-"), v]),
@@ -160,6 +168,12 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   const twilioToken = e.KEYBRAKE_TWILIO_AUTH_TOKEN;
   if (Boolean(twilioSid) !== Boolean(twilioToken)) {
     throw new ConfigError("KEYBRAKE_TWILIO_ACCOUNT_SID and KEYBRAKE_TWILIO_AUTH_TOKEN must be set together");
+  }
+  if (e.KEYBRAKE_DATABASE_URL) {
+    // The PostgreSQL ledger exists (src/ledger/pg.ts) but keys, tokens, secrets, budgets and webhooks
+    // still live in the SQLite file. Refused rather than ignored: replicas that each kept their own
+    // SQLite file would each allow the whole cap — the overshoot the variable exists to prevent.
+    throw new ConfigError("KEYBRAKE_DATABASE_URL is set, but this build cannot keep all its state in PostgreSQL yet; unset it to run on the embedded SQLite file");
   }
   return {
     port: e.KEYBRAKE_PORT,

@@ -38,6 +38,7 @@ const POLICY = {
   max_total_usd_cap: 500,
   max_expires_in: "1d",
   allowed_endpoints: ["POST /v1/payment_intents", "GET /v1/customers/*", "* /v1/refunds"],
+  stripe_accounts: ["acct_kestra1"],
 };
 const INSIDE = {
   vendor: "stripe",
@@ -79,6 +80,8 @@ describe("an issuer's policy bounds every key it issues", () => {
     ["the second rule outside", { allowed_endpoints: ["POST /v1/payment_intents", "POST /v1/charges"] }, ["allowed_endpoints.1"]],
     ["unpriced writes let through ($0 against every cap)", { allow_unpriced: true }, ["allow_unpriced"]],
     ["allow_unpriced false", { allow_unpriced: false }, []],
+    ["a connected account the policy lists", { stripe_accounts: ["acct_kestra1"] }, []],
+    ["a connected account it does not list", { stripe_accounts: ["acct_kestra1", "acct_other"] }, ["stripe_accounts.1"]],
     [
       "everything outside at once",
       { vendor: "twilio", agent_run_label: "x", daily_usd_cap: 1e6, total_usd_cap: undefined, expires_in: "7d", allowed_endpoints: ["* /*"] },
@@ -101,6 +104,17 @@ describe("an issuer's policy bounds every key it issues", () => {
       expect(countKeys()).toBe(before);
     });
   }
+
+  test("a policy that lists no stripe_accounts lets its keys act on no connected account", async () => {
+    const { stripe_accounts: _, ...withoutAccounts } = POLICY;
+    const other = (await mintToken({ name: "kestra-no-connect", role: "issuer", policy: withoutAccounts })).token;
+    const before = countKeys();
+    const r = await kb().api("POST", "/vault/keys", { ...INSIDE, stripe_accounts: ["acct_kestra1"] }, other);
+    expect(r.status).toBe(403);
+    expect(r.json.error.details).toEqual([{ field: "stripe_accounts.0", message: expect.stringContaining("lists no stripe_accounts") }]);
+    expect(countKeys()).toBe(before);
+    expect((await kb().api("POST", "/vault/keys", INSIDE, other)).status).toBe(201);
+  });
 
   test("bad input is still a 400 before any policy check", async () => {
     const r = await kb().api("POST", "/vault/keys", { ...INSIDE, daily_usd_cap: -1 }, issuer);
@@ -147,6 +161,7 @@ describe("policies and token bodies are validated (400 naming each field, nothin
     ["negative max_daily_usd_cap", { name: "x", role: "issuer", policy: { max_daily_usd_cap: -5 } }, ["policy.max_daily_usd_cap"]],
     ["bad max_expires_in", { name: "x", role: "issuer", policy: { max_daily_usd_cap: 1, max_expires_in: "forever" } }, ["policy.max_expires_in"]],
     ["bad policy endpoint", { name: "x", role: "issuer", policy: { max_daily_usd_cap: 1, allowed_endpoints: ["GET /v1/cus*"] } }, ["policy.allowed_endpoints.0"]],
+    ["bad policy stripe account", { name: "x", role: "issuer", policy: { max_daily_usd_cap: 1, stripe_accounts: ["cus_1"] } }, ["policy.stripe_accounts.0"]],
     ["empty label_prefix", { name: "x", role: "issuer", policy: { max_daily_usd_cap: 1, label_prefix: "" } }, ["policy.label_prefix"]],
     ["unknown policy field", { name: "x", role: "issuer", policy: { max_daily_usd_cap: 1, max_calls: 3 } }, ["policy"]],
     [

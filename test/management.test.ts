@@ -288,7 +288,7 @@ describe("vendor secrets are write-only", () => {
 
 describe("operations", () => {
   test("healthz and the OpenAPI document answer without a token", async () => {
-    expect((await apiCall(kb.url, "GET", "/healthz", undefined, null)).json.status).toBe("ok");
+    expect((await apiCall(kb.url, "GET", "/healthz", undefined, null)).json).toMatchObject({ status: "ok", ledger: { backend: "sqlite", reachable: true } });
     const doc = await apiCall(kb.url, "GET", "/openapi.json", undefined, null);
     expect(doc.json.openapi).toBe("3.1.0");
     expect(doc.json.components.schemas.IssueKey.required).toEqual(

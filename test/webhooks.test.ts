@@ -114,6 +114,18 @@ describe("the webhooks API", () => {
     expect((await kb.api("GET", "/webhooks", undefined, null)).status).toBe(401);
   }, 20_000);
 
+  test("a receiver URL is a credential: shown whole only when created, masked in every list and page", async () => {
+    const { kb } = stack;
+    const url = "https://hooks.slack.com/services/T0001/B0002/s3cr3tt0k3nXYZW?x=1";
+    const r = await kb.api("POST", "/webhooks", { url, events: ["cap.hit"], format: "slack" });
+    expect(r.json.url).toBe(url);
+    const shown = (await kb.api("GET", `/webhooks/${r.json.webhook_id}`)).json.url;
+    expect(shown).toBe("https://hooks.slack.com/…?x=1"); // the origin and the last 4 characters
+    const listed = JSON.stringify((await kb.api("GET", "/webhooks")).json);
+    expect(listed).not.toContain("s3cr3tt0k3n");
+    await kb.api("DELETE", `/webhooks/${r.json.webhook_id}`);
+  });
+
   const bad: [string, unknown, string[]][] = [
     ["nothing", {}, ["url", "events"]],
     ["a non-http scheme and an unknown event", { url: "ftp://example.com/x", events: ["cap.hit", "key.exploded"] }, ["url", "events.1"]],

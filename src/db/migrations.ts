@@ -11,6 +11,7 @@ import m0005 from "../../migrations/0005_priced_objects.sql" with { type: "text"
 import m0006 from "../../migrations/0006_operations.sql" with { type: "text" };
 import m0007 from "../../migrations/0007_token_roles.sql" with { type: "text" };
 import m0008 from "../../migrations/0008_budgets_webhooks.sql" with { type: "text" };
+import pg0001 from "../../migrations/pg/0001_init.sql" with { type: "text" };
 
 export const MIGRATIONS: readonly { name: string; sql: string }[] = [
   { name: "0001_init.sql", sql: m0001 },
@@ -22,3 +23,6 @@ export const MIGRATIONS: readonly { name: string; sql: string }[] = [
   { name: "0007_token_roles.sql", sql: m0007 },
   { name: "0008_budgets_webhooks.sql", sql: m0008 },
 ];
+
+/** PostgreSQL (SPEC §8): the same tables in migrations/pg/; test/pg-schema.test.ts keeps both in step. */
+export const PG_MIGRATIONS: readonly { name: string; sql: string }[] = [{ name: "0001_init.sql", sql: pg0001 }];

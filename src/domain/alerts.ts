@@ -100,7 +100,8 @@ export function thresholdMicros(fraction: number, capMicros: number): number {
   return Math.ceil(Math.round(fraction * capMicros * 1000) / 1000);
 }
 
-function scopeData(scope: AlertScope): Record<string, unknown> {
+/** The `data` fields naming a key or budget scope (shared with the PostgreSQL alerts). */
+export function scopeData(scope: AlertScope): Record<string, unknown> {
   return scope.kind === "key"
     ? { scope: "key", key_id: scope.id, agent_run_label: scope.label }
     : { scope: "budget", budget_id: scope.id, name: scope.name, label_prefix: scope.labelPrefix };

@@ -193,6 +193,7 @@ export class KeyService {
       expiresInMs: input.expires_in,
       allowedEndpoints: input.allowed_endpoints,
       allowUnpriced: input.allow_unpriced ?? false,
+      stripeAccounts: input.stripe_accounts,
     });
 
     const vaultKey = VAULT_KEY_PREFIX + randomToken(32);

@@ -4,6 +4,7 @@ import type { CapAlerts } from "./alerts.ts";
 import { BudgetLedger, type BudgetHold, type LiveBudget } from "./budgets.ts";
 import { remainingMicros } from "./keys.ts";
 import { utcDay } from "./time.ts";
+import type { SpendLedger } from "../ledger/types.ts";
 
 /**
  * The spend ledger. Every proxied call is admitted by one IMMEDIATE SQLite
@@ -139,7 +140,7 @@ interface PendingWrite {
   reject: (error: unknown) => void;
 }
 
-export class Ledger {
+export class Ledger implements SpendLedger {
   private readonly q: Record<string, Statement<any, any[]>>;
   private pending: PendingWrite[] = [];
   private readonly commitBatch: (batch: PendingWrite[], results: { ok: boolean; value: unknown }[]) => void;

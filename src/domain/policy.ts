@@ -34,6 +34,14 @@ export function policySchema(maxTtlMs: number) {
         .min(1, "policy.allowed_endpoints must not be empty")
         .max(100, "policy.allowed_endpoints takes at most 100 entries")
         .optional(),
+      // Beyond SPEC §7's list, default deny: a connected account is another business's money, so an
+      // issuer may name only the accounts its policy lists (none when it lists none).
+      stripe_accounts: z
+        .array(z.string().regex(/^acct_[A-Za-z0-9]{1,64}$/, "policy.stripe_accounts entries are connected account ids (acct_…)"), {
+          error: "policy.stripe_accounts must be a list of connected account ids",
+        })
+        .max(100, "policy.stripe_accounts takes at most 100 entries")
+        .optional(),
     },
     {
       error: (iss) =>
@@ -52,6 +60,7 @@ export interface Policy {
   maxTotalMicros?: number;
   maxExpiresInMs?: number;
   allowedEndpoints?: EndpointRule[];
+  stripeAccounts?: string[];
 }
 
 /** Validates a policy given to POST /tokens (400 naming each bad field, under `policy.`). */
@@ -66,6 +75,7 @@ export function parsePolicy(input: unknown, maxTtlMs: number): Policy {
     maxTotalMicros: p.max_total_usd_cap,
     maxExpiresInMs: p.max_expires_in,
     allowedEndpoints: p.allowed_endpoints?.map((e) => parseEndpointRule(e) as EndpointRule),
+    stripeAccounts: p.stripe_accounts,
   };
 }
 
@@ -78,6 +88,8 @@ export interface KeyBounds {
   /** From now; undefined when a change leaves the expiry alone. */
   expiresInMs?: number;
   allowedEndpoints: readonly string[];
+  /** Connected accounts the key may act on with Stripe-Account (issue only). */
+  stripeAccounts?: readonly string[];
 }
 
 /**
@@ -121,6 +133,17 @@ export function policyViolations(policy: Policy, key: KeyBounds, fields: Readonl
       const rule = parseEndpointRule(entry);
       if (typeof rule === "string" || !rules.some((p) => ruleCovers(p, rule))) {
         out.push({ field: `allowed_endpoints.${i}`, message: `"${entry}" is not covered by this token's allowed_endpoints` });
+      }
+    });
+  }
+  if (checks("stripe_accounts") && key.stripeAccounts?.length) {
+    const listed = policy.stripeAccounts ?? [];
+    key.stripeAccounts.forEach((account, i) => {
+      if (!listed.includes(account)) {
+        out.push({
+          field: `stripe_accounts.${i}`,
+          message: listed.length ? `"${account}" is not in this token's stripe_accounts` : "this token's policy lists no stripe_accounts, so its keys cannot act on connected accounts",
+        });
       }
     });
   }

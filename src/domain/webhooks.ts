@@ -82,10 +82,21 @@ export function signatureHeader(secret: string, body: string, unixSeconds: numbe
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
 
-export function presentWebhook(row: WebhookRow) {
+/**
+ * A receiver URL as lists show it: its origin and the last 4 characters of the rest. A Slack
+ * incoming-webhook URL (or any URL with a token in its path or query) is a credential: like a vendor
+ * secret, it is shown whole only in the answer that created it.
+ */
+export function maskUrl(text: string): string {
+  const url = new URL(text);
+  const rest = url.pathname + url.search;
+  return rest.length <= 1 ? url.origin + rest : `${url.origin}/…${rest.slice(-4)}`;
+}
+
+export function presentWebhook(row: WebhookRow, opts: { revealUrl?: boolean } = {}) {
   return {
     webhook_id: row.id,
-    url: row.url,
+    url: opts.revealUrl ? row.url : maskUrl(row.url),
     events: row.events,
     thresholds: row.thresholds,
     format: row.format,

@@ -73,7 +73,7 @@ export function adminGovernanceRoutes(s: Services) {
   };
 
   const webhooksPage = (session: AdminSession, form: WebhookFormState, status = 200) =>
-    html(WebhooksPage({ csrf: session.csrfToken, webhooks: s.webhooks.list().map(presentWebhook), form }), status);
+    html(WebhooksPage({ csrf: session.csrfToken, webhooks: s.webhooks.list().map((w) => presentWebhook(w)), form }), status);
 
   return (
     new Elysia()
@@ -123,7 +123,7 @@ export function adminGovernanceRoutes(s: Services) {
           try {
             const { row, secret } = s.webhooks.create({ url: values.url ?? "", events, ...(thresholds ? { thresholds } : {}), format: values.format || "json" });
             // Rendered in answer to the POST (never a redirect): the secret exists only in this response.
-            return webhooksPage(session, { values: { format: "json" }, events: ["cap.threshold", "cap.hit"], errors: {}, created: { webhook: presentWebhook(row), secret } });
+            return webhooksPage(session, { values: { format: "json" }, events: ["cap.threshold", "cap.hit"], errors: {}, created: { webhook: presentWebhook(row, { revealUrl: true }), secret } });
           } catch (e) {
             if (!isInvalid(e)) throw e;
             return webhooksPage(session, { values, events, errors: fieldErrorsOf(e) as FieldErrors }, 422);

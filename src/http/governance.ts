@@ -74,13 +74,13 @@ export function governanceRoutes(s: Services) {
         authorize(s, request, ADMIN);
         const { row, secret } = s.webhooks.create(await readJson(request, maxBody));
         set.status = 201;
-        return { ...presentWebhook(row), secret };
+        return { ...presentWebhook(row, { revealUrl: true }), secret };
       },
       { parse: "none" },
     )
     .get("/webhooks", ({ request }) => {
       authorize(s, request, ADMIN);
-      return { data: s.webhooks.list().map(presentWebhook) };
+      return { data: s.webhooks.list().map((w) => presentWebhook(w)) };
     })
     .get("/webhooks/:id", ({ request, params }) => {
       authorize(s, request, ADMIN);

@@ -78,7 +78,8 @@ export function opsRoutes(s: Services) {
       // Draining: still answering, but a load balancer must stop sending new calls here.
       if (s.lifecycle.draining) return Response.json({ status: "draining", version: VERSION }, { status: 503 });
       ping.get();
-      return { status: "ok", version: VERSION };
+      // SPEC §8: which ledger backend serves this process (and, by answering, that it is reachable).
+      return { status: "ok", version: VERSION, ledger: { backend: "sqlite", reachable: true } };
     })
     // A browser pointed at Keybrake lands on the admin pages.
     .get("/", () => new Response(null, { status: 302, headers: { location: "/admin" } }))

@@ -1,20 +1,21 @@
 import { sha256Hex } from "../domain/crypto.ts";
 import { compileAllowlist, isAllowed, joinPath, splitPath, type EndpointRule } from "../domain/endpoints.ts";
 import { VAULT_KEY_PREFIX } from "../domain/keys.ts";
-import type { AuditOutcome, CallFacts, Ledger, LiveKey, RepeatGuard, Reservation } from "../domain/ledger.ts";
+import type { AuditOutcome, CallFacts, LiveKey, RepeatGuard, Reservation } from "../domain/ledger.ts";
+import { LedgerUnavailable, type SpendLedger } from "../ledger/types.ts";
 import type { VendorSecretStore } from "../domain/secrets.ts";
 import type { Metrics } from "../metrics.ts";
 import { microsToDecimalString } from "../money.ts";
 import { formatUsdMicros } from "../money-format.ts";
 import { ADAPTERS, vendorForPath } from "../vendors/index.ts";
 import { READ_METHODS } from "../vendors/rules.ts";
-import type { ObjectRecord, Pricing, PricingContext, VendorAdapter, VendorName } from "../vendors/types.ts";
+import type { ObjectRecord, PricedObject, Pricing, PricingContext, VendorAdapter, VendorName } from "../vendors/types.ts";
 import type { Logger } from "../log.ts";
 import { Deadlines } from "./deadlines.ts";
 import { downstreamResponseHeaders, readVaultKey, upstreamRequestHeaders } from "./headers.ts";
 
 export interface ForwarderDeps {
-  ledger: Ledger;
+  ledger: SpendLedger;
   secrets: VendorSecretStore;
   pricing: Pricing;
   metrics: Metrics;
@@ -74,6 +75,15 @@ export class Forwarder {
     try {
       res = await this.handleCall(request, prefixVendor, rawPath, query, call, state, started);
     } catch (err) {
+      if (err instanceof LedgerUnavailable) {
+        // SPEC §8: no ledger, no money moves — refused in the vendor's shape, never forwarded unchecked.
+        this.deps.logger.error(`proxy: ${err.message}`);
+        state.outcome = "upstream_error";
+        state.errorCode = "unavailable";
+        res = this.refusalResponse(ADAPTERS[call.vendor as VendorName] ?? ADAPTERS.stripe, 503, "unavailable", "Keybrake cannot reach its ledger database; nothing was forwarded. Retry shortly.");
+        this.deps.logger.call({ key_id: state.key?.id ?? null, agent_run_label: state.key?.agent_run_label ?? null, vendor: call.vendor, method: call.method, path: call.path, outcome: state.outcome, status: 503, error_code: "unavailable", cost_micros: 0, latency_ms: Math.round((performance.now() - started) * 1000) / 1000 });
+        return res;
+      }
       // Never Elysia's envelope on the proxy: the SDK must raise its usual exception.
       this.deps.logger.error(`proxy: internal error on ${call.method} ${call.path}: ${(err as Error).message}`);
       state.outcome = "upstream_error";
@@ -112,7 +122,7 @@ export class Forwarder {
 
     // 1. Key known → not revoked → not expired.
     const vaultKey = readVaultKey(request.headers, VAULT_KEY_PREFIX);
-    const key = vaultKey ? ledger.findKeyByHash(sha256Hex(vaultKey)) : null;
+    const key = vaultKey ? await ledger.findKeyByHash(sha256Hex(vaultKey)) : null;
     if (!key) {
       return refuse(ADAPTERS[call.vendor as VendorName], null, 401, "invalid_key", "invalid_key", "Unknown vault key. Issue one with POST /vault/keys and send it as this vendor's API key.");
     }
@@ -175,8 +185,26 @@ export class Forwarder {
     });
     if (!wire.ok) return refuse(adapter, key, 400, "invalid_request", "ambiguous_request", `Keybrake refused an ambiguous request: ${wire.message}`);
     const body = wire.body;
-    const ctx: PricingContext = { pricing: this.deps.pricing, pricedObject: (id) => ledger.pricedObject(key.id, id) };
-    let estimate = adapter.estimate({ method, path, query, contentType: "", contentEncoding: "", body, form: wire.form, json: wire.json }, ctx);
+    // Pricing is synchronous; a ledger that answers after a round trip (PostgreSQL) is asked first and
+    // the (pure) estimate run again with its answers. SQLite answers at once: one pass, as before.
+    const known = new Map<string, PricedObject | null>();
+    const asked: Promise<void>[] = [];
+    const ctx: PricingContext = {
+      pricing: this.deps.pricing,
+      pricedObject: (id) => {
+        if (known.has(id)) return known.get(id)!;
+        const found = ledger.pricedObject(key.id, id);
+        if (!(found instanceof Promise)) return found;
+        asked.push(found.then((o) => void known.set(id, o)));
+        return null;
+      },
+    };
+    const input = { method, path, query, contentType: "", contentEncoding: "", body, form: wire.form, json: wire.json };
+    let estimate = adapter.estimate(input, ctx);
+    if (asked.length) {
+      await Promise.all(asked);
+      estimate = adapter.estimate(input, ctx);
+    }
     if (estimate.kind === "lookup") {
       // Priced from the object as the vendor has it now; this GET is part of the call's latency.
       const found = await this.lookup(adapter, estimate.path, upstreamHeaders);

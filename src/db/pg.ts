@@ -1,0 +1,45 @@
+import { SQL } from "bun";
+import { PG_MIGRATIONS } from "./migrations.ts";
+
+/**
+ * PostgreSQL connection (KEYBRAKE_DATABASE_URL, SPEC §8).
+ *
+ * Driver: Bun's built-in `Bun.SQL`, no new dependency. Bun.SQL before the fix of oven-sh/bun#33627
+ * (merged 2026-07-10) could hand one prepared statement's rows to another query on the same
+ * connection under concurrency (oven-sh/bun#33665, and the simple-protocol variant fixed by
+ * #32772). We ship Bun 1.4.5, which contains both fixes; test/pg-driver.test.ts drives that exact
+ * interleaving (simple and parameterised queries and transactions pipelined on one connection,
+ * prepared and not) and fails if a result ever lands on the wrong query, so a Bun upgrade that
+ * regresses is caught in CI rather than in the ledger.
+ */
+export type Pg = SQL;
+
+export function openPostgres(url: string, opts: { max?: number } = {}): Pg {
+  return new SQL({
+    url,
+    max: opts.max ?? 10,
+    // A dead database must fail a call quickly (503), not hang it: connect within 5 s.
+    connectionTimeout: 5,
+    idleTimeout: 60,
+  });
+}
+
+/**
+ * Applies each embedded PostgreSQL migration once, in order. An advisory lock makes replicas
+ * that start together apply them one at a time; each migration commits with its bookkeeping row.
+ */
+export async function migratePostgres(sql: Pg): Promise<string[]> {
+  const applied: string[] = [];
+  await sql.begin(async (tx) => {
+    await tx`SELECT pg_advisory_xact_lock(7263541)`;
+    await tx`CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)`;
+    for (const m of PG_MIGRATIONS) {
+      const done = await tx`SELECT 1 FROM _migrations WHERE name = ${m.name}`;
+      if (done.length) continue;
+      await tx.unsafe(m.sql);
+      await tx`INSERT INTO _migrations (name, applied_at) VALUES (${m.name}, ${Date.now()})`;
+      applied.push(m.name);
+    }
+  });
+  return applied;
+}

@@ -1,0 +1,74 @@
+import type { SQL } from "bun";
+import { DEFAULT_THRESHOLDS, scopeData, thresholdMicros, type AlertScope, type SpendChange } from "../domain/alerts.ts";
+import type { EventType, StoredEvent } from "../domain/events.ts";
+import { eventBody, slackText } from "../domain/webhooks.ts";
+import { newId } from "../ids.ts";
+import { microsToUsd } from "../money.ts";
+
+/**
+ * Cap alerts on PostgreSQL: the same rules as CapAlerts (src/domain/alerts.ts) — cap.threshold
+ * when settled spend reaches a threshold, cap.hit on the first refusal of the day, each once per
+ * key or budget, UTC day and threshold — written inside the ledger transaction that moved (or
+ * refused) the money, together with the event row and its webhook outbox rows, so they exist if
+ * and only if that transaction commits. "Once" across replicas is the mark's primary key:
+ * `INSERT … ON CONFLICT DO NOTHING RETURNING` lets exactly one transaction raise it.
+ */
+const HIT_MARK = -1;
+
+export class PgCapAlerts {
+  /** Called after a commit that queued a delivery (the webhook sender polls the outbox). */
+  constructor(private readonly queued: () => void = () => {}) {}
+
+  async spent(tx: SQL, changes: readonly SpendChange[], day: string, now: number): Promise<boolean> {
+    const moved = changes.filter((c) => c.capMicros > 0 && c.after > c.before);
+    if (moved.length === 0) return false;
+    const rows = await tx`SELECT thresholds FROM webhooks WHERE deleted_at IS NULL AND events::jsonb ? 'cap.threshold'`;
+    const set = new Set<number>();
+    for (const r of rows) for (const t of JSON.parse(r.thresholds) as number[]) set.add(t);
+    const thresholds = rows.length ? [...set].sort((a, b) => a - b) : [...DEFAULT_THRESHOLDS];
+    let queued = false;
+    for (const { scope, before, after, capMicros } of moved) {
+      for (const t of thresholds) {
+        const line = thresholdMicros(t, capMicros);
+        if (before >= line || after < line) continue;
+        queued = (await this.once(tx, scope.id, day, t, now, "cap.threshold", { ...scopeData(scope), threshold: t, spent_usd: microsToUsd(after), cap_usd: microsToUsd(capMicros), day })) || queued;
+      }
+    }
+    return queued;
+  }
+
+  hit(tx: SQL, scope: AlertScope, heldMicros: number, attemptedMicros: number, capMicros: number, day: string, now: number): Promise<boolean> {
+    return this.once(tx, scope.id, day, HIT_MARK, now, "cap.hit", {
+      ...scopeData(scope),
+      spent_usd: microsToUsd(heldMicros),
+      cap_usd: microsToUsd(capMicros),
+      attempted_usd: microsToUsd(attemptedMicros),
+      day,
+    });
+  }
+
+  /** Raises the event unless this scope, day and threshold already has; returns whether a delivery was queued. */
+  private async once(tx: SQL, scopeId: string, day: string, threshold: number, now: number, type: EventType, data: Record<string, unknown>): Promise<boolean> {
+    const event: StoredEvent = { id: newId("evt", now), ts: now, type, actor: null, target: scopeId, data };
+    const won = await tx`INSERT INTO cap_alert_marks (scope_id, day, threshold, event_id) VALUES (${scopeId}, ${day}, ${threshold}, ${event.id})
+                         ON CONFLICT DO NOTHING RETURNING 1`;
+    if (won.length === 0) return false;
+    await tx`INSERT INTO events (id, ts, type, actor_token_id, actor_name, target, data) VALUES (${event.id}, ${now}, ${type}, NULL, NULL, ${scopeId}, ${JSON.stringify(data)})`;
+    // The outbox, as WebhookService.outboxSink writes it on SQLite.
+    const subs = await tx`SELECT id, thresholds, format FROM webhooks WHERE deleted_at IS NULL AND events::jsonb ? ${type}`;
+    let queued = false;
+    for (const w of subs) {
+      if (type === "cap.threshold" && !(JSON.parse(w.thresholds) as number[]).includes(Number(data.threshold))) continue;
+      const body = w.format === "slack" ? { text: slackText(event) } : eventBody(event);
+      await tx`INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, body, state, attempts, next_attempt_at, created_at)
+               VALUES (${newId("whd", now)}, ${w.id}, ${event.id}, ${type}, ${JSON.stringify(body)}, 'pending', 0, ${now}, ${now})
+               ON CONFLICT DO NOTHING`;
+      queued = true;
+    }
+    return queued;
+  }
+
+  kick(): void {
+    this.queued();
+  }
+}
