@@ -61,7 +61,7 @@ async function main() {
   const conf = readFileSync(join(ROOT, "bench", "nginx-vendor.conf"), "utf8").replaceAll("@RUN_DIR@", runDir).replaceAll("@VENDOR_PORT@", String(vendorPort));
   writeFileSync(join(runDir, "nginx-vendor.conf"), conf);
   const vendor = `http://127.0.0.1:${vendorPort}`;
-  await startServer("nginx-vendor", ["nginx", "-p", runDir, "-c", join(runDir, "nginx-vendor.conf")], vendorPort, {}, "/__nginx_status");
+  const nginx = await startServer("nginx-vendor", ["nginx", "-p", runDir, "-c", join(runDir, "nginx-vendor.conf")], vendorPort, {}, "/__nginx_status");
   const bun = join(ROOT, "node_modules", ".bin", "bun");
   const floor = await startServer("bun-floor", [bun, join(ROOT, "bench", "bun-proxy.ts"), String(BASE + 2), vendor], BASE + 2, {}, "/");
 
@@ -129,6 +129,7 @@ async function main() {
   writeFileSync(join(ROOT, "bench", "results", "ab.md"), lines.join("\n") + "\n");
   for (const t of targets) await t.server?.stop();
   await floor.stop();
+  await nginx.stop();
   process.exit(failed === 0 ? 0 : 1);
 }
 
