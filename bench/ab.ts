@@ -13,7 +13,7 @@
  */
 import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { issueKey, keybrakeEnv, makeTempDir, median, memoryMb, PI_MICROS, ROOT, runBounded, seedAuditRows, settledView, startServer, usdToMicros, writeResult, type Server } from "./lib.ts";
+import { issueKey, keybrakeEnv, makeTempDir, median, memoryMb, PI_MICROS, RESULTS_DIR, ROOT, runBounded, seedAuditRows, settledView, startServer, usdToMicros, writeResult, type Server } from "./lib.ts";
 
 const arg = (name: string) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -126,7 +126,7 @@ async function main() {
   const failed = samples.filter((s) => !s.ok).length;
   lines.push(`ledger checks: ${failed === 0 ? "PASS" : `FAIL (${failed} runs)`}`);
   console.log("\n" + lines.join("\n"));
-  writeFileSync(join(ROOT, "bench", "results", "ab.md"), lines.join("\n") + "\n");
+  writeFileSync(join(RESULTS_DIR, "ab.md"), lines.join("\n") + "\n");
   for (const t of targets) await t.server?.stop();
   await floor.stop();
   await nginx.stop();
