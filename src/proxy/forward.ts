@@ -81,15 +81,14 @@ export class Forwarder {
         state.outcome = "upstream_error";
         state.errorCode = "unavailable";
         res = this.refusalResponse(ADAPTERS[call.vendor as VendorName] ?? ADAPTERS.stripe, 503, "unavailable", "Keybrake cannot reach its ledger database; nothing was forwarded. Retry shortly.");
-        this.deps.logger.call({ key_id: state.key?.id ?? null, agent_run_label: state.key?.agent_run_label ?? null, vendor: call.vendor, method: call.method, path: call.path, outcome: state.outcome, status: 503, error_code: "unavailable", cost_micros: 0, latency_ms: Math.round((performance.now() - started) * 1000) / 1000 });
-        return res;
+      } else {
+        // Never Elysia's envelope on the proxy: the SDK must raise its usual exception.
+        this.deps.logger.error(`proxy: internal error on ${call.method} ${call.path}: ${(err as Error).message}`);
+        state.outcome = "upstream_error";
+        state.errorCode = "internal_error";
+        res = this.refusalResponse(ADAPTERS[call.vendor as VendorName] ?? ADAPTERS.stripe, 500, "internal_error", "Keybrake failed while handling this call; if it moved money, it is reserved against the cap.");
+        res.headers.delete("stripe-should-retry");
       }
-      // Never Elysia's envelope on the proxy: the SDK must raise its usual exception.
-      this.deps.logger.error(`proxy: internal error on ${call.method} ${call.path}: ${(err as Error).message}`);
-      state.outcome = "upstream_error";
-      state.errorCode = "internal_error";
-      res = this.refusalResponse(ADAPTERS[call.vendor as VendorName] ?? ADAPTERS.stripe, 500, "internal_error", "Keybrake failed while handling this call; if it moved money, it is reserved against the cap.");
-      res.headers.delete("stripe-should-retry");
     }
     this.deps.logger.call({
       key_id: state.key?.id ?? null,
