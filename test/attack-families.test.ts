@@ -335,3 +335,70 @@ describe("8. Connect", () => {
     expect(JSON.stringify(bad.json.error.details)).toContain("stripe_accounts");
   });
 });
+
+describe("9. doors found in review: credentials, other routes to money, spellings", () => {
+  const twilioAuth = (vaultKey: string) => ({ authorization: "Basic " + btoa(`AC${"0".repeat(32)}:${vaultKey}`) });
+  // [scenario, key overrides, method, path, body, content type, status, X-Keybrake-Error]
+  const cases: [string, Record<string, unknown>, string, string, string | undefined, string | undefined, number, string][] = [
+    ["Resend: mint a full-access API key", { vendor: "resend", allowed_endpoints: ["POST /*"], allow_unpriced: true }, "POST", "/resend/api-keys", '{"name":"x","permission":"full_access"}', "application/json", 403, "credential_endpoint"],
+    ["Resend: list API keys", { vendor: "resend", allowed_endpoints: ["GET /*"] }, "GET", "/resend/api-keys", undefined, undefined, 403, "credential_endpoint"],
+    ["Resend: delete Keybrake's own key", { vendor: "resend", allowed_endpoints: ["DELETE /*/*"], allow_unpriced: true }, "DELETE", "/resend/API-Keys/k_1", undefined, undefined, 403, "credential_endpoint"],
+    ["Twilio: read the account (it holds auth_token)", { vendor: "twilio", allowed_endpoints: ["GET /2010-04-01/Accounts/*"] }, "GET", "/twilio/2010-04-01/Accounts/AC0.json", undefined, undefined, 403, "credential_endpoint"],
+    ["Twilio: create a subaccount", { vendor: "twilio", allowed_endpoints: ["POST /2010-04-01/*"], allow_unpriced: true }, "POST", "/twilio/2010-04-01/Accounts.json", "FriendlyName=x", FORM, 403, "credential_endpoint"],
+    ["Twilio: mint an API key", { vendor: "twilio", allowed_endpoints: ["POST /2010-04-01/Accounts/*/*"], allow_unpriced: true }, "POST", "/twilio/2010-04-01/Accounts/AC0/Keys.json", "FriendlyName=x", FORM, 403, "credential_endpoint"],
+    ["Stripe: an ephemeral key", { allowed_endpoints: ["POST /v1/ephemeral_keys"], allow_unpriced: true }, "POST", "/v1/ephemeral_keys", "customer=cus_1", FORM, 403, "credential_endpoint"],
+    ["Stripe: the older refund route", { allowed_endpoints: ["POST /v1/charges/*/refunds"], allow_unpriced: true }, "POST", "/v1/charges/ch_1/refunds", "amount=100000", FORM, 403, "unpriced_endpoint"],
+    ["Stripe: a transfer reversal", { allowed_endpoints: ["POST /v1/transfers/*/reversals"], allow_unpriced: true }, "POST", "/v1/transfers/tr_1/reversals", "amount=100000", FORM, 403, "unpriced_endpoint"],
+    ["Stripe: a credit note that refunds", { allowed_endpoints: ["POST /v1/credit_notes"], allow_unpriced: true }, "POST", "/v1/credit_notes", "invoice=in_1&refund_amount=100000", FORM, 403, "unpriced_endpoint"],
+    ["Twilio: Messages without .json is priced by destination too", { vendor: "twilio", allowed_endpoints: ["POST /2010-04-01/Accounts/*/Messages"], allow_unpriced: true }, "POST", "/twilio/2010-04-01/Accounts/AC0/Messages", "To=%2B882100000000&From=%2B15005550001&Body=hi", FORM, 400, "cannot_price"],
+    ["Resend: recipients under another spelling", { vendor: "resend", allowed_endpoints: ["POST /emails"] }, "POST", "/resend/emails", JSON.stringify({ from: "a@b.co", to: [], Bcc: Array.from({ length: 50 }, (_, i) => `u${i}@x.co`), subject: "s", text: "t" }), "application/json", 400, "cannot_price"],
+  ];
+  for (const [name, over, method, path, body, type, status, code] of cases) {
+    test(`${name} → ${status} ${code}, nothing reaches the vendor`, async () => {
+      const key = await stripeKey(over);
+      const headers: Record<string, string> = over.vendor === "twilio" ? twilioAuth(key.vault_key) : { authorization: `Bearer ${key.vault_key}` };
+      if (type) headers["content-type"] = type;
+      const res = await fetch(stack.kb.url + path, { method, headers, body });
+      expect(res.status).toBe(status);
+      expect(res.headers.get("x-keybrake-error")).toBe(code);
+      expect(stack.fake.calls).toHaveLength(0);
+      moneyHolds(key.key_id);
+    });
+  }
+
+  test("a ContentSid named like an Object property is priced at the worst case, not NaN", async () => {
+    const key = await stripeKey({ vendor: "twilio", allowed_endpoints: ["POST /2010-04-01/Accounts/*/Messages.json"] });
+    const res = await fetch(stack.kb.url + "/twilio/2010-04-01/Accounts/AC0/Messages.json", {
+      method: "POST",
+      headers: { ...twilioAuth(key.vault_key), "content-type": FORM },
+      body: new URLSearchParams({ To: "+15005550006", From: "+15005550001", ContentSid: "constructor" }).toString(),
+    });
+    expect(res.status).toBe(400); // Twilio's own answer: no such template (Keybrake forwarded it, priced)
+    const rows = (await stack.kb.api("GET", `/vault/audit?key_id=${key.key_id}`)).json.data;
+    expect(rows.map((r: any) => [r.outcome, r.estimated_cost_usd])).toEqual([["forwarded", 0.4067]]); // 49 segments at $0.0083
+    moneyHolds(key.key_id);
+  });
+
+  test("an overcapture is priced at what it asks, beyond the PaymentIntent's amount", async () => {
+    const key = await stripeKey({ allowed_endpoints: ["POST /v1/payment_intents", "POST /v1/payment_intents/*/capture"] });
+    const pi = await proxied(stack.kb.url, key.vault_key, "POST", "/v1/payment_intents", { amount: "1000", currency: "usd", capture_method: "manual" });
+    expect(pi.status).toBe(200);
+    await proxied(stack.kb.url, key.vault_key, "POST", `/v1/payment_intents/${pi.json.id}/capture`, { amount_to_capture: "5000" });
+    const rows = (await stack.kb.api("GET", `/vault/audit?key_id=${key.key_id}`)).json.data;
+    expect(rows[0].path).toEndWith("/capture");
+    expect(rows[0].estimated_cost_usd).toBe(40); // $50 asked − the $10 this key already counted
+    moneyHolds(key.key_id);
+  });
+
+  test("an Idempotency-Key sent again to another connected account is never carried over to it", async () => {
+    const key = await stripeKey({ daily_usd_cap: 60, stripe_accounts: ["acct_A", "acct_B"] });
+    stack.fake.nextBehaviors.push({ kind: "execute-then-drop" });
+    const first = await proxied(stack.kb.url, key.vault_key, "POST", "/v1/payment_intents", { amount: "5000", currency: "usd", confirm: "true" }, { "idempotency-key": "K1", "stripe-account": "acct_A" });
+    expect(first.status).toBe(502);
+    const second = await proxied(stack.kb.url, key.vault_key, "POST", "/v1/payment_intents", { amount: "5000", currency: "usd", confirm: "true" }, { "idempotency-key": "K1", "stripe-account": "acct_B" });
+    expect(second.status).toBe(400);
+    expect(second.headers.get("x-keybrake-error")).toBe("idempotency_key_mismatch");
+    expect(stack.fake.calls).toHaveLength(1);
+    moneyHolds(key.key_id);
+  });
+});

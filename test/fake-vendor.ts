@@ -930,7 +930,7 @@ class TwilioEmulator implements VendorEmulator {
     let body = f.get("body") ?? "";
     const contentSid = f.get("contentsid");
     if (contentSid) {
-      const template = this.templates()[contentSid];
+      const template = Object.hasOwn(this.templates(), contentSid) ? this.templates()[contentSid] : undefined;
       if (template === undefined) return refused(400, twilioError(400, 21656, "The ContentSid is Invalid.").body);
       body = template;
     }

@@ -58,6 +58,9 @@ test("an internal failure on the proxy path answers in the vendor's shape, never
     expect(err.headers["x-keybrake-error"]).toBe("internal_error");
     expect(err.message).not.toContain("disk on fire");
     expect(s.fake.calls).toHaveLength(0);
+    // SPEC §5: this request left its row too, with bounded fields (the key was never identified).
+    const rows = (await s.kb.api("GET", "/vault/audit?outcome=upstream_error")).json.data;
+    expect(rows.map((r: any) => [r.key_id, r.error_code, r.path])).toEqual([[null, "internal_error", "/v1/payment_intents"]]);
   } finally {
     await s.stop();
   }

@@ -41,6 +41,8 @@ const UNKNOWN_KEY_PATH_CHARS = 128;
 /** The facts of one call as it ends, for the operator log (src/log.ts): one entry per call. */
 interface CallState {
   key: LiveKey | null;
+  /** Whether this call's audit row is written (a refusal, or the admission's own row). */
+  audited: boolean;
   outcome: AuditOutcome;
   errorCode: string | null;
   costMicros: number;
@@ -70,7 +72,7 @@ export class Forwarder {
       path: rawPath.slice(0, 2048),
       idempotencyKey: request.headers.get("idempotency-key")?.slice(0, 255) ?? null, // as audited; longer keys are refused below
     };
-    const state: CallState = { key: null, outcome: "invalid_request", errorCode: null, costMicros: 0 };
+    const state: CallState = { key: null, audited: false, outcome: "invalid_request", errorCode: null, costMicros: 0 };
     let res: Response;
     try {
       res = await this.handleCall(request, prefixVendor, rawPath, query, call, state, started);
@@ -88,6 +90,11 @@ export class Forwarder {
         state.errorCode = "internal_error";
         res = this.refusalResponse(ADAPTERS[call.vendor as VendorName] ?? ADAPTERS.stripe, 500, "internal_error", "Keybrake failed while handling this call; if it moved money, it is reserved against the cap.");
         res.headers.delete("stripe-should-retry");
+      }
+      // SPEC §5: every request leaves one row, this one too (best effort: the ledger may be what failed).
+      if (!state.audited) {
+        const facts = state.key ? call : { ...call, path: call.path.slice(0, UNKNOWN_KEY_PATH_CHARS), idempotencyKey: null };
+        await this.deps.ledger.recordRefusal(state.key, facts, state.outcome, state.errorCode ?? "internal_error", Date.now()).catch(() => {});
       }
     }
     this.deps.logger.call({
@@ -114,6 +121,7 @@ export class Forwarder {
       // An unknown key's row keeps bounded fields only: it is the cheapest request anyone can send.
       const facts = key ? call : { ...call, path: call.path.slice(0, UNKNOWN_KEY_PATH_CHARS), idempotencyKey: null };
       await ledger.recordRefusal(key, facts, outcome, code, now);
+      state.audited = true;
       state.outcome = outcome;
       state.errorCode = code;
       return this.refusal(adapter, status, outcome, code, message);
@@ -158,6 +166,9 @@ export class Forwarder {
     const path = adapter.authorize(joinPath(segments), upstreamHeaders, secret);
     call.path = path;
     const forwardedSegments = splitPath(path) as string[];
+    if (adapter.credentialPaths.test(path)) {
+      return refuse(adapter, key, 403, "endpoint_denied", "credential_endpoint", `${method} ${path} reads or changes ${adapter.name}'s own credentials; Keybrake never forwards it, whatever the allowlist says.`);
+    }
     if (!isAllowed(this.allowlist(key), method, forwardedSegments)) {
       return refuse(adapter, key, 403, "endpoint_denied", "endpoint_not_allowed", `${method} ${path} is not in this vault key's allowed_endpoints.`);
     }
@@ -225,6 +236,10 @@ export class Forwarder {
     } else {
       micros = estimate.micros;
       record = estimate.record;
+      // A price is whole micro-dollars or nothing: a NaN or negative estimate would reserve nothing.
+      if (!Number.isSafeInteger(micros) || micros < 0) {
+        return refuse(adapter, key, 400, "invalid_request", "cannot_price", "Keybrake could not price this call.");
+      }
     }
 
     // 4. Recognise repeats, then reserve atomically (revocation and expiry are re-checked inside the transaction).
@@ -234,7 +249,7 @@ export class Forwarder {
     if (key.require_idempotency_key && micros > 0 && call.idempotencyKey === null) {
       return refuse(adapter, key, 400, "invalid_request", "idempotency_key_required", `This vault key requires an Idempotency-Key header on calls that move money (${method} ${path}).`);
     }
-    const guard = this.repeatGuard(adapter, key, method, path, body, call.idempotencyKey);
+    const guard = this.repeatGuard(adapter, key, method, path, body, call.idempotencyKey, request.headers);
     const deadline = performance.now() + this.deps.upstreamTimeoutMs + 15_000;
     let admission = await ledger.admit(key, call, micros, Date.now(), guard);
     while (admission.kind === "in_flight") {
@@ -247,6 +262,7 @@ export class Forwarder {
       await Bun.sleep(10);
       admission = await ledger.admit(key, call, micros, Date.now(), guard);
     }
+    state.audited = true; // every admission but in_flight writes the call's row
     switch (admission.kind) {
       case "reserved":
         return this.forward(adapter, admission.reservation, upstreamHeaders, method, path, query, body, started, ctx, record, state);
@@ -313,10 +329,13 @@ export class Forwarder {
    * How a repeat of this call is recognised: its Idempotency-Key (kept 24 h), else, where the key has a
    * dedupe window, the call itself. Reads are never deduplicated.
    */
-  private repeatGuard(adapter: VendorAdapter, key: LiveKey, method: string, path: string, body: Uint8Array, idempotencyKey: string | null): RepeatGuard | null {
+  private repeatGuard(adapter: VendorAdapter, key: LiveKey, method: string, path: string, body: Uint8Array, idempotencyKey: string | null, headers: Headers): RepeatGuard | null {
     if (READ_METHODS.has(method)) return null;
     if (idempotencyKey === null && !key.dedupe_window_ms) return null;
-    const requestHash = new Bun.CryptoHasher("sha256").update(`${method} ${path}\n`).update(body).digest("hex");
+    // The acting account is part of the request: Stripe scopes idempotency per account, so the same key
+    // and body sent to another account is another call (it executes again there), never a repeat.
+    const account = `${headers.get("stripe-account") ?? ""}\n${headers.get("stripe-context") ?? ""}`;
+    const requestHash = new Bun.CryptoHasher("sha256").update(`${method} ${path}\n${account}\n`).update(body).digest("hex");
     const common = { requestHash, staleAfterMs: this.deps.upstreamTimeoutMs + 10_000 };
     if (idempotencyKey !== null) {
       return { idemKey: idempotencyKey, ttlMs: IDEMPOTENCY_TTL_MS, vendorDedupes: adapter.idempotency.vendorDedupes, ...common };

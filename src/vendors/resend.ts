@@ -23,11 +23,11 @@ const FREE_WRITES = rules(
   "POST /contacts",
   "PATCH /contacts/*",
   "DELETE /contacts/*",
-  "POST /api-keys",
-  "DELETE /api-keys/*",
   "PATCH /broadcasts/*",
   "DELETE /broadcasts/*",
 );
+
+const RECIPIENT_FIELDS = new Set(["to", "cc", "bcc"]);
 
 /**
  * Recipients of one email: to + cc + bcc, each a string or a list of strings. A string
@@ -37,6 +37,8 @@ const FREE_WRITES = rules(
 function recipients(email: unknown): number | null {
   if (!email || typeof email !== "object" || Array.isArray(email)) return null;
   const addresses = (v: string) => v.split(",").length;
+  // "Bcc" or "TO" is not counted below: whether Resend folds the case of keys is not documented, so refuse it.
+  if (Object.keys(email).some((k) => RECIPIENT_FIELDS.has(k.toLowerCase()) && !RECIPIENT_FIELDS.has(k))) return null;
   let n = 0;
   for (const field of ["to", "cc", "bcc"] as const) {
     const v = (email as Record<string, unknown>)[field];
@@ -91,6 +93,8 @@ const ERROR_NAME: Record<number, string> = {
 
 export const resend: VendorAdapter = {
   name: "resend",
+  // API keys are Resend credentials: listing, minting or deleting one is never a vault key's business.
+  credentialPaths: /^\/api-keys(\/|$)/i,
   secretFields: ["api_key"],
   idempotency: { vendorDedupes: true, mismatchStatus: 409 },
   ownPathPrefixes: ["/emails", "/domains", "/audiences", "/contacts", "/api-keys", "/broadcasts"],

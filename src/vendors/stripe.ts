@@ -42,6 +42,15 @@ const MONEY_LATER = rules(
   "POST /v1/customers/*/subscriptions/*",
   "POST /v1/payment_intents/*/increment_authorization",
   "POST /v1/quotes/*/accept",
+  // Other doors to money a named rule above prices: the older refund routes, transfer reversals,
+  // credit notes that refund. Refused even with allow_unpriced; use the priced route.
+  "POST /v1/charges/*/refund",
+  "POST /v1/charges/*/refunds",
+  "POST /v1/charges/*/refunds/*",
+  "POST /v1/transfers/*/reversals",
+  "POST /v1/transfers/*/reversals/*",
+  "POST /v1/credit_notes",
+  "POST /v1/payouts/*/reverse",
 );
 
 /** Writes that provably move no money. Named routes only: anything else that writes is unpriced. */
@@ -105,6 +114,12 @@ function readAmount(text: string | undefined, param = "amount"): number | Estima
     return { kind: "invalid", param, message: `Keybrake needs a whole-number \`${param}\` to price this call against the cap.` };
   }
   return Number(text);
+}
+
+/** An amount parameter the call may leave out: null when absent. */
+function optionalAmount(req: PricedRequest, param: string): number | null | Estimate {
+  const text = formValue(req.form, param);
+  return text === undefined ? null : readAmount(text, param);
 }
 
 function readCurrency(text: string | undefined): string | Estimate {
@@ -214,12 +229,19 @@ function estimate(req: PricedRequest, ctx: PricingContext): Estimate {
   for (const [rule, kind] of AMOUNT_IN_BODY) if (matches(rule, method, path)) return priceCreate(req, kind, ctx);
   if (matches(REFUND, method, path)) return priceRefund(req, ctx);
   if (matches(PAYMENT_INTENT_MONEY, method, path)) {
+    // A capture may ask for more than the amount (overcapture): priced at whichever is larger.
+    const asked = path.endsWith("/capture") ? optionalAmount(req, "amount_to_capture") : null;
+    if (asked !== null && typeof asked !== "number") return asked;
     return fromObject(id, "payment_intent", `/v1/payment_intents/${encodeURIComponent(id)}`, ctx, (amount, currency, record) =>
-      priceExisting(id, "payment_intent", amount, currency, ctx, record),
+      priceExisting(id, "payment_intent", Math.max(amount, asked ?? 0), currency, ctx, record),
     );
   }
   if (matches(CHARGE_CAPTURE, method, path)) {
-    return fromObject(id, "charge", `/v1/charges/${encodeURIComponent(id)}`, ctx, (amount, currency, record) => priceExisting(id, "charge", amount, currency, ctx, record));
+    const asked = optionalAmount(req, "amount");
+    if (asked !== null && typeof asked !== "number") return asked;
+    return fromObject(id, "charge", `/v1/charges/${encodeURIComponent(id)}`, ctx, (amount, currency, record) =>
+      priceExisting(id, "charge", Math.max(amount, asked ?? 0), currency, ctx, record),
+    );
   }
   if (matches(INVOICE_CREATE, method, path) || matches(INVOICE_UPDATE, method, path)) {
     const auto = formValue(req.form, "auto_advance");
@@ -246,6 +268,8 @@ const ERROR_TYPE: Record<number, string> = { 401: "invalid_request_error", 403: 
 
 export const stripe: VendorAdapter = {
   name: "stripe",
+  // Ephemeral keys hand a client access to a customer's objects: a credential, never a vault key's business.
+  credentialPaths: /^\/v1\/ephemeral_keys(\/|$)/i,
   secretFields: ["secret_key"],
   idempotency: { vendorDedupes: true, mismatchStatus: 400 },
   ownPathPrefixes: ["/v1/"],

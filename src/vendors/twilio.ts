@@ -6,7 +6,8 @@ import { destinationRate } from "./twilio-destinations.ts";
 import type { Estimate, PricedRequest, PricingContext, VendorAdapter } from "./types.ts";
 import { readWire } from "./wire.ts";
 
-const SEND_MESSAGE = rules("POST /2010-04-01/Accounts/*/Messages.json");
+/** Creating a message: Twilio answers Messages.json, Messages (XML) and its other formats alike. */
+const SEND_MESSAGE = /^\/2010-04-01\/Accounts\/[^/]+\/Messages(\.[a-z]+)?$/i;
 /** Updating (redacting, cancelling) a message or deleting one costs nothing. */
 const FREE_WRITES = rules("POST /2010-04-01/Accounts/*/Messages/*", "DELETE /2010-04-01/Accounts/*/Messages/*");
 
@@ -36,7 +37,10 @@ function priceMessage(req: PricedRequest, ctx: PricingContext): Estimate {
   if (body.length > MAX_SMS_BODY) return { kind: "invalid", param: "Body", message: `Body is longer than ${MAX_SMS_BODY} characters.` };
   let segments = countSmsSegments(body).segments;
   const contentSid = get("ContentSid");
-  if (contentSid !== undefined) segments = Math.max(segments, ctx.pricing.twilio.contentSegments[contentSid] ?? WORST_CASE_SEGMENTS);
+  if (contentSid !== undefined) {
+    const named = Object.hasOwn(ctx.pricing.twilio.contentSegments, contentSid) ? ctx.pricing.twilio.contentSegments[contentSid] : undefined;
+    segments = Math.max(segments, named ?? WORST_CASE_SEGMENTS);
+  }
   const media = formValues(req.form, "MediaUrl", true).length > 0 || get("SendAsMms")?.toLowerCase() === "true";
   // Outside +1, Twilio's MMS converter sends an SMS with a link instead: at least one more segment.
   const micros = media ? Math.max(ctx.pricing.twilio.mmsMicros, (segments + 1) * rate.micros) : segments * rate.micros;
@@ -47,7 +51,7 @@ function estimate(req: PricedRequest, ctx: PricingContext): Estimate {
   const fixed = fixedPrice(ctx.pricing, "twilio", req.method, req.path);
   if (fixed !== null) return { kind: "priced", micros: fixed };
   if (READ_METHODS.has(req.method)) return { kind: "priced", micros: 0 };
-  if (matches(SEND_MESSAGE, req.method, req.path)) return priceMessage(req, ctx);
+  if (req.method === "POST" && SEND_MESSAGE.test(req.path)) return priceMessage(req, ctx);
   if (matches(FREE_WRITES, req.method, req.path)) {
     const touchesBody = formValue(req.form, "Body", true);
     // Redacting sets Body to ""; anything else is not a free update.
@@ -80,10 +84,14 @@ export const twilio: VendorAdapter = {
   // Twilio has no request idempotency: Keybrake replays answered repeats itself, but cannot dedupe an unknown outcome.
   idempotency: { vendorDedupes: false, mismatchStatus: 409 },
   ownPathPrefixes: ["/2010-04-01/"],
+  // The account list and the account resource (it carries auth_token; POST creates subaccounts with their own),
+  // and API keys: never a vault key's business.
+  credentialPaths: /^\/2010-04-01\/accounts(\.[a-z]+)?$|^\/2010-04-01\/accounts\/[^/]+(\.[a-z]+)?$|^\/2010-04-01\/accounts\/[^/]+\/(keys|signingkeys)([./]|$)/i,
   authorize(path, headers, secret) {
     headers.set("authorization", "Basic " + btoa(`${secret.account_sid}:${secret.auth_token}`));
     // twilio-node puts its own (placeholder) Account SID in the path: swap in the real one.
-    return path.replace(/^\/2010-04-01\/Accounts\/[^/]+/, `/2010-04-01/Accounts/${secret.account_sid}`);
+    // Only the SID: an extension after it (`AC….json`) is the format asked for and stays.
+    return path.replace(/^\/2010-04-01\/Accounts\/[^/.]+/, `/2010-04-01/Accounts/${secret.account_sid}`);
   },
   read: (req) => readWire(req, { type: "form", options: FORM }),
   estimate,

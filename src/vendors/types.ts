@@ -104,6 +104,12 @@ export interface VendorAdapter {
   readonly idempotency: { vendorDedupes: boolean; mismatchStatus: number };
   /** Path prefixes its SDK sends, so a request with no /{vendor} prefix can be recognised. */
   readonly ownPathPrefixes: readonly string[];
+  /**
+   * Paths (as forwarded, matched case-insensitively) that read, mint or revoke the vendor's own
+   * credentials: never forwarded, whatever a key's allowlist or allow_unpriced says. A vault key
+   * that could mint a real key would have no cap at all.
+   */
+  readonly credentialPaths: RegExp;
   /** Puts the real credentials on the outgoing headers; returns the path to forward (Twilio swaps in the real Account SID). */
   authorize(path: string, headers: Headers, secret: VendorSecret): string;
   /** Reads the request exactly as the vendor will (content type, encoding, query, body), or says what is ambiguous. */
