@@ -96,7 +96,11 @@ export class AuditService {
     if (f.issuedBy !== undefined) w.push(issuedByCondition(f.issuedBy));
     if (f.label !== undefined) w.push(labelCondition(auditLog.agentRunLabel, f.label) ?? sql`1`);
     if (f.vendor) w.push(eq(auditLog.vendor, f.vendor));
-    if (f.outcome) w.push(eq(auditLog.outcome, f.outcome));
+    if (f.outcome) {
+      // With a key or a label to narrow by, SQLite would still pick the outcome index (9 outcomes,
+      // ~1M "forwarded" rows) and walk it; the unary + keeps it on the key or label index instead.
+      w.push(f.key_id || f.label !== undefined ? sql`+${auditLog.outcome} = ${f.outcome}` : eq(auditLog.outcome, f.outcome));
+    }
     if (f.since !== undefined) w.push(gte(auditLog.ts, f.since));
     if (f.until !== undefined) w.push(lt(auditLog.ts, f.until));
     if (beforeId !== undefined) w.push(lt(auditLog.id, beforeId));
