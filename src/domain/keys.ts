@@ -18,6 +18,8 @@ import { actorOf, type Principal } from "./tokens.ts";
 /** Vault keys are "vk_" + 32 random bytes; only their SHA-256 is stored. */
 export const VAULT_KEY_PREFIX = "vk_";
 export const MAX_LABEL_LENGTH = 256;
+/** A Stripe connected account id, as `stripe_accounts` on keys and on issuer policies take it. */
+export const STRIPE_ACCOUNT_ID = /^acct_[A-Za-z0-9]{1,64}$/;
 const MAX_DEDUPE_WINDOW_MS = 86_400_000;
 
 export const usd = (field: string) =>
@@ -85,7 +87,7 @@ export function issueKeySchema(maxTtlMs: number) {
     require_idempotency_key: z.boolean({ error: "require_idempotency_key must be true or false" }).optional(),
     allow_unpriced: z.boolean({ error: "allow_unpriced must be true or false" }).optional(),
     stripe_accounts: z
-      .array(z.string().regex(/^acct_[A-Za-z0-9]{1,64}$/, "stripe_accounts entries are connected account ids (acct_…)"), {
+      .array(z.string().regex(STRIPE_ACCOUNT_ID, "stripe_accounts entries are connected account ids (acct_…)"), {
         error: "stripe_accounts must be a list of connected account ids",
       })
       .max(100, "stripe_accounts takes at most 100 entries")

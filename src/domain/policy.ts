@@ -4,7 +4,7 @@ import { ApiError, fieldIssues, validationError, type FieldIssue } from "../erro
 import { microsToUsd } from "../money.ts";
 import { VENDORS } from "../vendors/types.ts";
 import { parseEndpointRule, type EndpointRule } from "./endpoints.ts";
-import { duration, endpoint, MAX_LABEL_LENGTH, usd } from "./keys.ts";
+import { duration, endpoint, MAX_LABEL_LENGTH, STRIPE_ACCOUNT_ID, usd } from "./keys.ts";
 
 /**
  * An issuer token's policy (SPEC §7): the bounds of every key it issues or changes. Default deny
@@ -37,7 +37,7 @@ export function policySchema(maxTtlMs: number) {
       // Beyond SPEC §7's list, default deny: a connected account is another business's money, so an
       // issuer may name only the accounts its policy lists (none when it lists none).
       stripe_accounts: z
-        .array(z.string().regex(/^acct_[A-Za-z0-9]{1,64}$/, "policy.stripe_accounts entries are connected account ids (acct_…)"), {
+        .array(z.string().regex(STRIPE_ACCOUNT_ID, "policy.stripe_accounts entries are connected account ids (acct_…)"), {
           error: "policy.stripe_accounts must be a list of connected account ids",
         })
         .max(100, "policy.stripe_accounts takes at most 100 entries")

@@ -38,6 +38,11 @@ const CONNECTION_TOKENS = new Set(["close", "keep-alive"]);
 /** What an audit row of an unknown key keeps: a flood of them stores a bounded amount per request. */
 const UNKNOWN_KEY_PATH_CHARS = 128;
 
+/** The facts a refusal's audit row keeps: an unknown key's row keeps bounded fields only (the cheapest request anyone can send). */
+function auditedFacts(call: CallFacts, key: LiveKey | null): CallFacts {
+  return key ? call : { ...call, path: call.path.slice(0, UNKNOWN_KEY_PATH_CHARS), idempotencyKey: null };
+}
+
 /** The facts of one call as it ends, for the operator log (src/log.ts): one entry per call. */
 interface CallState {
   key: LiveKey | null;
@@ -93,8 +98,7 @@ export class Forwarder {
       }
       // SPEC §5: every request leaves one row, this one too (best effort: the ledger may be what failed).
       if (!state.audited) {
-        const facts = state.key ? call : { ...call, path: call.path.slice(0, UNKNOWN_KEY_PATH_CHARS), idempotencyKey: null };
-        await this.deps.ledger.recordRefusal(state.key, facts, state.outcome, state.errorCode ?? "internal_error", Date.now()).catch(() => {});
+        await this.deps.ledger.recordRefusal(state.key, auditedFacts(call, state.key), state.outcome, state.errorCode ?? "internal_error", Date.now()).catch(() => {});
       }
     }
     this.deps.logger.call({
@@ -118,9 +122,7 @@ export class Forwarder {
     const method = call.method;
     const idempotencyHeader = request.headers.get("idempotency-key");
     const refuse = async (adapter: VendorAdapter, key: LiveKey | null, status: number, outcome: AuditOutcome, code: string, message: string) => {
-      // An unknown key's row keeps bounded fields only: it is the cheapest request anyone can send.
-      const facts = key ? call : { ...call, path: call.path.slice(0, UNKNOWN_KEY_PATH_CHARS), idempotencyKey: null };
-      await ledger.recordRefusal(key, facts, outcome, code, now);
+      await ledger.recordRefusal(key, auditedFacts(call, key), outcome, code, now);
       state.audited = true;
       state.outcome = outcome;
       state.errorCode = code;
