@@ -49,7 +49,7 @@ export async function startDemo(opts: { port?: number; host?: string; log?: (lin
     KEYBRAKE_TWILIO_AUTH_TOKEN: fake.credentials.twilioToken,
     KEYBRAKE_RESEND_API_KEY: fake.credentials.resend,
   });
-  const services = createServices(config);
+  const services = await createServices(config);
   let port = 0;
   const app = createApp(services, { proxyBaseUrl: () => `http://${host === "0.0.0.0" ? "localhost" : host}:${port}` });
   try {
@@ -141,7 +141,7 @@ export async function startDemo(opts: { port?: number; host?: string; log?: (lin
     labels,
     async stop() {
       await app.stop(true);
-      services.db.sqlite.close();
+      await services.close();
       await fake.stop();
       rmSync(dataDir, { recursive: true, force: true });
     },

@@ -94,11 +94,10 @@ function handleShutdown(app: ReturnType<typeof createApp>, services: Services, l
       logger.info(`shutdown grace over: cutting ${server.pendingRequests} call(s); their reservations stay unsettled`);
       await server.stop(true);
     }
-    services.webhooks.stop(); // deliveries not yet sent stay queued in the outbox for the next start
-    await services.retention.stop();
     // Ledger writes queued in this turn commit on the next one (group commit): let them run.
     await new Promise((resolve) => setImmediate(resolve));
-    services.db.sqlite.close();
+    // Deliveries not yet sent stay queued in the outbox for the next start.
+    await services.close();
     logger.info(finished ? "stopped: every call in flight finished and settled" : "stopped");
     process.exit(0);
   };
@@ -106,11 +105,11 @@ function handleShutdown(app: ReturnType<typeof createApp>, services: Services, l
   process.on("SIGTERM", () => void shutdown("SIGTERM"));
 }
 
-function serve(config: Config) {
+async function serve(config: Config) {
   const logger = createLogger(config.log);
   let services: Services;
   try {
-    services = createServices(config, undefined, logger);
+    services = await createServices(config, undefined, logger);
   } catch (e) {
     if (e instanceof MasterKeyMismatch) fail(masterKeyMessage(config, e));
     throw e;
@@ -123,7 +122,7 @@ function serve(config: Config) {
   const url = localUrl(config, port);
   logger.info(`keybrake ${VERSION} listening on ${url} — admin pages: ${url}/admin (data: ${config.dataDir})`);
   // Minted only now that the port is ours: a start that fails to listen leaves no token nobody saw.
-  const firstToken = services.tokens.ensureFirstToken();
+  const firstToken = await services.tokens.ensureFirstToken();
   if (firstToken) {
     // Printed once, to stderr (never into a shipped JSON log stream); only its hash is stored.
     console.error(
@@ -224,7 +223,7 @@ function main(argv: string[]) {
     if (e instanceof ConfigError) fail(e.message);
     throw e;
   }
-  if (serveArgs) return serve(config);
+  if (serveArgs) return void serve(config).catch((e) => fail((e as Error).message));
   if (command === "token") return tokenCommand(config, rest);
   if (command === "secrets" && rest[0] === "reset") return secretsReset(config, rest.slice(1));
   fail(`unknown command "${argv.join(" ")}"; see keybrake --help`);

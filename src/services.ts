@@ -1,10 +1,10 @@
 import type { Config } from "./config.ts";
-import { openDatabase, type Db } from "./db/connection.ts";
+import type { Db } from "./db/connection.ts";
 import { AdminSessions } from "./domain/admin-sessions.ts";
 import { CapAlerts } from "./domain/alerts.ts";
 import { AuditService } from "./domain/audit.ts";
 import { BudgetService } from "./domain/budgets.ts";
-import { EventLog } from "./domain/events.ts";
+import type { EventReader } from "./domain/events.ts";
 import { loadMasterKey, SecretBox } from "./domain/crypto.ts";
 import { KeyService } from "./domain/keys.ts";
 import { Ledger } from "./domain/ledger.ts";
@@ -16,12 +16,17 @@ import { createLogger, type Logger } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { Forwarder } from "./proxy/forward.ts";
 import { loadPricing } from "./vendors/pricing.ts";
+import { closeBackend, openBackend, type Backend } from "./store/backend.ts";
+import { sqliteStores } from "./store/sqlite/index.ts";
 
 /** Largest proxied request body, per vendor (SPEC §3): bounded before it is buffered. Also Bun's maxRequestBodySize (main.ts), so /admin bodies are bounded before parsing. */
 export const MAX_PROXY_BODY_BYTES = 1024 * 1024;
 
 export interface Services {
   config: Config;
+  /** The SQLite file or the PostgreSQL database (src/store/backend.ts); only the wiring below looks at it. */
+  backend: Backend;
+  /** @deprecated SQLite only, while stores move behind interfaces; use the services. */
   db: Db;
   tokens: TokenStore;
   secrets: VendorSecretStore;
@@ -30,7 +35,7 @@ export interface Services {
   audit: AuditService;
   metrics: Metrics;
   logger: Logger;
-  events: EventLog;
+  events: EventReader;
   budgets: BudgetService;
   webhooks: WebhookService;
   forwarder: Forwarder;
@@ -39,6 +44,10 @@ export interface Services {
   /** Set once SIGTERM/SIGINT began a graceful shutdown: /healthz answers 503 so load balancers stop sending. */
   lifecycle: { draining: boolean };
   startedAt: number;
+  /** Answers when the backend can be reached (/healthz); throws otherwise. */
+  ping(): Promise<void>;
+  /** Stops background work and closes the backend (after the server stopped). */
+  close(): Promise<void>;
 }
 
 /**
@@ -46,10 +55,14 @@ export interface Services {
  * MasterKeyMismatch when the master key cannot decrypt the stored secrets. Background work
  * (audit retention) is started by whoever serves: `retention.start()`.
  */
-export function createServices(config: Config, fetchImpl?: typeof fetch, logger: Logger = createLogger(config.log), clock: () => number = Date.now): Services {
-  const db = openDatabase(config.dataDir);
+export async function createServices(config: Config, fetchImpl?: typeof fetch, logger: Logger = createLogger(config.log), clock: () => number = Date.now): Promise<Services> {
+  const backend = await openBackend(config);
   const box = new SecretBox(loadMasterKey(config.dataDir, config.masterKey));
-  const events = new EventLog(db.sqlite, logger);
+  // Not yet behind a store interface: SQLite only (config.ts refuses KEYBRAKE_DATABASE_URL until all are).
+  if (backend.kind !== "sqlite") throw new Error("PostgreSQL: not every store is ported yet");
+  const stores = sqliteStores(backend, { logger, box });
+  const db = backend.db;
+  const events = stores.eventLog;
   // Budgets, cap alerts and the webhook outbox (SPEC §7): the outbox is an event sink, so a
   // delivery is queued in the same transaction as the change or alert it reports.
   const webhooks = new WebhookService(db, box, logger);
@@ -81,8 +94,10 @@ export function createServices(config: Config, fetchImpl?: typeof fetch, logger:
     fetch: fetchImpl,
   });
   const tokens = new TokenStore(db.sqlite, config.adminToken, events, config.maxKeyTtlMs);
+  const retention = new AuditRetention(db.sqlite, config.auditRetentionMs, clock, (m) => logger.error(m));
   return {
     config,
+    backend,
     db,
     tokens,
     secrets,
@@ -95,9 +110,15 @@ export function createServices(config: Config, fetchImpl?: typeof fetch, logger:
     budgets: new BudgetService(db, events),
     webhooks,
     forwarder,
-    adminSessions: new AdminSessions(db, tokens),
-    retention: new AuditRetention(db.sqlite, config.auditRetentionMs, clock, (m) => logger.error(m)),
+    adminSessions: new AdminSessions(stores.sessions, tokens),
+    retention,
     lifecycle: { draining: false },
     startedAt: Date.now(),
+    ping: () => stores.ping(),
+    async close() {
+      webhooks.stop();
+      await retention.stop();
+      await closeBackend(backend);
+    },
   };
 }

@@ -332,7 +332,7 @@ test("when the session ends, the polling keys page goes to the login page by its
   await page.goto(`${kb.url}/admin/keys`);
   await page.getByRole("heading", { name: "Vault keys" }).waitFor(WAIT);
   const session = (await page.context().cookies()).find((c) => c.name === "kb_session")!;
-  kb.services.adminSessions.end(session.value);
+  await kb.services.adminSessions.end(session.value);
   await page.waitForURL(`${kb.url}/admin`, WAIT);
   await page.locator("#token").waitFor(WAIT);
 });

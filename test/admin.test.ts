@@ -103,7 +103,7 @@ describe("without a session", () => {
     [
       "a session older than 12 hours",
       async () => {
-        const started = kb.services.adminSessions.start(ADMIN_TOKEN, Date.now() - 12 * 3_600_000 - 1000)!;
+        const started = (await kb.services.adminSessions.start(ADMIN_TOKEN, Date.now() - 12 * 3_600_000 - 1000))!;
         return `kb_session=${started.sessionId}`;
       },
     ],

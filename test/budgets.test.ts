@@ -54,7 +54,7 @@ describe("the budgets API", () => {
     expect((await kb.api("GET", "/budgets?include_deleted=true")).json.data.map((b: any) => b.budget_id)).toContain(id);
     expect((await kb.api("PATCH", `/budgets/${id}`, { daily_usd_cap: 1 })).status).toBe(409);
 
-    const events = kb.services.events.list({ type: "budget.updated", limit: 50 }).rows.filter((e) => e.target === id).reverse();
+    const events = (await kb.services.events.list({ type: "budget.updated", limit: 50 })).rows.filter((e) => e.target === id).reverse();
     expect(events.map((e) => e.data.action)).toEqual(["created", "changed", "deleted"]);
     expect(events[1]!.data.changes).toEqual({ daily_usd_cap: { from: 2000, to: 1500.25 }, vendor: { from: null, to: "stripe" } });
     for (const e of events) expect(e.actor).not.toBeNull();
@@ -244,10 +244,10 @@ describe("cap alerts", () => {
     const stripe = stripeThrough(kb.url, key.vault_key, { maxNetworkRetries: 0 });
     // $1 each: the key reaches exactly $5 (50 %), $8 (80 %) and $10 (100 %); then two refusals.
     for (let i = 0; i < 12; i++) await pi(stripe, 100).catch(() => null);
-    const mine = (type: "cap.threshold" | "cap.hit") => kb.services.events.list({ type, limit: 100 }).rows.filter((e) => e.target === key.key_id || e.target === budget.budget_id).reverse();
-    const thresholds = mine("cap.threshold").map((e) => `${e.data.scope}:${e.data.threshold}:${e.data.spent_usd}`);
+    const mine = async (type: "cap.threshold" | "cap.hit") => (await kb.services.events.list({ type, limit: 100 })).rows.filter((e) => e.target === key.key_id || e.target === budget.budget_id).reverse();
+    const thresholds = (await mine("cap.threshold")).map((e) => `${e.data.scope}:${e.data.threshold}:${e.data.spent_usd}`);
     expect(thresholds).toEqual(["key:0.5:5", "key:0.8:8", "key:1:10", "budget:0.5:10"]);
-    const hits = mine("cap.hit");
+    const hits = await mine("cap.hit");
     expect(hits).toHaveLength(1);
     expect(hits[0]!.data).toMatchObject({ scope: "key", key_id: key.key_id, agent_run_label: prefix + "run", cap_usd: 10, spent_usd: 10 });
   });
@@ -258,7 +258,7 @@ describe("cap alerts", () => {
     const budget = await createBudget({ name: "tiny", label_prefix: prefix, daily_usd_cap: 1 });
     const key = await kb.issueKey(seedKeyBody({ agent_run_label: prefix + "run", daily_usd_cap: 10 }));
     for (let i = 0; i < 3; i++) await proxied(kb.url, key.vault_key, "POST", "/v1/payment_intents", { amount: "100", currency: "usd" });
-    const hits = kb.services.events.list({ type: "cap.hit", limit: 100 }).rows.filter((e) => e.target === budget.budget_id);
+    const hits = (await kb.services.events.list({ type: "cap.hit", limit: 100 })).rows.filter((e) => e.target === budget.budget_id);
     expect(hits).toHaveLength(1);
     expect(hits[0]!.data).toMatchObject({ scope: "budget", budget_id: budget.budget_id, name: "tiny", cap_usd: 1, spent_usd: 1 });
   });

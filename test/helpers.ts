@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { createApp } from "../src/app.ts";
 import { loadConfig } from "../src/config.ts";
 import { createServices, MAX_PROXY_BODY_BYTES, type Services } from "../src/services.ts";
+import { freshDatabase } from "./pg.ts";
 
 export const ADMIN_TOKEN = "kbt_test_admin_token_0123456789abcdef";
 
@@ -23,10 +24,12 @@ export interface Running {
 }
 
 /** The real server, in this process, on a loopback port. */
-export async function startKeybrake(env: Record<string, string> = {}, opts: { dataDir?: string; keepData?: boolean } = {}): Promise<Running> {
+export async function startKeybrake(env: Record<string, string> = {}, opts: { dataDir?: string; keepData?: boolean; backend?: "sqlite" | "postgres" } = {}): Promise<Running> {
   const dataDir = opts.dataDir ?? tempDir();
-  const config = loadConfig({ KEYBRAKE_DATA_DIR: dataDir, KEYBRAKE_ADMIN_TOKEN: ADMIN_TOKEN, KEYBRAKE_HOST: "127.0.0.1", KEYBRAKE_PORT: "0", KEYBRAKE_LOG: "silent", ...env });
-  const services = createServices(config);
+  // A fresh PostgreSQL database per server (test/backends.ts), unless the caller names one.
+  const pg = opts.backend === "postgres" && !env.KEYBRAKE_DATABASE_URL ? { KEYBRAKE_DATABASE_URL: await freshDatabase("kb") } : {};
+  const config = loadConfig({ KEYBRAKE_DATA_DIR: dataDir, KEYBRAKE_ADMIN_TOKEN: ADMIN_TOKEN, KEYBRAKE_HOST: "127.0.0.1", KEYBRAKE_PORT: "0", KEYBRAKE_LOG: "silent", ...pg, ...env });
+  const services = await createServices(config);
   services.retention.start();
   let port = 0;
   const app = createApp(services, { proxyBaseUrl: () => `http://127.0.0.1:${port}` });
@@ -46,9 +49,7 @@ export async function startKeybrake(env: Record<string, string> = {}, opts: { da
     },
     async stop() {
       await app.stop(true);
-      services.webhooks.stop();
-      await services.retention.stop();
-      services.db.sqlite.close();
+      await services.close();
       if (!opts.keepData && !opts.dataDir) rmSync(dataDir, { recursive: true, force: true });
     },
   };

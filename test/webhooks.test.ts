@@ -1,3 +1,4 @@
+import type { EventLog } from "../src/domain/events.ts";
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -161,7 +162,7 @@ describe("deliveries", () => {
 
     const event = JSON.parse(got.body);
     expect(Object.keys(event).sort()).toEqual(["created_at", "data", "id", "type"]);
-    const stored = kb.services.events.list({ type: "budget.updated", limit: 5 }).rows.find((e) => e.target === budget.budget_id)!;
+    const stored = (await kb.services.events.list({ type: "budget.updated", limit: 5 })).rows.find((e) => e.target === budget.budget_id)!;
     expect(event).toMatchObject({ id: stored.id, type: "budget.updated", data: { action: "created", budget_id: budget.budget_id, actor: { name: expect.any(String) } } });
     expect(got.headers.get("keybrake-event-id")).toBe(stored.id);
 
@@ -210,12 +211,12 @@ describe("deliveries", () => {
     const hook = s.webhooks.create({ url: rx.url, events: ["key.revoked"] });
     expect(() =>
       s.db.sqlite.transaction(() => {
-        s.events.record({ type: "key.revoked", actor: null, target: "key_x", data: { key_id: "key_x" } });
+        (s.events as EventLog).record({ type: "key.revoked", actor: null, target: "key_x", data: { key_id: "key_x" } });
         throw new Error("the revocation failed");
       })(),
     ).toThrow("the revocation failed");
     expect(s.db.sqlite.query("SELECT count(*) AS n FROM webhook_deliveries WHERE webhook_id = ?").get(hook.row.id)).toEqual({ n: 0 });
-    s.db.sqlite.transaction(() => s.events.record({ type: "key.revoked", actor: null, target: "key_y", data: { key_id: "key_y" } }))();
+    s.db.sqlite.transaction(() => (s.events as EventLog).record({ type: "key.revoked", actor: null, target: "key_y", data: { key_id: "key_y" } }))();
     expect(s.db.sqlite.query("SELECT count(*) AS n FROM webhook_deliveries WHERE webhook_id = ?").get(hook.row.id)).toEqual({ n: 1 });
     await until(() => rx.received.length === 1, "the committed one's delivery");
     expect(JSON.parse(rx.received[0]!.body).data.key_id).toBe("key_y");

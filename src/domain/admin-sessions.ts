@@ -1,6 +1,3 @@
-import { and, eq, gt, isNull } from "drizzle-orm";
-import type { Db } from "../db/connection.ts";
-import { adminSessions } from "../db/schema.ts";
 import { randomToken, safeEqual, sha256Hex } from "./crypto.ts";
 import type { Principal, TokenStore } from "./tokens.ts";
 
@@ -15,13 +12,31 @@ export interface AdminSession {
   principal: Principal;
 }
 
+/** A stored session: only the SHA-256 of the browser's session id. */
+export interface SessionRow {
+  idHash: string;
+  csrfToken: string;
+  createdAt: number;
+  expiresAt: number;
+  tokenId: string | null;
+}
+
+/** Where sessions live (src/store/sqlite/sessions.ts, src/store/pg/sessions.ts). */
+export interface SessionStore {
+  insert(row: SessionRow): Promise<void>;
+  /** The session unless it is unknown, ended or expired at `now`. */
+  findLive(idHash: string, now: number): Promise<Pick<SessionRow, "csrfToken" | "expiresAt" | "tokenId"> | null>;
+  /** Marks it ended (the row stays); a second call changes nothing. */
+  end(idHash: string, now: number): Promise<void>;
+}
+
 /**
  * Server-side sessions for the admin pages, opened with a management token.
  * The browser holds a random session id; only its SHA-256 is stored.
  */
 export class AdminSessions {
   constructor(
-    private readonly db: Db,
+    private readonly store: SessionStore,
     private readonly tokens: TokenStore,
   ) {}
 
@@ -29,41 +44,30 @@ export class AdminSessions {
    * A new session for a valid admin-role management token; null for anything else (the admin
    * pages can do everything, so an issuer or viewer token must not open them).
    */
-  start(managementToken: string, now = Date.now()): { sessionId: string; session: AdminSession } | null {
-    const principal = this.tokens.authenticate(managementToken);
+  async start(managementToken: string, now = Date.now()): Promise<{ sessionId: string; session: AdminSession } | null> {
+    const principal = await this.tokens.authenticate(managementToken);
     if (!principal || principal.role !== "admin") return null;
     const sessionId = randomToken(32);
     const session: AdminSession = { csrfToken: randomToken(32), expiresAt: now + ADMIN_SESSION_TTL_MS, principal };
-    this.db.orm
-      .insert(adminSessions)
-      .values({ idHash: sha256Hex(sessionId), csrfToken: session.csrfToken, createdAt: now, expiresAt: session.expiresAt, tokenId: this.tokens.sessionRef(principal) })
-      .run();
+    await this.store.insert({ idHash: sha256Hex(sessionId), csrfToken: session.csrfToken, createdAt: now, expiresAt: session.expiresAt, tokenId: this.tokens.sessionRef(principal) });
     return { sessionId, session };
   }
 
   /** The live session behind a cookie value, or null when it is unknown, ended or expired. */
-  find(sessionId: string | null | undefined, now = Date.now()): AdminSession | null {
+  async find(sessionId: string | null | undefined, now = Date.now()): Promise<AdminSession | null> {
     if (!sessionId) return null;
-    const row = this.db.orm
-      .select({ csrfToken: adminSessions.csrfToken, expiresAt: adminSessions.expiresAt, tokenId: adminSessions.tokenId })
-      .from(adminSessions)
-      .where(and(eq(adminSessions.idHash, sha256Hex(sessionId)), isNull(adminSessions.endedAt), gt(adminSessions.expiresAt, now)))
-      .get();
+    const row = await this.store.findLive(sha256Hex(sessionId), now);
     if (!row) return null;
     // A revoke also ends the session rows; this check covers a token revoked by an older binary.
-    const principal = this.tokens.principalById(row.tokenId);
+    const principal = await this.tokens.principalById(row.tokenId);
     if (!principal || principal.role !== "admin") return null;
     return { csrfToken: row.csrfToken, expiresAt: row.expiresAt, principal };
   }
 
   /** Logout: the session stops working at once; the row stays, marked ended. */
-  end(sessionId: string | null | undefined, now = Date.now()): void {
+  async end(sessionId: string | null | undefined, now = Date.now()): Promise<void> {
     if (!sessionId) return;
-    this.db.orm
-      .update(adminSessions)
-      .set({ endedAt: now })
-      .where(and(eq(adminSessions.idHash, sha256Hex(sessionId)), isNull(adminSessions.endedAt)))
-      .run();
+    await this.store.end(sha256Hex(sessionId), now);
   }
 }
 

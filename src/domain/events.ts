@@ -61,12 +61,17 @@ interface EventRow {
   data: string;
 }
 
+/** Reading the trail (GET /events, the admin Events page), on either backend. */
+export interface EventReader {
+  list(f: EventFilter): Promise<{ rows: StoredEvent[]; nextCursor: string | null }>;
+}
+
 /**
- * The operator trail. `record` must be called inside the transaction of the change it describes
+ * The operator trail on SQLite (PgEventLog in src/store/pg/events.ts on PostgreSQL). `record` must be called inside the transaction of the change it describes
  * (it writes with the same connection and opens none of its own), so the trail and the change
  * commit together or not at all.
  */
-export class EventLog {
+export class EventLog implements EventReader {
   private readonly insert: Statement;
   private readonly sinks: EventSink[] = [];
 
@@ -93,7 +98,7 @@ export class EventLog {
   }
 
   /** Newest first; next_cursor continues where this page ended. */
-  list(f: EventFilter): { rows: StoredEvent[]; nextCursor: string | null } {
+  async list(f: EventFilter): Promise<{ rows: StoredEvent[]; nextCursor: string | null }> {
     const where: string[] = [];
     const args: (string | number)[] = [];
     if (f.type) where.push("type = ?"), args.push(f.type);

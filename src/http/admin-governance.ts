@@ -50,45 +50,46 @@ function listField(body: unknown, name: string): string[] {
  * prefix by src/http/admin.ts.
  */
 export function adminGovernanceRoutes(s: Services) {
-  const budgetViews = () => {
+  const budgetViews = async () => {
     const now = Date.now();
-    return s.budgets.list().map((r) => presentBudget(r, s.budgets.spend(r, now)));
+    const rows = await s.budgets.list();
+    return Promise.all(rows.map(async (r) => presentBudget(r, await s.budgets.spend(r, now))));
   };
 
   /** Runs a budget change from a form; the section back (htmx), or the page. */
-  const budgetChange = (request: Request, session: AdminSession, change: () => string, values: FormValues) => {
+  const budgetChange = async (request: Request, session: AdminSession, change: () => Promise<string>, values: FormValues) => {
     let form: BudgetFormState;
     let status = 200;
     try {
-      form = { values: {}, errors: {}, saved: change() };
+      form = { values: {}, errors: {}, saved: await change() };
     } catch (e) {
       if (e instanceof ApiError && e.code === "not_found") return new Response("No such budget.", { status: 404 });
       if (!(e instanceof ApiError) || (e.code !== "invalid_request" && e.code !== "conflict")) throw e;
       form = { values, errors: e.code === "invalid_request" ? fieldErrorsOf(e) : { "(body)": e.message } };
       status = 422;
     }
-    if (isHtmx(request)) return fragment(BudgetsSection({ csrf: session.csrfToken, budgets: budgetViews(), form }), status);
+    if (isHtmx(request)) return fragment(BudgetsSection({ csrf: session.csrfToken, budgets: await budgetViews(), form }), status);
     if (status === 200) return redirect("/admin/budgets?saved=1");
-    return html(BudgetsPage({ csrf: session.csrfToken, budgets: budgetViews(), form }), status);
+    return html(BudgetsPage({ csrf: session.csrfToken, budgets: await budgetViews(), form }), status);
   };
 
-  const webhooksPage = (session: AdminSession, form: WebhookFormState, status = 200) =>
-    html(WebhooksPage({ csrf: session.csrfToken, webhooks: s.webhooks.list().map((w) => presentWebhook(w)), form }), status);
+  const webhooksPage = async (session: AdminSession, form: WebhookFormState, status = 200) =>
+    html(WebhooksPage({ csrf: session.csrfToken, webhooks: (await s.webhooks.list()).map((w) => presentWebhook(w)), form }), status);
 
   return (
     new Elysia()
       .use(adminSession(s))
       // Budgets
-      .get("/budgets", (ctx) => {
+      .get("/budgets", async (ctx) => {
         const saved = queryFilters(ctx.request).saved === "1" ? "Budget saved." : undefined;
-        return html(BudgetsPage({ csrf: ctx.session.csrfToken, budgets: budgetViews(), form: { values: {}, errors: {}, saved } }));
+        return html(BudgetsPage({ csrf: ctx.session.csrfToken, budgets: await budgetViews(), form: { values: {}, errors: {}, saved } }));
       }, { session: true })
       .post(
         "/budgets",
         (ctx) => {
           const values = budgetFormValues(ctx.body);
           const session = ctx.session;
-          return budgetChange(ctx.request, session, () => `Budget “${s.budgets.create(budgetBody(values, false), actorOf(session.principal)).name}” created.`, values);
+          return budgetChange(ctx.request, session, async () => `Budget “${(await s.budgets.create(budgetBody(values, false), actorOf(session.principal))).name}” created.`, values);
         },
         { session: true },
       )
@@ -97,7 +98,7 @@ export function adminGovernanceRoutes(s: Services) {
         (ctx) => {
           const values = budgetFormValues(ctx.body);
           const session = ctx.session;
-          return budgetChange(ctx.request, session, () => `Budget “${s.budgets.update(ctx.params.id, budgetBody(values, true), actorOf(session.principal)).name}” saved.`, values);
+          return budgetChange(ctx.request, session, async () => `Budget “${(await s.budgets.update(ctx.params.id, budgetBody(values, true), actorOf(session.principal))).name}” saved.`, values);
         },
         { session: true },
       )
@@ -105,7 +106,7 @@ export function adminGovernanceRoutes(s: Services) {
         "/budgets/:id/delete",
         (ctx) => {
           const session = ctx.session;
-          return budgetChange(ctx.request, session, () => `Budget “${s.budgets.remove(ctx.params.id, actorOf(session.principal)).name}” deleted.`, {});
+          return budgetChange(ctx.request, session, async () => `Budget “${(await s.budgets.remove(ctx.params.id, actorOf(session.principal))).name}” deleted.`, {});
         },
         { session: true },
       )
@@ -114,16 +115,16 @@ export function adminGovernanceRoutes(s: Services) {
       .get("/webhooks", (ctx) => webhooksPage(ctx.session, { values: { format: "json" }, events: ["cap.threshold", "cap.hit"], errors: {} }), { session: true })
       .post(
         "/webhooks",
-        (ctx) => {
+        async (ctx) => {
           const session = ctx.session;
           const values: FormValues = { url: field(ctx.body, "url"), thresholds: field(ctx.body, "thresholds"), format: field(ctx.body, "format") };
           const events = listField(ctx.body, "events");
           const thresholdsText = values.thresholds?.trim();
           const thresholds = thresholdsText ? thresholdsText.split(/[\s,]+/).filter(Boolean).map((t) => (t.endsWith("%") ? Number(t.slice(0, -1)) / 100 : Number(t))) : undefined;
           try {
-            const { row, secret } = s.webhooks.create({ url: values.url ?? "", events, ...(thresholds ? { thresholds } : {}), format: values.format || "json" });
+            const { row, secret } = await s.webhooks.create({ url: values.url ?? "", events, ...(thresholds ? { thresholds } : {}), format: values.format || "json" });
             // Rendered in answer to the POST (never a redirect): the secret exists only in this response.
-            return webhooksPage(session, { values: { format: "json" }, events: ["cap.threshold", "cap.hit"], errors: {}, created: { webhook: presentWebhook(row, { revealUrl: true }), secret } });
+            return await webhooksPage(session, { values: { format: "json" }, events: ["cap.threshold", "cap.hit"], errors: {}, created: { webhook: presentWebhook(row, { revealUrl: true }), secret } });
           } catch (e) {
             if (!isInvalid(e)) throw e;
             return webhooksPage(session, { values, events, errors: fieldErrorsOf(e) as FieldErrors }, 422);
@@ -133,9 +134,9 @@ export function adminGovernanceRoutes(s: Services) {
       )
       .delete(
         "/webhooks/:id",
-        (ctx) => {
+        async (ctx) => {
           try {
-            return fragment(WebhookDeletedRow({ w: presentWebhook(s.webhooks.remove(ctx.params.id)) }));
+            return fragment(WebhookDeletedRow({ w: presentWebhook(await s.webhooks.remove(ctx.params.id)) }));
           } catch (e) {
             if (e instanceof ApiError && e.code === "not_found") return new Response("No such webhook.", { status: 404 });
             throw e;
@@ -145,11 +146,11 @@ export function adminGovernanceRoutes(s: Services) {
       )
       .get(
         "/webhooks/:id",
-        (ctx) => {
+        async (ctx) => {
           const session = ctx.session;
           try {
-            const webhook = presentWebhook(s.webhooks.get(ctx.params.id));
-            const { data, nextCursor } = s.webhooks.deliveries(ctx.params.id, { cursor: queryFilters(ctx.request).cursor, limit: PAGE_SIZE });
+            const webhook = presentWebhook(await s.webhooks.get(ctx.params.id));
+            const { data, nextCursor } = await s.webhooks.deliveries(ctx.params.id, { cursor: queryFilters(ctx.request).cursor, limit: PAGE_SIZE });
             return html(DeliveriesPage({ csrf: session.csrfToken, webhook, deliveries: data, nextCursor }));
           } catch (e) {
             if (e instanceof ApiError && e.code === "not_found") return redirect("/admin/webhooks");
@@ -162,7 +163,7 @@ export function adminGovernanceRoutes(s: Services) {
       // Events
       .get(
         "/events",
-        (ctx) => {
+        async (ctx) => {
           const q = queryFilters(ctx.request);
           const filter: EventsFilterValues = { type: q.type, since: q.since, until: q.until };
           const errors: FieldErrors = {};
@@ -178,7 +179,7 @@ export function adminGovernanceRoutes(s: Services) {
           const until = time("until");
           const ok = Object.keys(errors).length === 0;
           const { rows, nextCursor } = ok
-            ? s.events.list({ type: filter.type as EventType | undefined, since, until, cursor: q.cursor, limit: PAGE_SIZE })
+            ? await s.events.list({ type: filter.type as EventType | undefined, since, until, cursor: q.cursor, limit: PAGE_SIZE })
             : { rows: [], nextCursor: null };
           return html(EventsPage({ csrf: ctx.session.csrfToken, filter, errors, rows: rows.map(presentEvent), nextCursor }), ok ? 200 : 422);
         },

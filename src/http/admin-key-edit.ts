@@ -27,11 +27,11 @@ function patchFromForm(v: FormValues): Record<string, unknown> {
  * daily and lifetime caps and expiry, through the same KeyService.update as PATCH /vault/keys.
  */
 export function adminKeyEditRoutes(s: Services) {
-  const render = (csrf: string, keyId: string, state: KeyEditState, status = 200) => {
+  const render = async (csrf: string, keyId: string, state: KeyEditState, status = 200) => {
     const now = Date.now();
-    const row = s.keys.get(keyId);
-    const runActiveKeys = s.keys.list({ label: row.agentRunLabel, status: "active", limit: 500 }, now).rows.length;
-    const k = { ...presentKey(row, now), ...s.keys.spend(row, now) };
+    const row = await s.keys.get(keyId);
+    const runActiveKeys = (await s.keys.list({ label: row.agentRunLabel, status: "active", limit: 500 }, now)).rows.length;
+    const k = { ...presentKey(row, now), ...(await s.keys.spend(row, now)) };
     return html(KeyEditPage({ csrf, k, runActiveKeys, state }), status);
   };
   const notFound = (csrf: string, keyId: string) => html(KeyEditNotFound({ csrf, keyId }), 404);
@@ -40,11 +40,11 @@ export function adminKeyEditRoutes(s: Services) {
     .use(adminSession(s))
     .get(
       "/keys/:key_id/edit",
-      ({ params, session }) => {
+      async ({ params, session }) => {
         try {
-          const row = s.keys.get(params.key_id);
+          const row = await s.keys.get(params.key_id);
           const values: FormValues = { daily_usd_cap: String(presentKey(row).daily_usd_cap) };
-          return render(session.csrfToken, params.key_id, { values, errors: {} });
+          return await render(session.csrfToken, params.key_id, { values, errors: {} });
         } catch (e) {
           if (e instanceof ApiError && e.code === "not_found") return notFound(session.csrfToken, params.key_id);
           throw e;
@@ -54,18 +54,18 @@ export function adminKeyEditRoutes(s: Services) {
     )
     .post(
       "/keys/:key_id/edit",
-      ({ params, body, session }) => {
+      async ({ params, body, session }) => {
         const values: FormValues = { scope: field(body, "scope") === "run" ? "run" : "key" };
         for (const name of EDIT_FIELDS) values[name] = field(body, name);
         const patch = patchFromForm(values);
         const by = session.principal; // the change and its key.updated event name the session's token
         try {
-          const row = s.keys.get(params.key_id);
+          const row = await s.keys.get(params.key_id);
           if (Object.keys(patch).length === 0) {
-            return render(session.csrfToken, params.key_id, { values, errors: { "(body)": "Fill in at least one of the boxes." } }, 422);
+            return await render(session.csrfToken, params.key_id, { values, errors: { "(body)": "Fill in at least one of the boxes." } }, 422);
           }
-          const count = values.scope === "run" ? s.keys.updateRun(row.agentRunLabel, patch, by).length : (s.keys.update(params.key_id, patch, by), 1);
-          return render(session.csrfToken, params.key_id, { values: { ...values, expires_in: undefined }, errors: {}, applied: { count, scope: values.scope as "key" | "run" } });
+          const count = values.scope === "run" ? (await s.keys.updateRun(row.agentRunLabel, patch, by)).length : (await s.keys.update(params.key_id, patch, by), 1);
+          return await render(session.csrfToken, params.key_id, { values: { ...values, expires_in: undefined }, errors: {}, applied: { count, scope: values.scope as "key" | "run" } });
         } catch (e) {
           if (!(e instanceof ApiError)) throw e;
           if (e.code === "not_found") return notFound(session.csrfToken, params.key_id);

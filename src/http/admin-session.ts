@@ -14,9 +14,9 @@ export function adminSession(s: Services) {
   return new Elysia()
     .macro({
       session: {
-        resolve({ request, body, set, status }) {
+        async resolve({ request, body, set, status }) {
           const sessionId = readCookie(request, SESSION_COOKIE);
-          const session = s.adminSessions.find(sessionId);
+          const session = await s.adminSessions.find(sessionId);
           if (!session) {
             if (isHtmx(request)) {
               // htmx follows HX-Redirect to the login page instead of swapping this in.

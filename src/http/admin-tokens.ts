@@ -14,15 +14,15 @@ import { field, fragment, html } from "./admin-kit.ts";
  * Mounted inside the /admin prefix by src/http/admin.ts.
  */
 export function adminTokenRoutes(s: Services) {
-  const page = (csrf: string, form: TokenFormState, status = 200) =>
-    html(TokensPage({ csrf, tokens: s.tokens.list().map(presentToken), form, now: Date.now() }), status);
+  const page = async (csrf: string, form: TokenFormState, status = 200) =>
+    html(TokensPage({ csrf, tokens: (await s.tokens.list()).map(presentToken), form, now: Date.now() }), status);
 
   return new Elysia()
     .use(adminSession(s))
     .get("/tokens", ({ session }) => page(session.csrfToken, { values: {}, errors: {} }), { session: true })
     .post(
       "/tokens",
-      ({ body, session }) => {
+      async ({ body, session }) => {
         const values: FormValues = { name: field(body, "name"), role: field(body, "role"), policy: field(body, "policy") };
         const policyText = values.policy?.trim();
         let policy: unknown;
@@ -34,8 +34,8 @@ export function adminTokenRoutes(s: Services) {
           }
         }
         try {
-          const { info, token } = s.tokens.createFromBody({ name: values.name ?? "", role: values.role, policy }, actorOf(session.principal));
-          return page(session.csrfToken, { values: {}, errors: {}, created: { token: presentToken(info), secret: token } });
+          const { info, token } = await s.tokens.createFromBody({ name: values.name ?? "", role: values.role, policy }, actorOf(session.principal));
+          return await page(session.csrfToken, { values: {}, errors: {}, created: { token: presentToken(info), secret: token } });
         } catch (e) {
           if (!(e instanceof ApiError) || e.code !== "invalid_request") throw e;
           return page(session.csrfToken, { values, errors: fieldErrorsOf(e) }, 422);
@@ -45,9 +45,9 @@ export function adminTokenRoutes(s: Services) {
     )
     .delete(
       "/tokens/:token_id",
-      ({ params, session }) => {
+      async ({ params, session }) => {
         try {
-          const t = s.tokens.revoke(params.token_id, actorOf(session.principal));
+          const t = await s.tokens.revoke(params.token_id, actorOf(session.principal));
           return fragment(TokenRow({ t: presentToken(t), now: Date.now() }));
         } catch (e) {
           if (!(e instanceof ApiError) || e.code !== "not_found") throw e;

@@ -68,18 +68,18 @@ function flash(status: number, tone: "ok" | "danger", text: string): Response {
  * every POST/DELETE also needs the session's CSRF token.
  */
 export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
-  const keyView = (row: VaultKeyRow, now: number) => ({ ...presentKey(row, now), ...s.keys.spend(row, now) });
+  const keyView = async (row: VaultKeyRow, now: number) => ({ ...presentKey(row, now), ...(await s.keys.spend(row, now)) });
 
-  const keysTable = (f: KeysFilter, csrf: string, now = Date.now()) => {
+  const keysTable = async (f: KeysFilter, csrf: string, now = Date.now()) => {
     const rf = { label: f.label, vendor: isVendor(f.vendor) ? f.vendor : undefined };
-    const counts = countKeys(s.db, rf, now);
+    const counts = await countKeys(s.db, rf, now);
     if (f.status === "runs") {
-      const { runs, nextCursor } = listRuns(s.db, { ...rf, cursor: f.cursor, limit: PAGE_SIZE }, now);
+      const { runs, nextCursor } = await listRuns(s.db, { ...rf, cursor: f.cursor, limit: PAGE_SIZE }, now);
       return { filter: f, counts, runs, keys: [], nextCursor, now, csrf };
     }
     const status = f.status === "all" ? undefined : f.status;
-    const { rows, nextCursor } = listKeyRows(s.db, { ...rf, status, recentGraceMs: RECENTLY_REVOKED_MS, cursor: f.cursor, limit: PAGE_SIZE }, now);
-    return { filter: f, counts, keys: rows.map((r) => keyView(r, now)), nextCursor, now, csrf };
+    const { rows, nextCursor } = await listKeyRows(s.db, { ...rf, status, recentGraceMs: RECENTLY_REVOKED_MS, cursor: f.cursor, limit: PAGE_SIZE }, now);
+    return { filter: f, counts, keys: await Promise.all(rows.map((r) => keyView(r, now))), nextCursor, now, csrf };
   };
 
   const keysFilter = (request: Request): KeysFilter => {
@@ -88,14 +88,17 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
     return { status, label: q.label, vendor: isVendor(q.vendor) ? q.vendor : undefined, cursor: q.cursor };
   };
 
-  const unconfiguredVendors = () => VENDORS.filter((v) => !s.secrets.status(v).configured);
+  const unconfiguredVendors = async () => {
+    const statuses = await Promise.all(VENDORS.map((v) => s.secrets.status(v)));
+    return VENDORS.filter((_, i) => !statuses[i]!.configured);
+  };
 
   /**
    * The issue form through KeyService.issue: the new key, or the form back with
    * every field's error at once (the form's own, such as metadata that is not
    * JSON, together with the API's).
    */
-  const issueFromForm = (body: unknown, by: Principal): IssueFormState => {
+  const issueFromForm = async (body: unknown, by: Principal): Promise<IssueFormState> => {
     const values = issueFormValues(body);
     const { body: apiBody, errors: formErrors } = issueBodyFromForm(values);
     if (Object.keys(formErrors).length) {
@@ -104,29 +107,29 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
       return { values, errors: { ...apiErrors, ...formErrors } };
     }
     try {
-      const { row, vaultKey } = s.keys.issue(apiBody, by);
-      const vendorUnconfigured = !s.secrets.status(row.vendor).configured;
-      return { values: { vendor: row.vendor }, errors: {}, issued: { key: keyView(row, Date.now()), vaultKey, proxyBaseUrl: proxyBaseUrl(), vendorUnconfigured } };
+      const { row, vaultKey } = await s.keys.issue(apiBody, by);
+      const vendorUnconfigured = !(await s.secrets.status(row.vendor)).configured;
+      return { values: { vendor: row.vendor }, errors: {}, issued: { key: await keyView(row, Date.now()), vaultKey, proxyBaseUrl: proxyBaseUrl(), vendorUnconfigured } };
     } catch (e) {
       if (!isInvalidInput(e)) throw e;
       return { values, errors: fieldErrorsOf(e) };
     }
   };
 
-  const keysPage = (csrf: string, f: KeysFilter, issue: IssueFormState, status = 200) => {
-    const labels = suggestLabels(s.db, f.label);
+  const keysPage = async (csrf: string, f: KeysFilter, issue: IssueFormState, status = 200) => {
+    const labels = await suggestLabels(s.db, f.label);
     const suggestions = [...labelPrefixes(labels), ...labels];
-    return html(KeysPage({ csrf, table: keysTable(f, csrf), issue, suggestions, unconfigured: unconfiguredVendors() }), status);
+    return html(KeysPage({ csrf, table: await keysTable(f, csrf), issue, suggestions, unconfigured: await unconfiguredVendors() }), status);
   };
 
   /** Revokes one key; the row comes back in place (now revoked) with an acknowledgement beside it. */
-  const revokeKey = (request: Request, keyId: string, by: Principal) => {
+  const revokeKey = async (request: Request, keyId: string, by: Principal) => {
     try {
       const now = Date.now();
-      const row = s.keys.revoke(keyId, by, now);
+      const row = await s.keys.revoke(keyId, by, now);
       if (!isHtmx(request)) return redirect(href("/admin/keys", { status: "active", label: row.agentRunLabel }));
       const ack = Acknowledge({ text: `Revoked key ${row.keyHint}… of run “${row.agentRunLabel}”: its next call is refused.` });
-      return fragment(render(KeyRow({ k: keyView(row, now), now })) + render(ack));
+      return fragment(render(KeyRow({ k: await keyView(row, now), now })) + render(ack));
     } catch (e) {
       if (e instanceof ApiError && e.code === "not_found") return flash(404, "danger", `No vault key ${keyId}.`);
       throw e;
@@ -151,13 +154,13 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
   };
 
   /** One page of the audit log under a filter, with what the whole filter matched. */
-  const auditList = (a: ReturnType<typeof auditFilter>) => {
-    const { rows, nextCursor } = a.filter ? s.audit.page({ ...a.filter, cursor: a.cursor }) : { rows: [], nextCursor: null };
-    const summary = a.filter ? s.audit.summary({ ...a.filter, cursor: undefined }) : null;
+  const auditList = async (a: ReturnType<typeof auditFilter>) => {
+    const { rows, nextCursor } = a.filter ? await s.audit.page({ ...a.filter, cursor: a.cursor }) : { rows: [], nextCursor: null };
+    const summary = a.filter ? await s.audit.summary({ ...a.filter, cursor: undefined }) : null;
     return { filter: a.values, errors: a.errors, cursor: a.cursor, live: a.live, rows: rows.map(presentAudit), nextCursor, summary };
   };
 
-  const vendorCards = () => VENDORS.map((v) => ({ status: s.secrets.status(v), baseUrl: s.config.baseUrls[v] }));
+  const vendorCards = () => Promise.all(VENDORS.map(async (v) => ({ status: await s.secrets.status(v), baseUrl: s.config.baseUrls[v] })));
 
   return (
     new Elysia({ name: "admin", prefix: "/admin" })
@@ -180,19 +183,19 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
           return new Response(`Request body is larger than ${ADMIN_MAX_BODY_BYTES} bytes.`, { status: 413, headers: { "content-type": "text/plain; charset=utf-8", ...ADMIN_HEADERS } });
         }
       })
-      .get("", ({ request }) => {
-        if (s.adminSessions.find(readCookie(request, SESSION_COOKIE))) return redirect("/admin/keys");
+      .get("", async ({ request }) => {
+        if (await s.adminSessions.find(readCookie(request, SESSION_COOKIE))) return redirect("/admin/keys");
         const q = queryFilters(request);
         return html(LoginPage({ next: q.next, loggedOut: q.signed_out === "1" }));
       })
-      .post("/login", ({ request, body }) => {
+      .post("/login", async ({ request, body }) => {
         const next = field(body, "next");
         const token = field(body, "token")?.trim() ?? "";
-        const role = s.tokens.authenticate(token)?.role;
+        const role = (await s.tokens.authenticate(token))?.role;
         if (role && role !== "admin") {
           return html(LoginPage({ next, error: `This is a valid ${role} token, but only admin-role tokens can sign in to the admin pages.` }), 403);
         }
-        const started = s.adminSessions.start(token);
+        const started = await s.adminSessions.start(token);
         if (!started) return html(LoginPage({ next, error: "That is not a valid management token." }), 401);
         return redirect(safeNext(next), { "set-cookie": sessionCookie(request, started.sessionId, ADMIN_SESSION_TTL_MS / 1000) });
       })
@@ -202,8 +205,8 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
       .use(adminGovernanceRoutes(s))
       .post(
         "/logout",
-        ({ request, sessionId }) => {
-          s.adminSessions.end(sessionId);
+        async ({ request, sessionId }) => {
+          await s.adminSessions.end(sessionId);
           return redirect("/admin?signed_out=1", { "set-cookie": sessionCookie(request, "", 0) });
         },
         { session: true },
@@ -211,13 +214,13 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
 
       // Keys
       .get("/keys", ({ request, session }) => keysPage(session.csrfToken, keysFilter(request), { values: {}, errors: {} }), { session: true })
-      .get("/keys/table", ({ request, session }) => fragment(KeysTable(keysTable(keysFilter(request), session.csrfToken))), { session: true })
+      .get("/keys/table", async ({ request, session }) => fragment(KeysTable(await keysTable(keysFilter(request), session.csrfToken))), { session: true })
       .post(
         "/keys",
-        ({ request, body, session }) => {
-          const issue = issueFromForm(body, session.principal);
+        async ({ request, body, session }) => {
+          const issue = await issueFromForm(body, session.principal);
           const status = issue.issued ? 200 : 422;
-          if (isHtmx(request)) return fragment(IssuePanel({ csrf: session.csrfToken, state: issue, unconfigured: unconfiguredVendors() }), status);
+          if (isHtmx(request)) return fragment(IssuePanel({ csrf: session.csrfToken, state: issue, unconfigured: await unconfiguredVendors() }), status);
           return keysPage(session.csrfToken, { status: "active" }, issue, status);
         },
         { session: true },
@@ -226,16 +229,16 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
       .delete("/keys/:key_id", ({ request, params, session }) => revokeKey(request, params.key_id, session.principal), { session: true })
       .post(
         "/runs/revoke",
-        ({ request, body, session }) => {
+        async ({ request, body, session }) => {
           const label = field(body, "agent_run_label")?.trim() ?? "";
           if (!label) return isHtmx(request) ? flash(422, "danger", "Type the run label to revoke.") : redirect("/admin/keys");
           const now = Date.now();
-          const { rows, newlyRevoked } = s.keys.revokeByLabel(label, session.principal, now);
+          const { rows, newlyRevoked } = await s.keys.revokeByLabel(label, session.principal, now);
           if (!isHtmx(request)) return redirect(href("/admin/keys", { status: "runs", label }));
           const text = runRevokedText({ label, revoked: newlyRevoked, total: rows.length });
           const ack = render(Acknowledge({ text, tone: rows.length ? "ok" : "danger" }));
           // The run's row comes back in place, now revoked with its final spend.
-          const run = listRuns(s.db, { label, limit: 1 }, now).runs[0];
+          const run = (await listRuns(s.db, { label, limit: 1 }, now)).runs[0];
           return fragment((run ? render(RunRow({ r: run, now })) : "") + ack, rows.length ? 200 : 404);
         },
         { session: true },
@@ -244,41 +247,41 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
       // Audit log
       .get(
         "/audit",
-        ({ request, session }) => {
+        async ({ request, session }) => {
           const a = auditFilter(request, { limit: String(PAGE_SIZE) });
-          return html(AuditPage({ csrf: session.csrfToken, ...auditList(a) }), a.filter ? 200 : 400);
+          return html(AuditPage({ csrf: session.csrfToken, ...(await auditList(a)) }), a.filter ? 200 : 400);
         },
         { session: true },
       )
       // The list and its summary alone: what the live tail polls.
       .get(
         "/audit/rows",
-        ({ request }) => {
+        async ({ request }) => {
           const a = auditFilter(request, { limit: String(PAGE_SIZE) });
-          return fragment(AuditResults(auditList(a)), a.filter ? 200 : 400);
+          return fragment(AuditResults(await auditList(a)), a.filter ? 200 : 400);
         },
         { session: true },
       )
       .get(
         "/audit/export.csv",
-        ({ request }) => {
+        async ({ request }) => {
           const a = auditFilter(request, { format: "csv" });
           if (!a.filter) return new Response(Object.values(a.errors).join("\n"), { status: 400, headers: { "content-type": "text/plain; charset=utf-8" } });
-          return auditExportResponse(s.audit.all(a.filter), "csv");
+          return auditExportResponse(await s.audit.all(a.filter), "csv");
         },
         { session: true },
       )
       .get(
         "/audit/:id",
-        ({ request, params, session }) => {
+        async ({ request, params, session }) => {
           // The newest row at or below this id, through the same paging query the list uses.
           const id = /^\d{1,15}$/.test(params.id) ? Number(params.id) : NaN;
-          const row = Number.isNaN(id) ? undefined : s.audit.page(parseAuditQuery({ cursor: String(id + 1), limit: "1" })).rows[0];
+          const row = Number.isNaN(id) ? undefined : (await s.audit.page(parseAuditQuery({ cursor: String(id + 1), limit: "1" }))).rows[0];
           if (!row || row.id !== id) return isHtmx(request) ? flash(404, "danger", `No audit row ${params.id}.`) : html(AuditNotFound({ id: params.id }), 404);
           // Opened from a row: the details go right under it, where the eye already is.
           if (isHtmx(request)) return fragment(AuditDetailRow({ row: presentAudit(row) }));
           const a = auditFilter(new Request("http://x/admin/audit"), { limit: String(PAGE_SIZE) });
-          return html(AuditPage({ csrf: session.csrfToken, ...auditList(a), detail: presentAudit(row) }));
+          return html(AuditPage({ csrf: session.csrfToken, ...(await auditList(a)), detail: presentAudit(row) }));
         },
         { session: true },
       )
@@ -286,14 +289,14 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
       // Spend
       .get(
         "/spend",
-        ({ request, session }) => {
+        async ({ request, session }) => {
           const q = queryFilters(request);
           const label = q.label;
           const days = SPEND_WINDOWS.find((d) => String(d) === q.days) ?? DEFAULT_SPEND_DAYS;
           const now = Date.now();
           const since = Date.parse(utcDay(now - (days - 1) * 86_400_000) + "T00:00:00Z");
-          const runPoints = label === undefined ? undefined : cumulativeSpend(s.audit.all(parseAuditQuery({ label, since: new Date(since).toISOString() })));
-          const run = label === undefined ? undefined : listRuns(s.db, { label, limit: label.endsWith("*") ? 1000 : 1 }, now).runs;
+          const runPoints = label === undefined ? undefined : cumulativeSpend(await s.audit.all(parseAuditQuery({ label, since: new Date(since).toISOString() })));
+          const run = label === undefined ? undefined : (await listRuns(s.db, { label, limit: label.endsWith("*") ? 1000 : 1 }, now)).runs;
           const runCap = run?.length
             ? run.every((r) => r.total_cap_usd !== null)
               ? { usd: run.reduce((t, r) => t + r.total_cap_usd!, 0), kind: "lifetime" as const }
@@ -305,8 +308,8 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
               days,
               windows: SPEND_WINDOWS,
               label,
-              daily: dailySeries(s.audit.dailySpend(since, label), now, days),
-              runs: s.audit.spend(since, now + 1).by_label,
+              daily: dailySeries(await s.audit.dailySpend(since, label), now, days),
+              runs: (await s.audit.spend(since, now + 1)).by_label,
               runPoints,
               runCap,
               now,
@@ -317,16 +320,16 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
       )
 
       // Vendors
-      .get("/vendors", ({ session }) => html(VendorsPage({ csrf: session.csrfToken, vendors: vendorCards() })), { session: true })
+      .get("/vendors", async ({ session }) => html(VendorsPage({ csrf: session.csrfToken, vendors: await vendorCards() })), { session: true })
       .post(
         "/vendors/:vendor",
-        ({ request, params, body, session }) => {
+        async ({ request, params, body, session }) => {
           const vendor = params.vendor;
           if (!isVendor(vendor)) return flash(404, "danger", "No such vendor.");
           if (s.secrets.isManagedByEnv(vendor)) return flash(409, "danger", `The ${vendor} secret is managed by the environment; change it there and restart.`);
           let errors: FieldErrors = {};
           try {
-            s.secrets.set(vendor, secretFromForm(body, ADAPTERS[vendor].secretFields), actorOf(session.principal));
+            await s.secrets.set(vendor, secretFromForm(body, ADAPTERS[vendor].secretFields), actorOf(session.principal));
           } catch (e) {
             if (!isInvalidInput(e)) throw e;
             errors = fieldErrorsOf(e);
@@ -334,10 +337,10 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
           const failed = Object.keys(errors).length > 0;
           if (!isHtmx(request)) {
             if (!failed) return redirect("/admin/vendors");
-            const cards = vendorCards().map((c) => (c.status.vendor === vendor ? { ...c, errors } : c));
+            const cards = (await vendorCards()).map((c) => (c.status.vendor === vendor ? { ...c, errors } : c));
             return html(VendorsPage({ csrf: session.csrfToken, vendors: cards }), 422);
           }
-          const card = { status: s.secrets.status(vendor), baseUrl: s.config.baseUrls[vendor], errors, saved: !failed };
+          const card = { status: await s.secrets.status(vendor), baseUrl: s.config.baseUrls[vendor], errors, saved: !failed };
           return fragment(VendorCard({ csrf: session.csrfToken, ...card }), failed ? 422 : 200);
         },
         { session: true },

@@ -15,8 +15,8 @@ export const OPERATOR_READERS: readonly Role[] = ["admin", "viewer"];
  * The management principal of a request, refused unless its role is one of `roles`
  * (SPEC §7: only admin manages tokens, budgets, webhooks and vendor secrets).
  */
-export function authorize(s: Services, request: Request, roles: readonly Role[]): Principal {
-  const principal = s.tokens.authenticate(bearerToken(request));
+export async function authorize(s: Services, request: Request, roles: readonly Role[]): Promise<Principal> {
+  const principal = await s.tokens.authenticate(bearerToken(request));
   if (!principal) {
     throw new ApiError("unauthorized", "Send a management token as Authorization: Bearer <token> (a vault key is not one).");
   }

@@ -29,71 +29,72 @@ function parse<T extends z.ZodType>(schema: T, input: unknown): z.infer<T> {
  */
 export function governanceRoutes(s: Services) {
   const maxBody = s.config.maxBodyBytes;
-  const budgetView = (id: string) => {
-    const row = s.budgets.get(id);
-    return presentBudget(row, s.budgets.spend(row));
+  const budgetView = async (id: string) => {
+    const row = await s.budgets.get(id);
+    return presentBudget(row, await s.budgets.spend(row));
   };
   return new Elysia({ name: "governance" })
     .post(
       "/budgets",
       async ({ request, set }) => {
-        const who = authorize(s, request, ADMIN);
-        const row = s.budgets.create(await readJson(request, maxBody), actorOf(who));
+        const who = await authorize(s, request, ADMIN);
+        const row = await s.budgets.create(await readJson(request, maxBody), actorOf(who));
         set.status = 201;
-        return presentBudget(row, s.budgets.spend(row));
+        return presentBudget(row, await s.budgets.spend(row));
       },
       { parse: "none" },
     )
-    .get("/budgets", ({ request }) => {
-      authorize(s, request, READERS);
+    .get("/budgets", async ({ request }) => {
+      await authorize(s, request, READERS);
       const q = parse(BudgetListQuery, queryObject(request));
       const now = Date.now();
-      return { data: s.budgets.list({ includeDeleted: q.include_deleted === "true" }).map((r) => presentBudget(r, s.budgets.spend(r, now))) };
+      const rows = await s.budgets.list({ includeDeleted: q.include_deleted === "true" });
+      return { data: await Promise.all(rows.map(async (r) => presentBudget(r, await s.budgets.spend(r, now)))) };
     })
-    .get("/budgets/:id", ({ request, params }) => {
-      authorize(s, request, READERS);
-      return budgetView(params.id);
+    .get("/budgets/:id", async ({ request, params }) => {
+      await authorize(s, request, READERS);
+      return await budgetView(params.id);
     })
     .patch(
       "/budgets/:id",
       async ({ request, params }) => {
-        const who = authorize(s, request, ADMIN);
-        s.budgets.update(params.id, await readJson(request, maxBody), actorOf(who));
-        return budgetView(params.id);
+        const who = await authorize(s, request, ADMIN);
+        await s.budgets.update(params.id, await readJson(request, maxBody), actorOf(who));
+        return await budgetView(params.id);
       },
       { parse: "none" },
     )
-    .delete("/budgets/:id", ({ request, params }) => {
-      const who = authorize(s, request, ADMIN);
-      s.budgets.remove(params.id, actorOf(who));
-      return budgetView(params.id);
+    .delete("/budgets/:id", async ({ request, params }) => {
+      const who = await authorize(s, request, ADMIN);
+      await s.budgets.remove(params.id, actorOf(who));
+      return await budgetView(params.id);
     })
     .post(
       "/webhooks",
       async ({ request, set }) => {
-        authorize(s, request, ADMIN);
-        const { row, secret } = s.webhooks.create(await readJson(request, maxBody));
+        await authorize(s, request, ADMIN);
+        const { row, secret } = await s.webhooks.create(await readJson(request, maxBody));
         set.status = 201;
         return { ...presentWebhook(row, { revealUrl: true }), secret };
       },
       { parse: "none" },
     )
-    .get("/webhooks", ({ request }) => {
-      authorize(s, request, ADMIN);
-      return { data: s.webhooks.list().map((w) => presentWebhook(w)) };
+    .get("/webhooks", async ({ request }) => {
+      await authorize(s, request, ADMIN);
+      return { data: (await s.webhooks.list()).map((w) => presentWebhook(w)) };
     })
-    .get("/webhooks/:id", ({ request, params }) => {
-      authorize(s, request, ADMIN);
-      return presentWebhook(s.webhooks.get(params.id));
+    .get("/webhooks/:id", async ({ request, params }) => {
+      await authorize(s, request, ADMIN);
+      return presentWebhook(await s.webhooks.get(params.id));
     })
-    .delete("/webhooks/:id", ({ request, params }) => {
-      authorize(s, request, ADMIN);
-      return presentWebhook(s.webhooks.remove(params.id));
+    .delete("/webhooks/:id", async ({ request, params }) => {
+      await authorize(s, request, ADMIN);
+      return presentWebhook(await s.webhooks.remove(params.id));
     })
-    .get("/webhooks/:id/deliveries", ({ request, params }) => {
-      authorize(s, request, ADMIN);
+    .get("/webhooks/:id/deliveries", async ({ request, params }) => {
+      await authorize(s, request, ADMIN);
       const q = parse(DeliveriesQuery, queryObject(request));
-      const { data, nextCursor } = s.webhooks.deliveries(params.id, q);
+      const { data, nextCursor } = await s.webhooks.deliveries(params.id, q);
       return { data, next_cursor: nextCursor };
     });
 }

@@ -76,108 +76,108 @@ export function managementRoutes(s: Services, proxyBaseUrl: () => string) {
     .post(
       "/vault/keys",
       async ({ request, set }) => {
-        const by = authorize(s, request, KEY_WRITERS);
-        const { row, vaultKey } = s.keys.issue(await readJson(request, maxBody), by);
+        const by = await authorize(s, request, KEY_WRITERS);
+        const { row, vaultKey } = await s.keys.issue(await readJson(request, maxBody), by);
         set.status = 201;
         return { ...presentKey(row), vault_key: vaultKey, proxy_base_url: proxyBaseUrl() };
       },
       { parse: "none" },
     )
-    .get("/vault/keys", ({ request }) => {
-      const by = authorize(s, request, KEY_READERS);
+    .get("/vault/keys", async ({ request }) => {
+      const by = await authorize(s, request, KEY_READERS);
       const q = parse(KeyListQuery, queryObject(request));
-      const { rows, nextCursor } = s.keys.list(q, Date.now(), by);
+      const { rows, nextCursor } = await s.keys.list(q, Date.now(), by);
       return { data: rows.map((r) => presentKey(r)), next_cursor: nextCursor };
     })
     .post(
       "/vault/keys/revoke",
       async ({ request }) => {
-        const by = authorize(s, request, KEY_WRITERS);
+        const by = await authorize(s, request, KEY_WRITERS);
         const body = parse(z.strictObject({ agent_run_label: z.string().min(1).max(256) }), await readJson(request, maxBody));
-        const { rows, newlyRevoked } = s.keys.revokeByLabel(body.agent_run_label, by);
+        const { rows, newlyRevoked } = await s.keys.revokeByLabel(body.agent_run_label, by);
         return { agent_run_label: body.agent_run_label, revoked: newlyRevoked, data: rows.map((r) => presentKey(r)) };
       },
       { parse: "none" },
     )
-    .get("/vault/keys/:key_id", ({ params, request }) => {
-      const row = s.keys.get(params.key_id, authorize(s, request, KEY_READERS));
-      return { ...presentKey(row), ...s.keys.spend(row) };
+    .get("/vault/keys/:key_id", async ({ params, request }) => {
+      const row = await s.keys.get(params.key_id, await authorize(s, request, KEY_READERS));
+      return { ...presentKey(row), ...(await s.keys.spend(row)) };
     })
     .patch(
       "/vault/keys/:key_id",
       async ({ params, request }) => {
-        const by = authorize(s, request, KEY_WRITERS);
-        const row = s.keys.update(params.key_id, await readJson(request, maxBody), by);
-        return { ...presentKey(row), ...s.keys.spend(row) };
+        const by = await authorize(s, request, KEY_WRITERS);
+        const row = await s.keys.update(params.key_id, await readJson(request, maxBody), by);
+        return { ...presentKey(row), ...(await s.keys.spend(row)) };
       },
       { parse: "none" },
     )
-    .delete("/vault/keys/:key_id", ({ params, request }) => {
-      const row = s.keys.revoke(params.key_id, authorize(s, request, KEY_WRITERS));
-      return { ...presentKey(row), ...s.keys.spend(row) };
+    .delete("/vault/keys/:key_id", async ({ params, request }) => {
+      const row = await s.keys.revoke(params.key_id, await authorize(s, request, KEY_WRITERS));
+      return { ...presentKey(row), ...(await s.keys.spend(row)) };
     })
-    .get("/vault/audit", ({ request }) => {
-      const by = authorize(s, request, KEY_READERS);
+    .get("/vault/audit", async ({ request }) => {
+      const by = await authorize(s, request, KEY_READERS);
       const f = { ...parseAuditQuery(queryObject(request)), issuedBy: issuedBy(by) };
       if (f.format === "json") {
-        const { rows, nextCursor } = s.audit.page(f);
+        const { rows, nextCursor } = await s.audit.page(f);
         return { data: rows.map(presentAudit), next_cursor: nextCursor };
       }
-      return auditExportResponse(s.audit.all(f), f.format);
+      return auditExportResponse(await s.audit.all(f), f.format);
     })
-    .get("/vault/spend", ({ request }) => {
-      const by = authorize(s, request, KEY_READERS);
+    .get("/vault/spend", async ({ request }) => {
+      const by = await authorize(s, request, KEY_READERS);
       const q = parse(SpendQuery, queryObject(request));
       const now = Date.now();
       const since = time("since", q.since, Date.parse(utcDay(now) + "T00:00:00Z"));
       const until = time("until", q.until, now + 1);
       if (until <= since) throw validationError([{ field: "until", message: "until must be after since" }]);
-      return s.audit.spend(since, until, q.label, issuedBy(by));
+      return await s.audit.spend(since, until, q.label, issuedBy(by));
     })
     .post(
       "/tokens",
       async ({ request, set }) => {
-        const by = authorize(s, request, ADMIN);
-        const { info, token } = s.tokens.createFromBody(await readJson(request, maxBody), actorOf(by));
+        const by = await authorize(s, request, ADMIN);
+        const { info, token } = await s.tokens.createFromBody(await readJson(request, maxBody), actorOf(by));
         set.status = 201;
         return { ...presentToken(info), token };
       },
       { parse: "none" },
     )
-    .get("/tokens", ({ request }) => {
-      authorize(s, request, ADMIN);
-      return { data: s.tokens.list().map(presentToken) };
+    .get("/tokens", async ({ request }) => {
+      await authorize(s, request, ADMIN);
+      return { data: (await s.tokens.list()).map(presentToken) };
     })
-    .delete("/tokens/:token_id", ({ params, request }) => {
-      const by = authorize(s, request, ADMIN);
-      return presentToken(s.tokens.revoke(params.token_id, actorOf(by)));
+    .delete("/tokens/:token_id", async ({ params, request }) => {
+      const by = await authorize(s, request, ADMIN);
+      return presentToken(await s.tokens.revoke(params.token_id, actorOf(by)));
     })
-    .get("/events", ({ request }) => {
+    .get("/events", async ({ request }) => {
       // Issuers are refused: the trail names other tokens and their keys.
-      authorize(s, request, OPERATOR_READERS);
+      await authorize(s, request, OPERATOR_READERS);
       const q = parse(EventQuery, queryObject(request));
       if (q.since !== undefined && q.until !== undefined && q.until <= q.since) throw validationError([{ field: "until", message: "until must be after since" }]);
-      const { rows, nextCursor } = s.events.list(q);
+      const { rows, nextCursor } = await s.events.list(q);
       return { data: rows.map(presentEvent), next_cursor: nextCursor };
     })
-    .get("/vendors", ({ request }) => {
-      authorize(s, request, OPERATOR_READERS);
-      return { data: VENDORS.map((v) => s.secrets.status(v)) };
+    .get("/vendors", async ({ request }) => {
+      await authorize(s, request, OPERATOR_READERS);
+      return { data: await Promise.all(VENDORS.map((v) => s.secrets.status(v))) };
     })
     .put(
       "/vendors/:vendor",
       async ({ params, request }) => {
-        const actor = authorize(s, request, ADMIN);
+        const actor = await authorize(s, request, ADMIN);
         const vendor = vendorParam(params.vendor);
         // Refused (409 managed_by_env) before the body is read when the environment owns the secret.
-        s.secrets.set(vendor, await readJson(request, maxBody), actorOf(actor));
-        return s.secrets.status(vendor);
+        await s.secrets.set(vendor, await readJson(request, maxBody), actorOf(actor));
+        return await s.secrets.status(vendor);
       },
       { parse: "none" },
     )
-    .get("/metrics", ({ request }) => {
-      authorize(s, request, OPERATOR_READERS);
-      const counts = s.keys.countByStatus();
+    .get("/metrics", async ({ request }) => {
+      await authorize(s, request, OPERATOR_READERS);
+      const counts = await s.keys.countByStatus();
       const body = s.metrics.render({
         keybrake_vault_keys_active: counts.active,
         keybrake_vault_keys_revoked: counts.revoked,

@@ -72,14 +72,19 @@ function openApi(maxTtlMs: number) {
 
 export function opsRoutes(s: Services) {
   const doc = openApi(s.config.maxKeyTtlMs);
-  const ping = s.db.sqlite.prepare("SELECT 1");
   return new Elysia({ name: "ops" })
-    .get("/healthz", () => {
+    .get("/healthz", async () => {
       // Draining: still answering, but a load balancer must stop sending new calls here.
       if (s.lifecycle.draining) return Response.json({ status: "draining", version: VERSION }, { status: 503 });
-      ping.get();
       // SPEC §8: which ledger backend serves this process (and, by answering, that it is reachable).
-      return { status: "ok", version: VERSION, ledger: { backend: "sqlite", reachable: true } };
+      const backend = s.backend.kind;
+      try {
+        await s.ping();
+      } catch {
+        // Unreachable: no call that moves money can be admitted here, so take this replica out of rotation.
+        return Response.json({ status: "unavailable", version: VERSION, ledger: { backend, reachable: false } }, { status: 503 });
+      }
+      return { status: "ok", version: VERSION, ledger: { backend, reachable: true } };
     })
     // A browser pointed at Keybrake lands on the admin pages.
     .get("/", () => new Response(null, { status: 302, headers: { location: "/admin" } }))

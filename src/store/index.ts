@@ -1,0 +1,27 @@
+import type { SessionStore } from "../domain/admin-sessions.ts";
+import type { SecretBox } from "../domain/crypto.ts";
+import type { EventReader } from "../domain/events.ts";
+import type { Logger } from "../log.ts";
+import type { Backend } from "./backend.ts";
+import { pgStores } from "./pg/index.ts";
+import { sqliteStores } from "./sqlite/index.ts";
+
+/**
+ * Every store of one backend (src/store/backend.ts says how the two differ). Domain services
+ * are built from these in src/services.ts and never see which backend runs.
+ */
+export interface Stores {
+  events: EventReader;
+  sessions: SessionStore;
+  /** Resolves when the database answers (/healthz); throws when it cannot be reached. */
+  ping(): Promise<void>;
+}
+
+export interface StoreDeps {
+  logger: Logger;
+  box: SecretBox;
+}
+
+export function openStores(backend: Backend, deps: StoreDeps): Stores {
+  return backend.kind === "sqlite" ? sqliteStores(backend, deps) : pgStores(backend, deps);
+}
