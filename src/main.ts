@@ -2,15 +2,15 @@
 import { join } from "node:path";
 import { createApp } from "./app.ts";
 import { ConfigError, FLAGS, loadConfig, localUrl, parseFlags, proxyBaseUrl, type Config } from "./config.ts";
-import { openDatabase } from "./db/connection.ts";
-import { masterKeyFile } from "./domain/crypto.ts";
-import { EventLog } from "./domain/events.ts";
-import { MasterKeyMismatch, VendorSecretStore } from "./domain/secrets.ts";
+import { masterKeyFile, masterKeyFor, SecretBox } from "./domain/crypto.ts";
+import { MasterKeyMismatch } from "./domain/secrets.ts";
 import { presentToken, TokenStore } from "./domain/tokens.ts";
 import { ApiError, type FieldIssue } from "./errors.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { createServices, MAX_PROXY_BODY_BYTES, type Services } from "./services.ts";
 import { runDemo } from "./demo.ts";
+import { closeBackend, openBackend } from "./store/backend.ts";
+import { openStores, type Stores } from "./store/index.ts";
 import { VERSION } from "./version.ts";
 
 const HELP = `keybrake ${VERSION} — spend-cap proxy for Stripe, Twilio and Resend
@@ -36,8 +36,11 @@ function fail(message: string): never {
   process.exit(2);
 }
 
+/** Where the state lives, for messages: never the URL (it usually carries the database password). */
+const whereStored = (config: Config) => (config.databaseUrl ? "the PostgreSQL database of KEYBRAKE_DATABASE_URL" : join(config.dataDir, "keybrake.db"));
+
 function masterKeyMessage(config: Config, e: MasterKeyMismatch): string {
-  const db = join(config.dataDir, "keybrake.db");
+  const db = whereStored(config);
   const source = config.masterKey ? "KEYBRAKE_MASTER_KEY" : `the key file ${masterKeyFile(config.dataDir)} (KEYBRAKE_MASTER_KEY is not set)`;
   const what = e.vendors.length ? `the ${e.vendors.join(", ")} secret(s) stored in ${db}` : `what ${db} was set up with (its master key check)`;
   return (
@@ -145,19 +148,26 @@ function tokenFlags(args: string[], allowed: readonly string[]): Record<string, 
   return out;
 }
 
-/** The token store on the data dir, recording its events like the server does (actor: the CLI, i.e. whoever has the data dir). */
-function withTokens<T>(config: Config, run: (tokens: TokenStore) => T): T {
-  const db = openDatabase(config.dataDir);
+/**
+ * The stores of the configured backend (the data dir, or KEYBRAKE_DATABASE_URL), closed after `run`.
+ * Events are recorded as the server records them (actor: the CLI, i.e. whoever holds the database).
+ */
+async function withStores<T>(config: Config, run: (stores: Stores) => Promise<T>): Promise<T> {
+  const box = new SecretBox(masterKeyFor(config));
+  const backend = await openBackend(config);
   try {
-    return run(new TokenStore(db.sqlite, config.adminToken, new EventLog(db.sqlite, createLogger("silent")), config.maxKeyTtlMs));
+    return await run(openStores(backend, { logger: createLogger("silent"), box }));
   } finally {
-    db.sqlite.close();
+    await closeBackend(backend);
   }
 }
 
+const withTokens = <T>(config: Config, run: (tokens: TokenStore) => Promise<T>): Promise<T> =>
+  withStores(config, (stores) => run(new TokenStore(stores.tokens, config.adminToken, config.maxKeyTtlMs)));
+
 const CLI_ACTOR = { tokenId: "cli", name: "keybrake token (CLI)" };
 
-function tokenCommand(config: Config, args: string[]) {
+async function tokenCommand(config: Config, args: string[]) {
   const [sub, ...rest] = args;
   if (sub === "create") {
     const f = tokenFlags(rest, ["--name", "--role", "--policy"]);
@@ -171,7 +181,7 @@ function tokenCommand(config: Config, args: string[]) {
       }
     }
     try {
-      const { token } = withTokens(config, (t) => t.createFromBody({ name: f["--name"], role: f["--role"], policy }, CLI_ACTOR));
+      const { token } = await withTokens(config, (t) => t.createFromBody({ name: f["--name"], role: f["--role"], policy }, CLI_ACTOR));
       console.log(token);
     } catch (e) {
       if (e instanceof ApiError) fail(`${e.message}${Array.isArray(e.details) ? "\n" + e.details.map((d: FieldIssue) => `  ${d.field}: ${d.message}`).join("\n") : ""}`);
@@ -181,7 +191,7 @@ function tokenCommand(config: Config, args: string[]) {
   }
   if (sub === "list") {
     tokenFlags(rest, []);
-    const rows = withTokens(config, (t) => t.list()).map(presentToken);
+    const rows = (await withTokens(config, (t) => t.list())).map(presentToken);
     for (const r of rows) console.log([r.token_id, r.role, r.status, r.created_at, r.name, r.policy ? JSON.stringify(r.policy) : ""].join("\t").trimEnd());
     return;
   }
@@ -189,7 +199,7 @@ function tokenCommand(config: Config, args: string[]) {
     const id = rest[0];
     if (!id || rest.length > 1) fail("token revoke needs exactly one TOKEN_ID (see keybrake token list)");
     try {
-      const r = presentToken(withTokens(config, (t) => t.revoke(id, CLI_ACTOR)));
+      const r = presentToken(await withTokens(config, (t) => t.revoke(id, CLI_ACTOR)));
       console.log(`revoked ${r.token_id} (${r.name}) at ${r.revoked_at}`);
     } catch (e) {
       if (e instanceof ApiError) fail(e.message);
@@ -201,12 +211,10 @@ function tokenCommand(config: Config, args: string[]) {
 }
 
 /** After a lost master key nothing stored can be decrypted: forget it so the secrets can be set again. */
-function secretsReset(config: Config, args: string[]) {
+async function secretsReset(config: Config, args: string[]) {
   if (!args.includes("--confirm")) fail("secrets reset deletes every stored vendor secret; run it with --confirm");
-  const db = openDatabase(config.dataDir);
-  const n = VendorSecretStore.reset(db.sqlite);
-  db.sqlite.close();
-  console.log(`forgot ${n} stored vendor secret field(s) in ${join(config.dataDir, "keybrake.db")}; set them again (PUT /vendors/VENDOR, the admin pages or KEYBRAKE_* variables)`);
+  const n = await withStores(config, (stores) => stores.vendorSecrets.reset());
+  console.log(`forgot ${n} stored vendor secret field(s) in ${whereStored(config)}; set them again (PUT /vendors/VENDOR, the admin pages or KEYBRAKE_* variables)`);
 }
 
 function main(argv: string[]) {
@@ -224,8 +232,8 @@ function main(argv: string[]) {
     throw e;
   }
   if (serveArgs) return void serve(config).catch((e) => fail((e as Error).message));
-  if (command === "token") return tokenCommand(config, rest);
-  if (command === "secrets" && rest[0] === "reset") return secretsReset(config, rest.slice(1));
+  if (command === "token") return void tokenCommand(config, rest).catch((e) => fail((e as Error).message));
+  if (command === "secrets" && rest[0] === "reset") return void secretsReset(config, rest.slice(1)).catch((e) => fail((e as Error).message));
   fail(`unknown command "${argv.join(" ")}"; see keybrake --help`);
 }
 

@@ -5,7 +5,7 @@ import { CapAlerts } from "./domain/alerts.ts";
 import { AuditService } from "./domain/audit.ts";
 import { BudgetService } from "./domain/budgets.ts";
 import type { EventReader } from "./domain/events.ts";
-import { loadMasterKey, SecretBox } from "./domain/crypto.ts";
+import { masterKeyFor, SecretBox } from "./domain/crypto.ts";
 import { KeyService } from "./domain/keys.ts";
 import { Ledger } from "./domain/ledger.ts";
 import { AuditRetention } from "./domain/retention.ts";
@@ -56,8 +56,9 @@ export interface Services {
  * (audit retention) is started by whoever serves: `retention.start()`.
  */
 export async function createServices(config: Config, fetchImpl?: typeof fetch, logger: Logger = createLogger(config.log), clock: () => number = Date.now): Promise<Services> {
+  // Before connecting: on PostgreSQL, no KEYBRAKE_MASTER_KEY is refused in one line.
+  const box = new SecretBox(masterKeyFor(config));
   const backend = await openBackend(config);
-  const box = new SecretBox(loadMasterKey(config.dataDir, config.masterKey));
   // Not yet behind a store interface: SQLite only (config.ts refuses KEYBRAKE_DATABASE_URL until all are).
   if (backend.kind !== "sqlite") throw new Error("PostgreSQL: not every store is ported yet");
   const stores = sqliteStores(backend, { logger, box });
@@ -67,13 +68,13 @@ export async function createServices(config: Config, fetchImpl?: typeof fetch, l
   // delivery is queued in the same transaction as the change or alert it reports.
   const webhooks = new WebhookService(db, box, logger);
   events.addSink(webhooks.outboxSink);
-  const secrets = new VendorSecretStore(db.sqlite, box, events);
+  const secrets = new VendorSecretStore(stores.vendorSecrets, box);
   try {
     // Before anything runs: a wrong master key stops start-up here, not at the first call.
-    secrets.verifyMasterKey();
-    secrets.adoptEnvironment(config.vendorSecretsFromEnv);
+    await secrets.verifyMasterKey();
+    await secrets.adoptEnvironment(config.vendorSecretsFromEnv);
   } catch (e) {
-    db.sqlite.close();
+    await closeBackend(backend);
     throw e;
   }
   webhooks.start();
@@ -93,7 +94,7 @@ export async function createServices(config: Config, fetchImpl?: typeof fetch, l
     maxBodyBytes: MAX_PROXY_BODY_BYTES,
     fetch: fetchImpl,
   });
-  const tokens = new TokenStore(db.sqlite, config.adminToken, events, config.maxKeyTtlMs);
+  const tokens = new TokenStore(stores.tokens, config.adminToken, config.maxKeyTtlMs);
   const retention = new AuditRetention(db.sqlite, config.auditRetentionMs, clock, (m) => logger.error(m));
   return {
     config,

@@ -235,9 +235,9 @@ describe("CSRF: every change needs the session's token", () => {
   });
 
   test("rotating a secret, testing a connection or logging out without the token is 403", async () => {
-    const before = kb.services.secrets.status("resend");
+    const before = await kb.services.secrets.status("resend");
     expect((await withoutToken("POST", "/admin/vendors/resend", { api_key: "re_attacker_key_123456" })).status).toBe(403);
-    expect(kb.services.secrets.status("resend")).toEqual(before);
+    expect(await kb.services.secrets.status("resend")).toEqual(before);
     expect((await withoutToken("POST", "/admin/vendors/stripe/test", {})).status).toBe(403);
     expect((await withoutToken("POST", "/admin/logout", {})).status).toBe(403);
     expect((await get("/admin/keys", { headers: { cookie: s.cookie } })).status).toBe(200);
@@ -390,7 +390,7 @@ describe("runs: find a run by the start of its label, see its spend, revoke it o
   let second: { key_id: string; vault_key: string };
   beforeAll(async () => {
     s = await login();
-    kb.services.secrets.set("stripe", { secret_key: "sk_test_runs_view_0000000000" });
+    await kb.services.secrets.set("stripe", { secret_key: "sk_test_runs_view_0000000000" });
     // Two keys in one run, one key in another run with the same prefix, one elsewhere.
     fan = await kb.issueKey(seedKeyBody({ agent_run_label: prefix + "a", daily_usd_cap: 100 }));
     second = await kb.issueKey(seedKeyBody({ agent_run_label: prefix + "a", daily_usd_cap: 50 }));
@@ -530,7 +530,7 @@ describe("audit, spend and vendor pages", () => {
     expect(await countElements(emptyWindow, "svg[role=img]")).toBe(0);
     expect(emptyWindow).toContain("No settled spend in the last day.");
     expect(emptyWindow).not.toContain("$0.000001");
-    kb.services.secrets.set("stripe", { secret_key: "sk_test_spend_chart_00000000" });
+    await kb.services.secrets.set("stripe", { secret_key: "sk_test_spend_chart_00000000" });
     const k = await kb.issueKey(seedKeyBody({ agent_run_label: "spend-chart" }));
     kb.services.db.sqlite.run(
       "INSERT INTO audit_log (ts, key_id, agent_run_label, vendor, method, path, outcome, vendor_status, estimated_micros, settled_micros, ledger_state) VALUES (?, ?, 'spend-chart', 'stripe', 'POST', '/v1/payment_intents', 'forwarded', 200, 29000000, 29000000, 'settled')",
@@ -551,7 +551,7 @@ describe("audit, spend and vendor pages", () => {
     expect(bad.status).toBe(422);
     const badHtml = await bad.text();
     expect(badHtml).toContain("account_sid must be AC followed by 32 hex characters");
-    expect(kb.services.secrets.status("twilio").configured).toBe(false);
+    expect((await kb.services.secrets.status("twilio")).configured).toBe(false);
 
     const secret = "re_rotated_secret_value_9876";
     const ok = await postForm("/admin/vendors/resend", { api_key: secret }, as(s, true));
@@ -559,7 +559,7 @@ describe("audit, spend and vendor pages", () => {
     const okHtml = await ok.text();
     expect(okHtml).toContain("•••• 9876");
     expect(okHtml).not.toContain(secret);
-    expect(kb.services.secrets.get("resend")).toEqual({ api_key: secret });
+    expect(await kb.services.secrets.get("resend")).toEqual({ api_key: secret });
     const page = await (await get("/admin/vendors", { headers: { cookie: s.cookie } })).text();
     expect(page).not.toContain(secret);
   });
@@ -626,7 +626,7 @@ describe("the issue form as people type it", () => {
   });
 
   test("a vendor with no secret is warned about on the form and on the issued key", async () => {
-    expect(kb.services.secrets.status("twilio").configured).toBe(false);
+    expect((await kb.services.secrets.status("twilio")).configured).toBe(false);
     const page = await (await get("/admin/keys", { headers: { cookie: s.cookie } })).text();
     expect(page).toMatch(/No secret is configured for [a-z, ]*twilio/);
     const res = await postForm(

@@ -257,7 +257,7 @@ describe("the role matrix: every management route × admin / issuer / viewer / n
     });
   }
   test("a token minted by the CLI store works, and is stored only as a hash", async () => {
-    const { token } = kb.services.tokens.create("ci");
+    const { token } = await kb.services.tokens.createFromBody({ name: "ci" }, null);
     expect((await apiCall(kb.url, "GET", "/vault/keys", undefined, token)).status).toBe(200);
     const rows = JSON.stringify(kb.services.db.sqlite.query("SELECT * FROM management_tokens").all());
     expect(rows).not.toContain(token);
@@ -276,7 +276,7 @@ describe("vendor secrets are write-only", () => {
     expect(list.json.data.find((v: any) => v.vendor === "twilio").configured).toBe(false);
     const stored = JSON.stringify(kb.services.db.sqlite.query("SELECT * FROM vendor_secrets").all());
     expect(stored).not.toContain(secret);
-    expect(kb.services.secrets.get("stripe")).toEqual({ secret_key: secret });
+    expect(await kb.services.secrets.get("stripe")).toEqual({ secret_key: secret });
   });
   test("bad secrets are refused field by field", async () => {
     const r = await kb.api("PUT", "/vendors/twilio", { account_sid: "XX123", auth_token: "tok" });

@@ -6,10 +6,12 @@ import { describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
 import { join } from "node:path";
 import { ConfigError, loadConfig, parseFlags } from "../src/config.ts";
-import { migrate } from "../src/db/connection.ts";
+import { migrate, openDatabase } from "../src/db/connection.ts";
+import { EventLog } from "../src/domain/events.ts";
 import { AuditRetention, PRUNE_BATCH_ROWS } from "../src/domain/retention.ts";
-import { MasterKeyMismatch, VendorSecretStore } from "../src/domain/secrets.ts";
+import { MasterKeyMismatch } from "../src/domain/secrets.ts";
 import { createLogger } from "../src/log.ts";
+import { SqliteVendorSecretStore } from "../src/store/sqlite/secrets.ts";
 import { startFakeVendor } from "./fake-vendor.ts";
 import { ADMIN_TOKEN, seedKeyBody, startKeybrake, tempDir } from "./helpers.ts";
 import { proxied } from "./proxy-setup.ts";
@@ -87,11 +89,11 @@ describe("environment-managed vendor secrets", () => {
 
     // Variable removed: the last secret in use remains, no longer managed, and can be rotated; a restart keeps the rotation.
     kb = await startKeybrake(urls, { dataDir });
-    expect(kb.services.secrets.status("stripe")).toMatchObject({ managed_by_env: false, fields: { secret_key: { last4: envSecret.slice(-4) } } });
+    expect(await kb.services.secrets.status("stripe")).toMatchObject({ managed_by_env: false, fields: { secret_key: { last4: envSecret.slice(-4) } } });
     expect((await kb.api("PUT", "/vendors/stripe", { secret_key: "sk_test_rotated_by_api_3333" })).status).toBe(200);
     await kb.stop();
     kb = await startKeybrake(urls, { dataDir });
-    expect(kb.services.secrets.get("stripe")).toEqual({ secret_key: "sk_test_rotated_by_api_3333" });
+    expect(await kb.services.secrets.get("stripe")).toEqual({ secret_key: "sk_test_rotated_by_api_3333" });
     const events = kb.services.db.sqlite.query("SELECT actor_name, json_extract(data, '$.source') AS source FROM events WHERE type = 'vendor.secret_set' ORDER BY id").all();
     expect(events).toEqual([
       { actor_name: null, source: "environment" },
@@ -114,9 +116,9 @@ describe("the master key check", () => {
     const first = await startKeybrake({ KEYBRAKE_MASTER_KEY: "a".repeat(40) }, { dataDir });
     await first.stop();
     await expect(startKeybrake({ KEYBRAKE_MASTER_KEY: "b".repeat(40) }, { dataDir })).rejects.toThrow(MasterKeyMismatch);
-    const db = new Database(join(dataDir, "keybrake.db"));
-    VendorSecretStore.reset(db);
-    db.close();
+    const db = openDatabase(dataDir);
+    await new SqliteVendorSecretStore(db, new EventLog(db.sqlite, createLogger("silent"))).reset();
+    db.sqlite.close();
     const again = await startKeybrake({ KEYBRAKE_MASTER_KEY: "b".repeat(40) }, { dataDir });
     await again.stop();
   });

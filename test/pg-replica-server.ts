@@ -16,6 +16,7 @@ import { createLogger } from "../src/log.ts";
 import { Metrics } from "../src/metrics.ts";
 import { Forwarder } from "../src/proxy/forward.ts";
 import { MAX_PROXY_BODY_BYTES } from "../src/services.ts";
+import { SqliteVendorSecretStore } from "../src/store/sqlite/secrets.ts";
 import { loadPricing } from "../src/vendors/pricing.ts";
 import { tempDir } from "./helpers.ts";
 
@@ -23,8 +24,8 @@ const [pgUrl, vendorUrl, stripeSecret] = process.argv.slice(2) as [string, strin
 const logger = createLogger("silent");
 const dir = tempDir("keybrake-replica-");
 const scratch = openDatabase(dir);
-const secrets = new VendorSecretStore(scratch.sqlite, new SecretBox(loadMasterKey(dir, undefined)), new EventLog(scratch.sqlite, logger));
-secrets.adoptEnvironment({ stripe: { secret_key: stripeSecret } });
+const secrets = new VendorSecretStore(new SqliteVendorSecretStore(scratch, new EventLog(scratch.sqlite, logger)), new SecretBox(loadMasterKey(dir, undefined)));
+await secrets.adoptEnvironment({ stripe: { secret_key: stripeSecret } });
 const forwarder = new Forwarder({
   ledger: new PgLedger(openPostgres(pgUrl, { max: 10 })),
   secrets,

@@ -106,6 +106,12 @@ export const adminSessions = sqliteTable("admin_sessions", {
   tokenId: text("token_id"),
 });
 
+/** Instance-wide values (migrations/0006): the master key check. */
+export const settings = sqliteTable("settings", {
+  name: text("name").primaryKey(),
+  value: text("value").notNull(),
+});
+
 export type VaultKeyRow = typeof vaultKeys.$inferSelect;
 export type AuditRow = typeof auditLog.$inferSelect;
 

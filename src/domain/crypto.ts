@@ -50,6 +50,17 @@ export function masterKeyFile(dataDir: string): string {
   return join(dataDir, "master.key");
 }
 
+/**
+ * The master key of a configuration. On PostgreSQL every replica decrypts the same stored secrets,
+ * so a key file generated in one replica's data dir cannot work: KEYBRAKE_MASTER_KEY is required.
+ */
+export function masterKeyFor(config: { dataDir: string; masterKey?: string; databaseUrl?: string }): string {
+  if (config.databaseUrl && !config.masterKey) {
+    throw new Error("KEYBRAKE_DATABASE_URL is set but KEYBRAKE_MASTER_KEY is not: every replica must decrypt the same vendor secrets, so give each the same KEYBRAKE_MASTER_KEY");
+  }
+  return loadMasterKey(config.dataDir, config.masterKey);
+}
+
 /** KEYBRAKE_MASTER_KEY if given, else a key file (mode 0600) generated once in the data dir. */
 export function loadMasterKey(dataDir: string, fromEnv?: string): string {
   if (fromEnv) return fromEnv;

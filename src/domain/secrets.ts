@@ -1,10 +1,9 @@
-import type { Database, Statement } from "bun:sqlite";
 import { z } from "zod";
 import { ApiError, fieldIssues, validationError } from "../errors.ts";
 import { ADAPTERS } from "../vendors/index.ts";
 import type { VendorName, VendorSecret } from "../vendors/types.ts";
 import type { SecretBox } from "./crypto.ts";
-import type { Actor, EventLog } from "./events.ts";
+import type { Actor, NewEvent } from "./events.ts";
 
 /**
  * Real vendor secrets, AES-256-GCM encrypted in vendor_secrets. Write-only from
@@ -48,6 +47,36 @@ export interface VendorStatus {
   updated_at: string | null;
 }
 
+/** One stored field of a vendor's secret, sealed by the master key (SecretBox). */
+export interface SecretField {
+  field: string;
+  ciphertext: string;
+  last4: string;
+  updatedAt: number;
+}
+
+/** Where vendor secrets and the master key check live (src/store/sqlite/secrets.ts, src/store/pg/secrets.ts). */
+export interface VendorSecretStorage {
+  /**
+   * How long get() may reuse a read of a vendor's stored secret. SQLite: 0, every proxied call reads
+   * (an indexed lookup in the local file), so a rotation is seen at once by every process.
+   * PostgreSQL: a short bound, so the proxy does not pay a network round trip per call.
+   */
+  readonly reuseReadsForMs: number;
+  fields(vendor: VendorName): Promise<SecretField[]>;
+  allCiphertexts(): Promise<{ vendor: VendorName; ciphertext: string }[]>;
+  /** Stores `sealedCheck` unless a check is stored already (the first key wins); returns the stored one. */
+  masterKeyCheck(sealedCheck: string): Promise<string>;
+  /**
+   * Stores a vendor's fields and records `event`, in one transaction that takes turns with every other
+   * write of vendor secrets (across processes and replicas); when `unchanged(current)` says so, nothing
+   * is written and it returns false.
+   */
+  write(vendor: VendorName, fields: Omit<SecretField, "updatedAt">[], now: number, event: NewEvent, unchanged?: (current: SecretField[]) => boolean): Promise<boolean>;
+  /** Forgets every stored secret and the master key check; returns how many fields it forgot. */
+  reset(): Promise<number>;
+}
+
 /**
  * A vendor whose secret is given by environment variables is *managed by the environment*: that
  * value is what the proxy uses, and nothing else can change it, so a restart can never bring back a
@@ -55,50 +84,34 @@ export interface VendorStatus {
  * that removing the variables later leaves the last secret in use rather than an older one.
  */
 export class VendorSecretStore {
-  private readonly rows: Statement<{ field: string; ciphertext: string; last4: string; updated_at: number }, [string]>;
-  private readonly upsert: Statement;
-  private readonly cache = new Map<VendorName, { stamp: string; secret: VendorSecret }>();
+  /** Decrypted secrets by the ciphertexts they came from: a rotation (new ciphertexts) is never served from here. */
+  private readonly cache = new Map<VendorName, { stamp: string; secret: VendorSecret; readAt: number }>();
   private readonly fromEnv: Partial<Record<VendorName, VendorSecret>> = {};
 
   constructor(
-    private readonly sqlite: Database,
+    private readonly store: VendorSecretStorage,
     private readonly box: SecretBox,
-    private readonly events: EventLog,
-  ) {
-    this.rows = sqlite.prepare("SELECT field, ciphertext, last4, updated_at FROM vendor_secrets WHERE vendor = ?");
-    this.upsert = sqlite.prepare(
-      `INSERT INTO vendor_secrets (vendor, field, ciphertext, last4, updated_at) VALUES (?, ?, ?, ?, ?)
-       ON CONFLICT (vendor, field) DO UPDATE SET ciphertext = excluded.ciphertext, last4 = excluded.last4, updated_at = excluded.updated_at`,
-    );
-  }
+  ) {}
 
   /**
-   * Throws MasterKeyMismatch unless every stored secret decrypts and the data dir's check value
-   * (sealed under the first key it met) opens: a wrong key is refused at start, not at call time.
+   * Throws MasterKeyMismatch unless every stored secret decrypts and the stored check value (sealed
+   * under the first key the data dir or database met) opens: a wrong key is refused at start, not at
+   * call time — on PostgreSQL, a replica started with another replica's key refused with it.
    */
-  verifyMasterKey(): void {
-    const rows = this.sqlite.query<{ vendor: VendorName; ciphertext: string }, []>("SELECT vendor, ciphertext FROM vendor_secrets").all();
+  async verifyMasterKey(): Promise<void> {
+    const rows = await this.store.allCiphertexts();
     const bad = [...new Set(rows.filter((r) => !this.box.canOpen(r.ciphertext)).map((r) => r.vendor))];
     if (bad.length) throw new MasterKeyMismatch(bad);
-    // INSERT OR IGNORE: of two processes meeting a new data dir together, the first key wins and the other is refused.
-    this.sqlite.query("INSERT OR IGNORE INTO settings (name, value) VALUES ('master_key_check', ?)").run(this.box.seal(MASTER_KEY_CHECK));
-    const check = this.sqlite.query<{ value: string }, []>("SELECT value FROM settings WHERE name = 'master_key_check'").get()!;
-    if (!this.box.canOpen(check.value)) throw new MasterKeyMismatch([]);
-  }
-
-  /** After a lost master key: forgets every stored secret and the key check, so the next start adopts the key in use. */
-  static reset(sqlite: Database): number {
-    return sqlite.transaction(() => {
-      sqlite.query("DELETE FROM settings WHERE name = 'master_key_check'").run();
-      return sqlite.query("DELETE FROM vendor_secrets").run().changes;
-    })();
+    const check = await this.store.masterKeyCheck(this.box.seal(MASTER_KEY_CHECK));
+    if (!this.box.canOpen(check)) throw new MasterKeyMismatch([]);
   }
 
   /**
    * Takes the secrets given by environment: they are validated (a bad one names its variable),
-   * marked managed, and stored when they differ from what is stored (one vendor.secret_set event).
+   * marked managed, and stored when they differ from what is stored (one vendor.secret_set event;
+   * replicas starting with the same value compare under the write's turn, so none records another).
    */
-  adoptEnvironment(secrets: Partial<Record<VendorName, VendorSecret>>, now = Date.now()): void {
+  async adoptEnvironment(secrets: Partial<Record<VendorName, VendorSecret>>, now = Date.now()): Promise<void> {
     for (const [vendor, secret] of Object.entries(secrets) as [VendorName, VendorSecret | undefined][]) {
       if (!secret) continue;
       const parsed = SecretInput[vendor].safeParse(secret);
@@ -107,10 +120,9 @@ export class VendorSecretStore {
         const variable = SECRET_VARIABLES[vendor][String(issue.path[0])] ?? vendor;
         throw new Error(`${variable}: ${issue.message}`);
       }
-      const stored = this.storedSecret(vendor);
-      if (!stored || Object.entries(parsed.data).some(([f, v]) => stored[f] !== v)) {
-        this.sqlite.transaction(() => this.write(vendor, parsed.data, null, "environment", now))();
-      }
+      const same = (current: SecretField[]) =>
+        current.length === ADAPTERS[vendor].secretFields.length && current.every((f) => this.box.open(f.ciphertext) === parsed.data[f.field]);
+      await this.write(vendor, parsed.data, null, "environment", now, same);
       this.fromEnv[vendor] = parsed.data;
     }
   }
@@ -120,44 +132,55 @@ export class VendorSecretStore {
   }
 
   /** Validates and stores a vendor's secret (all its fields at once), recording who did it (null: Keybrake itself). */
-  set(vendor: VendorName, input: unknown, actor: Actor | null = null, now = Date.now()): void {
+  async set(vendor: VendorName, input: unknown, actor: Actor | null = null, now = Date.now()): Promise<void> {
     if (this.isManagedByEnv(vendor)) {
       const variables = Object.values(SECRET_VARIABLES[vendor]).join(" and ");
       throw new ApiError("managed_by_env", `The ${vendor} secret is managed by the environment (${variables}); change it there and restart.`, { vendor, variables: Object.values(SECRET_VARIABLES[vendor]) });
     }
     const parsed = SecretInput[vendor].safeParse(input);
     if (!parsed.success) throw validationError(fieldIssues(parsed.error.issues));
-    this.sqlite.transaction(() => this.write(vendor, parsed.data, actor, "api", now))();
+    await this.write(vendor, parsed.data, actor, "api", now);
   }
 
-  /** Runs inside the caller's transaction: the secret and its event commit together. */
-  private write(vendor: VendorName, secret: Record<string, string>, actor: Actor | null, source: "api" | "environment", now: number): void {
-    for (const [field, value] of Object.entries(secret)) {
-      this.upsert.run(vendor, field, this.box.seal(value), value.slice(-4), now);
-    }
-    this.events.record({ type: "vendor.secret_set", actor, target: vendor, data: { vendor, source } }, now);
+  /** The secret and its event commit together; this process sees the new one at once. */
+  private async write(vendor: VendorName, secret: Record<string, string>, actor: Actor | null, source: "api" | "environment", now: number, unchanged?: (current: SecretField[]) => boolean): Promise<void> {
+    const fields = Object.entries(secret).map(([field, value]) => ({ field, ciphertext: this.box.seal(value), last4: value.slice(-4) }));
+    const event: NewEvent = { type: "vendor.secret_set", actor, target: vendor, data: { vendor, source } };
+    if (await this.store.write(vendor, fields, now, event, unchanged)) this.cache.delete(vendor);
   }
 
-  /** The decrypted secret, or null when the vendor is not (fully) configured. Re-read each call so rotation is seen by every process. */
-  get(vendor: VendorName): VendorSecret | null {
-    return this.fromEnv[vendor] ?? this.storedSecret(vendor);
+  /**
+   * The decrypted secret, or null when the vendor is not (fully) configured; read on every proxied
+   * call. A stored secret is re-read unless the last read is younger than the store's
+   * reuseReadsForMs (0 on SQLite; on PostgreSQL a rotation made on another replica is used here
+   * within that bound), and decrypted only when its ciphertexts changed.
+   */
+  async get(vendor: VendorName): Promise<VendorSecret | null> {
+    const env = this.fromEnv[vendor];
+    if (env) return env;
+    const cached = this.cache.get(vendor);
+    if (cached && Date.now() - cached.readAt < this.store.reuseReadsForMs) return cached.secret;
+    return this.storedSecret(vendor);
   }
 
-  private storedSecret(vendor: VendorName): VendorSecret | null {
-    const rows = this.rows.all(vendor);
-    const fields = ADAPTERS[vendor].secretFields;
-    if (rows.length < fields.length) return null;
+  private async storedSecret(vendor: VendorName): Promise<VendorSecret | null> {
+    const readAt = Date.now();
+    const rows = await this.store.fields(vendor);
+    if (rows.length < ADAPTERS[vendor].secretFields.length) return null;
     const stamp = rows.map((r) => r.ciphertext).join("|");
     const cached = this.cache.get(vendor);
-    if (cached?.stamp === stamp) return cached.secret;
+    if (cached?.stamp === stamp) {
+      cached.readAt = readAt;
+      return cached.secret;
+    }
     const secret: Record<string, string> = {};
     for (const r of rows) secret[r.field] = this.box.open(r.ciphertext);
-    this.cache.set(vendor, { stamp, secret });
+    this.cache.set(vendor, { stamp, secret, readAt });
     return secret;
   }
 
-  status(vendor: VendorName): VendorStatus {
-    const rows = this.rows.all(vendor);
+  async status(vendor: VendorName): Promise<VendorStatus> {
+    const rows = await this.store.fields(vendor);
     const env = this.fromEnv[vendor];
     const fields: Record<string, { last4: string } | null> = {};
     for (const f of ADAPTERS[vendor].secretFields) {
@@ -165,7 +188,7 @@ export class VendorSecretStore {
       const value = env?.[f];
       fields[f] = value !== undefined ? { last4: value.slice(-4) } : r ? { last4: r.last4 } : null;
     }
-    const updated = rows.length ? Math.max(...rows.map((r) => r.updated_at)) : null;
+    const updated = rows.length ? Math.max(...rows.map((r) => r.updatedAt)) : null;
     return {
       vendor,
       configured: Object.values(fields).every(Boolean),

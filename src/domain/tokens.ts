@@ -1,9 +1,8 @@
-import type { Database } from "bun:sqlite";
 import { z } from "zod";
 import { ApiError, fieldIssues, validationError } from "../errors.ts";
 import { newId } from "../ids.ts";
 import { randomToken, safeEqual, sha256Hex } from "./crypto.ts";
-import type { Actor, EventLog } from "./events.ts";
+import type { Actor, NewEvent } from "./events.ts";
 import { parsePolicy, type PolicyInput } from "./policy.ts";
 
 /** Management API tokens: "kbt_" + 32 random bytes; only the SHA-256 is stored. */
@@ -38,13 +37,34 @@ export interface TokenInfo {
   revokedAt: number | null;
 }
 
-interface TokenRow {
-  id: string;
-  name: string;
-  role: Role;
-  policy: string | null;
-  created_at: number;
-  revoked_at: number | null;
+/** A token to store: its SHA-256, never the token itself. */
+export interface NewToken extends Omit<TokenInfo, "revokedAt"> {
+  tokenHash: string;
+}
+
+/** What authenticate() needs of a live token. */
+export type LiveToken = Pick<TokenInfo, "id" | "name" | "role" | "policy">;
+
+/**
+ * Where management tokens live (src/store/sqlite/tokens.ts, src/store/pg/tokens.ts). Writes record
+ * their event in the same transaction.
+ */
+export interface ManagementTokenStore {
+  insert(token: NewToken, event: NewEvent): Promise<void>;
+  /** insert(), but only while no live token exists: decided atomically across processes and replicas. False when one exists. */
+  insertIfNone(token: NewToken, event: NewEvent): Promise<boolean>;
+  /** Newest first, revoked ones included. */
+  list(): Promise<TokenInfo[]>;
+  get(id: string): Promise<TokenInfo | null>;
+  /**
+   * Revokes a live token and ends its admin sessions, recording the event `describe` builds, in one
+   * transaction; a revoked token is returned unchanged with no event. Null for an unknown id.
+   */
+  revoke(id: string, now: number, describe: (t: TokenInfo, sessionsEnded: number) => NewEvent): Promise<TokenInfo | null>;
+  countLive(): Promise<number>;
+  /** The live token with this SHA-256: one indexed lookup, made on every management request. */
+  liveByHash(tokenHash: string): Promise<LiveToken | null>;
+  liveById(id: string): Promise<LiveToken | null>;
 }
 
 export const CreateTokenBody = z.strictObject({
@@ -56,15 +76,6 @@ export const CreateTokenBody = z.strictObject({
     .refine((n) => !/[\u0000-\u001f\u007f]/.test(n), "name must not contain control characters"),
   role: z.enum(ROLES, { error: `role must be one of ${ROLES.join(", ")}` }).default("admin"),
   policy: z.unknown().optional(),
-});
-
-const presentRow = (r: TokenRow): TokenInfo => ({
-  id: r.id,
-  name: r.name,
-  role: r.role,
-  policy: r.policy === null ? null : JSON.parse(r.policy),
-  createdAt: r.created_at,
-  revokedAt: r.revoked_at,
 });
 
 export function presentToken(t: TokenInfo) {
@@ -79,29 +90,25 @@ export function presentToken(t: TokenInfo) {
   };
 }
 
+const principalOf = (t: LiveToken): Principal => ({ tokenId: t.id, name: t.name, role: t.role, policy: t.policy });
+
 /**
- * Management tokens. `authenticate` reads the database on every request (one indexed lookup):
- * nothing is cached, so a revoke is seen by the next request of every process on the data dir.
+ * Management tokens. `authenticate` reads the store on every request (one indexed lookup):
+ * nothing is cached, so a revoke is seen by the next request of every process and replica.
  */
 export class TokenStore {
-  private readonly findByHash;
   constructor(
-    private readonly sqlite: Database,
+    private readonly store: ManagementTokenStore,
     private readonly bootstrapToken?: string,
-    private readonly events?: EventLog,
     /** KEYBRAKE_MAX_KEY_TTL: a policy's max_expires_in cannot exceed it. */
     private readonly maxTtlMs = Number.MAX_SAFE_INTEGER,
-  ) {
-    this.findByHash = sqlite.query<{ id: string; name: string; role: Role; policy: string | null }, [string]>(
-      "SELECT id, name, role, policy FROM management_tokens WHERE token_hash = ? AND revoked_at IS NULL",
-    );
-  }
+  ) {}
 
   /**
    * Validates a POST /tokens body (400 naming each bad field) and mints the token; `token` is
    * returned only here. An issuer needs a policy; admins and viewers take none.
    */
-  createFromBody(body: unknown, actor: Actor | null, now = Date.now()): { info: TokenInfo; token: string } {
+  async createFromBody(body: unknown, actor: Actor | null, now = Date.now()): Promise<{ info: TokenInfo; token: string }> {
     const r = CreateTokenBody.safeParse(body);
     if (!r.success) throw validationError(fieldIssues(r.error.issues));
     const { name, role, policy } = r.data;
@@ -112,82 +119,60 @@ export class TokenStore {
       throw validationError([{ field: "policy", message: `a policy applies only to issuer tokens, not ${role}` }]);
     }
     if (role === "issuer") parsePolicy(policy, this.maxTtlMs);
-    return this.create(name, actor, { role, policy: role === "issuer" ? (policy as PolicyInput) : null, now });
+    const { token, row, event } = this.mint(name, actor, role, role === "issuer" ? (policy as PolicyInput) : null, now);
+    await this.store.insert(row, event);
+    return { info: { ...row, revokedAt: null }, token };
   }
 
-  create(
-    name: string,
-    actor: Actor | null = null,
-    opts: { role?: Role; policy?: PolicyInput | null; now?: number } = {},
-  ): { id: string; token: string; info: TokenInfo } {
-    const now = opts.now ?? Date.now();
-    const role = opts.role ?? "admin";
+  /** A new token, its row and its event; nothing is stored yet. */
+  private mint(name: string, actor: Actor | null, role: Role, policy: PolicyInput | null, now: number) {
     const token = MANAGEMENT_TOKEN_PREFIX + randomToken(32);
     const id = newId("tok", now);
-    const policy = opts.policy ? JSON.stringify(opts.policy) : null;
-    this.sqlite
-      .transaction(() => {
-        this.sqlite
-          .query("INSERT INTO management_tokens (id, name, token_hash, created_at, role, policy) VALUES (?, ?, ?, ?, ?, ?)")
-          .run(id, name, sha256Hex(token), now, role, policy);
-        this.events?.record({ type: "token.created", actor, target: id, data: { token_id: id, name, role } }, now);
-      })
-      .immediate();
-    const info: TokenInfo = { id, name, role, policy: opts.policy ? JSON.parse(policy!) : null, createdAt: now, revokedAt: null };
-    return { id, token, info };
+    // Stored as JSON and read back as such: a round trip keeps what GET /tokens shows equal to what was stored.
+    const row: NewToken = { id, name, role, policy: policy ? JSON.parse(JSON.stringify(policy)) : null, createdAt: now, tokenHash: sha256Hex(token) };
+    const event: NewEvent = { type: "token.created", actor, target: id, data: { token_id: id, name, role } };
+    return { token, row, event };
   }
 
-  /** Newest first, revoked ones included (marked). */
-  list(): TokenInfo[] {
-    return (this.sqlite.query("SELECT id, name, role, policy, created_at, revoked_at FROM management_tokens ORDER BY id DESC").all() as TokenRow[]).map(presentRow);
+  list(): Promise<TokenInfo[]> {
+    return this.store.list();
   }
 
-  get(id: string): TokenInfo {
-    const row = this.sqlite.query("SELECT id, name, role, policy, created_at, revoked_at FROM management_tokens WHERE id = ?").get(id) as TokenRow | null;
-    if (!row) {
-      const hint = id === BOOTSTRAP_TOKEN_ID ? " (KEYBRAKE_ADMIN_TOKEN is retired by unsetting it and restarting)" : "";
-      throw new ApiError("not_found", `No management token ${id}${hint}`);
-    }
-    return presentRow(row);
+  async get(id: string): Promise<TokenInfo> {
+    return (await this.store.get(id)) ?? notFound(id);
   }
 
   /**
    * Revokes at once and ends every admin session opened with the token, in one transaction with
    * its event. Idempotent: a second call returns the same revocation and records nothing.
    */
-  revoke(id: string, actor: Actor | null, now = Date.now()): TokenInfo {
-    return this.sqlite
-      .transaction(() => {
-        const changed = this.sqlite.query("UPDATE management_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL").run(now, id).changes;
-        if (changed > 0) {
-          const sessions = this.sqlite.query("UPDATE admin_sessions SET ended_at = ? WHERE token_id = ? AND ended_at IS NULL").run(now, id).changes;
-          const info = this.get(id);
-          this.events?.record({ type: "token.revoked", actor, target: id, data: { token_id: id, name: info.name, role: info.role, sessions_ended: sessions } }, now);
-        }
-        return this.get(id);
-      })
-      .immediate();
+  async revoke(id: string, actor: Actor | null, now = Date.now()): Promise<TokenInfo> {
+    const revoked = await this.store.revoke(id, now, (t, sessionsEnded) => ({
+      type: "token.revoked",
+      actor,
+      target: id,
+      data: { token_id: id, name: t.name, role: t.role, sessions_ended: sessionsEnded },
+    }));
+    return revoked ?? notFound(id);
   }
 
-  count(): number {
-    return this.sqlite.query<{ n: number }, []>("SELECT count(*) AS n FROM management_tokens WHERE revoked_at IS NULL").get()!.n;
+  count(): Promise<number> {
+    return this.store.countLive();
   }
 
   /** Mints the first token when there is neither a stored one nor a bootstrap token; returns it so it can be printed once. */
-  ensureFirstToken(): string | null {
+  async ensureFirstToken(now = Date.now()): Promise<string | null> {
     if (this.bootstrapToken) return null;
-    return this.sqlite
-      .transaction(() => (this.count() === 0 ? this.create("first-start").token : null))
-      .immediate();
+    const { token, row, event } = this.mint("first-start", null, "admin", null, now);
+    return (await this.store.insertIfNone(row, event)) ? token : null;
   }
 
   /** The principal a token stands for, or null for an unknown or revoked token. */
-  authenticate(token: string | null | undefined): Principal | null {
+  async authenticate(token: string | null | undefined): Promise<Principal | null> {
     if (!token) return null;
     if (this.bootstrapToken && safeEqual(token, this.bootstrapToken)) return BOOTSTRAP_PRINCIPAL;
-    const row = this.findByHash.get(sha256Hex(token));
-    if (!row) return null;
-    return { tokenId: row.id, name: row.name, role: row.role, policy: row.policy === null ? null : JSON.parse(row.policy) };
+    const row = await this.store.liveByHash(sha256Hex(token));
+    return row ? principalOf(row) : null;
   }
 
   /**
@@ -199,17 +184,22 @@ export class TokenStore {
   }
 
   /** The principal behind a session's token reference (see sessionRef); null once revoked or changed. */
-  principalById(id: string | null): Principal | null {
+  async principalById(id: string | null): Promise<Principal | null> {
     if (!id) return null;
     if (id.startsWith(BOOTSTRAP_TOKEN_ID + ":")) {
       const current = this.bootstrapToken ? `${BOOTSTRAP_TOKEN_ID}:${sha256Hex(this.bootstrapToken)}` : null;
       return current !== null && safeEqual(id, current) ? BOOTSTRAP_PRINCIPAL : null;
     }
-    const row = this.sqlite.query("SELECT id, name, role, policy FROM management_tokens WHERE id = ? AND revoked_at IS NULL").get(id) as Omit<TokenRow, "created_at" | "revoked_at"> | null;
-    return row ? { tokenId: row.id, name: row.name, role: row.role, policy: row.policy === null ? null : JSON.parse(row.policy) } : null;
+    const row = await this.store.liveById(id);
+    return row ? principalOf(row) : null;
   }
 
-  verify(token: string | null | undefined): boolean {
-    return this.authenticate(token) !== null;
+  async verify(token: string | null | undefined): Promise<boolean> {
+    return (await this.authenticate(token)) !== null;
   }
+}
+
+function notFound(id: string): never {
+  const hint = id === BOOTSTRAP_TOKEN_ID ? " (KEYBRAKE_ADMIN_TOKEN is retired by unsetting it and restarting)" : "";
+  throw new ApiError("not_found", `No management token ${id}${hint}`);
 }

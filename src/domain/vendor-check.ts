@@ -17,14 +17,14 @@ export type ConnectionCheck =
   | { ok: false; vendor: VendorName; reason: "not_configured" | "rejected" | "unexpected" | "unreachable"; status: number | null; message: string };
 
 export interface VendorCheckDeps {
-  secrets: { get(vendor: VendorName): VendorSecret | null };
+  secrets: { get(vendor: VendorName): Promise<VendorSecret | null> };
   baseUrls: Readonly<Record<VendorName, string>>;
   fetch?: typeof fetch;
   timeoutMs?: number;
 }
 
 export async function checkVendorConnection(vendor: VendorName, deps: VendorCheckDeps): Promise<ConnectionCheck> {
-  const secret = deps.secrets.get(vendor);
+  const secret = await deps.secrets.get(vendor);
   if (!secret) return { ok: false, vendor, reason: "not_configured", status: null, message: "No secret is stored for this vendor." };
   const headers = new Headers({ accept: "application/json" });
   const path = ADAPTERS[vendor].authorize(PROBE_PATH[vendor](secret), headers, secret);

@@ -154,7 +154,7 @@ export class Forwarder {
     if (typeof segments === "string") {
       return refuse(adapter, key, 403, "endpoint_denied", "endpoint_not_allowed", `Path refused: ${segments}.`);
     }
-    const secret = this.deps.secrets.get(vendor);
+    const secret = await this.deps.secrets.get(vendor);
     if (!secret) {
       return refuse(adapter, key, 503, "upstream_error", "vendor_not_configured", `Keybrake has no ${vendor} secret configured.`);
     }

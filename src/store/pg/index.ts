@@ -1,7 +1,9 @@
 import type { PgBackend } from "../backend.ts";
 import type { StoreDeps, Stores } from "../index.ts";
 import { PgEventLog } from "./events.ts";
+import { PgVendorSecretStore } from "./secrets.ts";
 import { PgSessionStore } from "./sessions.ts";
+import { PgTokenStore } from "./tokens.ts";
 
 /** The stores of a PostgreSQL database shared by replicas. Writes that record an event do it with `eventLog.record(tx, …)`, inside their own transaction. */
 export function pgStores(b: PgBackend, deps: StoreDeps): Stores & { eventLog: PgEventLog } {
@@ -10,6 +12,8 @@ export function pgStores(b: PgBackend, deps: StoreDeps): Stores & { eventLog: Pg
     eventLog,
     events: eventLog,
     sessions: new PgSessionStore(b.orm),
+    tokens: new PgTokenStore(b.orm, eventLog),
+    vendorSecrets: new PgVendorSecretStore(b.orm, eventLog),
     async ping() {
       await b.sql`SELECT 1`;
     },

@@ -1,7 +1,9 @@
 import { EventLog } from "../../domain/events.ts";
 import type { SqliteBackend } from "../backend.ts";
 import type { StoreDeps, Stores } from "../index.ts";
+import { SqliteVendorSecretStore } from "./secrets.ts";
 import { SqliteSessionStore } from "./sessions.ts";
+import { SqliteTokenStore } from "./tokens.ts";
 
 /** The stores of the embedded SQLite file. Writes that record an event do it with `events`, inside their own transaction. */
 export function sqliteStores(b: SqliteBackend, deps: StoreDeps): Stores & { eventLog: EventLog } {
@@ -11,6 +13,8 @@ export function sqliteStores(b: SqliteBackend, deps: StoreDeps): Stores & { even
     eventLog,
     events: eventLog,
     sessions: new SqliteSessionStore(b.db),
+    tokens: new SqliteTokenStore(b.db, eventLog),
+    vendorSecrets: new SqliteVendorSecretStore(b.db, eventLog),
     async ping() {
       ping.get();
     },
