@@ -38,7 +38,7 @@ export interface TokenInfo {
 }
 
 /** A token to store: its SHA-256, never the token itself. */
-export interface NewToken extends Omit<TokenInfo, "revokedAt"> {
+export interface NewToken extends TokenInfo {
   tokenHash: string;
 }
 
@@ -119,19 +119,19 @@ export class TokenStore {
       throw validationError([{ field: "policy", message: `a policy applies only to issuer tokens, not ${role}` }]);
     }
     if (role === "issuer") parsePolicy(policy, this.maxTtlMs);
-    const { token, row, event } = this.mint(name, actor, role, role === "issuer" ? (policy as PolicyInput) : null, now);
-    await this.store.insert(row, event);
-    return { info: { ...row, revokedAt: null }, token };
+    const { token, info, event } = this.mint(name, actor, role, role === "issuer" ? (policy as PolicyInput) : null, now);
+    await this.store.insert({ ...info, tokenHash: sha256Hex(token) }, event);
+    return { info, token };
   }
 
-  /** A new token, its row and its event; nothing is stored yet. */
+  /** A new token, what is shown of it and its event; nothing is stored yet. */
   private mint(name: string, actor: Actor | null, role: Role, policy: PolicyInput | null, now: number) {
     const token = MANAGEMENT_TOKEN_PREFIX + randomToken(32);
     const id = newId("tok", now);
     // Stored as JSON and read back as such: a round trip keeps what GET /tokens shows equal to what was stored.
-    const row: NewToken = { id, name, role, policy: policy ? JSON.parse(JSON.stringify(policy)) : null, createdAt: now, tokenHash: sha256Hex(token) };
+    const info: TokenInfo = { id, name, role, policy: policy ? JSON.parse(JSON.stringify(policy)) : null, createdAt: now, revokedAt: null };
     const event: NewEvent = { type: "token.created", actor, target: id, data: { token_id: id, name, role } };
-    return { token, row, event };
+    return { token, info, event };
   }
 
   list(): Promise<TokenInfo[]> {
@@ -163,8 +163,8 @@ export class TokenStore {
   /** Mints the first token when there is neither a stored one nor a bootstrap token; returns it so it can be printed once. */
   async ensureFirstToken(now = Date.now()): Promise<string | null> {
     if (this.bootstrapToken) return null;
-    const { token, row, event } = this.mint("first-start", null, "admin", null, now);
-    return (await this.store.insertIfNone(row, event)) ? token : null;
+    const { token, info, event } = this.mint("first-start", null, "admin", null, now);
+    return (await this.store.insertIfNone({ ...info, tokenHash: sha256Hex(token) }, event)) ? token : null;
   }
 
   /** The principal a token stands for, or null for an unknown or revoked token. */
