@@ -2,7 +2,7 @@
 import { join } from "node:path";
 import { createApp } from "./app.ts";
 import { ConfigError, FLAGS, loadConfig, localUrl, parseFlags, proxyBaseUrl, type Config } from "./config.ts";
-import { masterKeyFile, masterKeyFor, SecretBox } from "./domain/crypto.ts";
+import { loadMasterKey, masterKeyFile, requireSharedMasterKey, SecretBox } from "./domain/crypto.ts";
 import { MasterKeyMismatch } from "./domain/secrets.ts";
 import { presentToken, TokenStore } from "./domain/tokens.ts";
 import { ApiError, type FieldIssue } from "./errors.ts";
@@ -153,10 +153,10 @@ function tokenFlags(args: string[], allowed: readonly string[]): Record<string, 
  * Events are recorded as the server records them (actor: the CLI, i.e. whoever holds the database).
  */
 async function withStores<T>(config: Config, run: (stores: Stores) => Promise<T>): Promise<T> {
-  const box = new SecretBox(masterKeyFor(config));
+  requireSharedMasterKey(config);
   const backend = await openBackend(config);
   try {
-    return await run(openStores(backend, { logger: createLogger("silent"), box }));
+    return await run(openStores(backend, { logger: createLogger("silent"), box: new SecretBox(loadMasterKey(config.dataDir, config.masterKey)) }));
   } finally {
     await closeBackend(backend);
   }

@@ -5,7 +5,7 @@ import { CapAlerts } from "./domain/alerts.ts";
 import { AuditService } from "./domain/audit.ts";
 import { BudgetService } from "./domain/budgets.ts";
 import type { EventReader } from "./domain/events.ts";
-import { masterKeyFor, SecretBox } from "./domain/crypto.ts";
+import { loadMasterKey, requireSharedMasterKey, SecretBox } from "./domain/crypto.ts";
 import { KeyService } from "./domain/keys.ts";
 import { Ledger } from "./domain/ledger.ts";
 import { AuditRetention } from "./domain/retention.ts";
@@ -56,9 +56,9 @@ export interface Services {
  * (audit retention) is started by whoever serves: `retention.start()`.
  */
 export async function createServices(config: Config, fetchImpl?: typeof fetch, logger: Logger = createLogger(config.log), clock: () => number = Date.now): Promise<Services> {
-  // Before connecting: on PostgreSQL, no KEYBRAKE_MASTER_KEY is refused in one line.
-  const box = new SecretBox(masterKeyFor(config));
+  requireSharedMasterKey(config);
   const backend = await openBackend(config);
+  const box = new SecretBox(loadMasterKey(config.dataDir, config.masterKey));
   // Not yet behind a store interface: SQLite only (config.ts refuses KEYBRAKE_DATABASE_URL until all are).
   if (backend.kind !== "sqlite") throw new Error("PostgreSQL: not every store is ported yet");
   const stores = sqliteStores(backend, { logger, box });

@@ -51,14 +51,13 @@ export function masterKeyFile(dataDir: string): string {
 }
 
 /**
- * The master key of a configuration. On PostgreSQL every replica decrypts the same stored secrets,
- * so a key file generated in one replica's data dir cannot work: KEYBRAKE_MASTER_KEY is required.
+ * On PostgreSQL every replica decrypts the same stored secrets, so a key file generated in one
+ * replica's data dir cannot work: KEYBRAKE_MASTER_KEY is required. Checked before connecting.
  */
-export function masterKeyFor(config: { dataDir: string; masterKey?: string; databaseUrl?: string }): string {
+export function requireSharedMasterKey(config: { masterKey?: string; databaseUrl?: string }): void {
   if (config.databaseUrl && !config.masterKey) {
     throw new Error("KEYBRAKE_DATABASE_URL is set but KEYBRAKE_MASTER_KEY is not: every replica must decrypt the same vendor secrets, so give each the same KEYBRAKE_MASTER_KEY");
   }
-  return loadMasterKey(config.dataDir, config.masterKey);
 }
 
 /** KEYBRAKE_MASTER_KEY if given, else a key file (mode 0600) generated once in the data dir. */
