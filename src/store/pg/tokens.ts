@@ -1,4 +1,4 @@
-import { and, count, desc, eq, isNull, sql } from "drizzle-orm";
+import { and, count, desc, eq, getTableColumns, isNull, sql } from "drizzle-orm";
 import type { NewEvent } from "../../domain/events.ts";
 import type { ManagementTokenStore, NewToken, TokenInfo } from "../../domain/tokens.ts";
 import { pgSchema, type PgExec, type PgOrm } from "../backend.ts";
@@ -6,15 +6,9 @@ import type { PgEventLog } from "./events.ts";
 
 const { managementTokens, adminSessions } = pgSchema;
 
-const info = {
-  id: managementTokens.id,
-  name: managementTokens.name,
-  role: managementTokens.role,
-  policy: managementTokens.policy,
-  createdAt: managementTokens.createdAt,
-  revokedAt: managementTokens.revokedAt,
-};
-const live = { id: managementTokens.id, name: managementTokens.name, role: managementTokens.role, policy: managementTokens.policy };
+// Every column but the hash (TokenInfo), and what authenticate() needs of a live token (LiveToken).
+const { tokenHash: _hash, ...info } = getTableColumns(managementTokens);
+const { createdAt: _created, revokedAt: _revoked, ...live } = info;
 
 /** Makes first starts take turns across replicas (src/db/pg.ts locks 7263541 for migrations). */
 const LOCK_FIRST_TOKEN = sql`SELECT pg_advisory_xact_lock(7263542)`;

@@ -1,18 +1,12 @@
-import { and, count, desc, eq, isNull, sql } from "drizzle-orm";
+import { and, count, desc, eq, getTableColumns, isNull, sql } from "drizzle-orm";
 import type { Db } from "../../db/connection.ts";
 import { adminSessions, managementTokens } from "../../db/schema.ts";
 import type { EventLog, NewEvent } from "../../domain/events.ts";
 import type { ManagementTokenStore, NewToken, TokenInfo } from "../../domain/tokens.ts";
 
-const info = {
-  id: managementTokens.id,
-  name: managementTokens.name,
-  role: managementTokens.role,
-  policy: managementTokens.policy,
-  createdAt: managementTokens.createdAt,
-  revokedAt: managementTokens.revokedAt,
-};
-const live = { id: managementTokens.id, name: managementTokens.name, role: managementTokens.role, policy: managementTokens.policy };
+// Every column but the hash (TokenInfo), and what authenticate() needs of a live token (LiveToken).
+const { tokenHash: _hash, ...info } = getTableColumns(managementTokens);
+const { createdAt: _created, revokedAt: _revoked, ...live } = info;
 
 /** Management tokens in the SQLite file; each write is one BEGIN IMMEDIATE transaction with its event. */
 export class SqliteTokenStore implements ManagementTokenStore {
