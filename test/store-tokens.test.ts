@@ -1,6 +1,6 @@
 /**
  * Management tokens on both backends: what TokenStore (src/domain/tokens.ts) promises, over the
- * ManagementTokenStore of each backend. On PostgreSQL concurrent calls run on separate pooled
+ * TokenStorage of each backend. On PostgreSQL concurrent calls run on separate pooled
  * connections, as replicas would.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";

@@ -49,7 +49,7 @@ export type LiveToken = Pick<TokenInfo, "id" | "name" | "role" | "policy">;
  * Where management tokens live (src/store/sqlite/tokens.ts, src/store/pg/tokens.ts). Writes record
  * their event in the same transaction.
  */
-export interface ManagementTokenStore {
+export interface TokenStorage {
   insert(token: NewToken, event: NewEvent): Promise<void>;
   /** insert(), but only while no live token exists: decided atomically across processes and replicas. False when one exists. */
   insertIfNone(token: NewToken, event: NewEvent): Promise<boolean>;
@@ -98,7 +98,7 @@ const principalOf = (t: LiveToken): Principal => ({ tokenId: t.id, name: t.name,
  */
 export class TokenStore {
   constructor(
-    private readonly store: ManagementTokenStore,
+    private readonly store: TokenStorage,
     private readonly bootstrapToken?: string,
     /** KEYBRAKE_MAX_KEY_TTL: a policy's max_expires_in cannot exceed it. */
     private readonly maxTtlMs = Number.MAX_SAFE_INTEGER,

@@ -2,7 +2,7 @@ import type { SessionStore } from "../domain/admin-sessions.ts";
 import type { SecretBox } from "../domain/crypto.ts";
 import type { EventReader } from "../domain/events.ts";
 import type { VendorSecretStorage } from "../domain/secrets.ts";
-import type { ManagementTokenStore } from "../domain/tokens.ts";
+import type { TokenStorage } from "../domain/tokens.ts";
 import type { Logger } from "../log.ts";
 import type { Backend } from "./backend.ts";
 import { pgStores } from "./pg/index.ts";
@@ -15,7 +15,7 @@ import { sqliteStores } from "./sqlite/index.ts";
 export interface Stores {
   events: EventReader;
   sessions: SessionStore;
-  tokens: ManagementTokenStore;
+  tokens: TokenStorage;
   vendorSecrets: VendorSecretStorage;
   /** Resolves when the database answers (/healthz); throws when it cannot be reached. */
   ping(): Promise<void>;

@@ -1,6 +1,6 @@
 import { and, count, desc, eq, getTableColumns, isNull, sql } from "drizzle-orm";
 import type { NewEvent } from "../../domain/events.ts";
-import type { ManagementTokenStore, NewToken, TokenInfo } from "../../domain/tokens.ts";
+import type { NewToken, TokenInfo, TokenStorage } from "../../domain/tokens.ts";
 import { pgSchema, type PgExec, type PgOrm } from "../backend.ts";
 import type { PgEventLog } from "./events.ts";
 
@@ -14,7 +14,7 @@ const { createdAt: _created, revokedAt: _revoked, ...live } = info;
 const LOCK_FIRST_TOKEN = sql`SELECT pg_advisory_xact_lock(7263542)`;
 
 /** Management tokens in PostgreSQL: a token minted or revoked on one replica is seen by the next request on every other. */
-export class PgTokenStore implements ManagementTokenStore {
+export class PgTokenStore implements TokenStorage {
   constructor(
     private readonly orm: PgOrm,
     private readonly events: PgEventLog,

@@ -2,14 +2,14 @@ import { and, count, desc, eq, getTableColumns, isNull, sql } from "drizzle-orm"
 import type { Db } from "../../db/connection.ts";
 import { adminSessions, managementTokens } from "../../db/schema.ts";
 import type { EventLog, NewEvent } from "../../domain/events.ts";
-import type { ManagementTokenStore, NewToken, TokenInfo } from "../../domain/tokens.ts";
+import type { NewToken, TokenInfo, TokenStorage } from "../../domain/tokens.ts";
 
 // Every column but the hash (TokenInfo), and what authenticate() needs of a live token (LiveToken).
 const { tokenHash: _hash, ...info } = getTableColumns(managementTokens);
 const { createdAt: _created, revokedAt: _revoked, ...live } = info;
 
 /** Management tokens in the SQLite file; each write is one BEGIN IMMEDIATE transaction with its event. */
-export class SqliteTokenStore implements ManagementTokenStore {
+export class SqliteTokenStore implements TokenStorage {
   private readonly byHash;
   private readonly byId;
 
