@@ -58,13 +58,16 @@ describe.each(BACKENDS)("management tokens on %s", (kind) => {
     for (const idHash of ["s1", "s2"]) await stores.sessions.insert({ idHash, csrfToken: "c", createdAt: 3_000, expiresAt: 9e12, tokenId: info.id });
     await stores.sessions.insert({ idHash: "other", csrfToken: "c", createdAt: 3_000, expiresAt: 9e12, tokenId: "tok_someone_else" });
     const before = await tokens.count();
+    const elsewhere = new TokenStore(stores.tokens);
+    expect((await elsewhere.authenticate(token))?.tokenId).toBe(info.id);
     // Two replicas revoking together: one revocation, one event.
     const [a, b] = await Promise.all([tokens.revoke(info.id, ADMIN, 4_000), new TokenStore(stores.tokens).revoke(info.id, ADMIN, 4_000)]);
     expect(a).toEqual({ ...info, revokedAt: 4_000 });
     expect(b).toEqual(a);
     expect(await tokens.revoke(info.id, ADMIN, 5_000)).toEqual(a);
-    expect(await tokens.authenticate(token)).toBeNull();
-    expect(await tokens.principalById(info.id)).toBeNull();
+    // The next request on any replica is refused: nothing caches a token past its revoke.
+    expect(await elsewhere.authenticate(token)).toBeNull();
+    expect(await elsewhere.principalById(info.id)).toBeNull();
     expect(await tokens.count()).toBe(before - 1);
     expect(await stores.sessions.findLive("s1", 4_500)).toBeNull();
     expect(await stores.sessions.findLive("s2", 4_500)).toBeNull();
