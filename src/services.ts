@@ -94,7 +94,7 @@ export async function createServices(config: Config, fetchImpl?: typeof fetch, l
     fetch: fetchImpl,
   });
   const tokens = new TokenStore(db.sqlite, config.adminToken, events, config.maxKeyTtlMs);
-  const retention = new AuditRetention(db.sqlite, config.auditRetentionMs, clock, (m) => logger.error(m));
+  const retention = new AuditRetention(stores.audit, config.auditRetentionMs, clock, (m) => logger.error(m));
   return {
     config,
     backend,
@@ -103,7 +103,7 @@ export async function createServices(config: Config, fetchImpl?: typeof fetch, l
     secrets,
     keys: new KeyService(db, config.maxKeyTtlMs, events),
     ledger,
-    audit: new AuditService(db),
+    audit: new AuditService(stores.audit),
     metrics,
     logger,
     events,

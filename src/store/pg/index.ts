@@ -1,5 +1,6 @@
 import type { PgBackend } from "../backend.ts";
 import type { StoreDeps, Stores } from "../index.ts";
+import { PgAuditStore } from "./audit.ts";
 import { PgEventLog } from "./events.ts";
 import { PgSessionStore } from "./sessions.ts";
 
@@ -8,6 +9,7 @@ export function pgStores(b: PgBackend, deps: StoreDeps): Stores & { eventLog: Pg
   const eventLog = new PgEventLog(b.orm, deps.logger);
   return {
     eventLog,
+    audit: new PgAuditStore(b.orm, b.sql),
     events: eventLog,
     sessions: new PgSessionStore(b.orm),
     async ping() {

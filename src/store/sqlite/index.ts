@@ -1,6 +1,7 @@
 import { EventLog } from "../../domain/events.ts";
 import type { SqliteBackend } from "../backend.ts";
 import type { StoreDeps, Stores } from "../index.ts";
+import { SqliteAuditStore } from "./audit.ts";
 import { SqliteSessionStore } from "./sessions.ts";
 
 /** The stores of the embedded SQLite file. Writes that record an event do it with `events`, inside their own transaction. */
@@ -9,6 +10,7 @@ export function sqliteStores(b: SqliteBackend, deps: StoreDeps): Stores & { even
   const ping = b.db.sqlite.prepare("SELECT 1");
   return {
     eventLog,
+    audit: new SqliteAuditStore(b.db),
     events: eventLog,
     sessions: new SqliteSessionStore(b.db),
     async ping() {

@@ -1,0 +1,198 @@
+/**
+ * The audit store on both backends (src/domain/audit.ts): the same log gives the same pages,
+ * cursors, filters, summaries, spend totals, daily spend, exports and retention on SQLite and on
+ * PostgreSQL; the filters stay on their indexes; and on PostgreSQL a first page never lets a
+ * cursor skip a row that commits late with a smaller id.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { AuditService, parseAuditQuery, type AuditStore } from "../src/domain/audit.ts";
+import { AuditRetention, PRUNE_BATCH_ROWS } from "../src/domain/retention.ts";
+import { auditExportResponse } from "../src/http/audit-export.ts";
+import { PgAuditStore } from "../src/store/pg/audit.ts";
+import { SqliteAuditStore } from "../src/store/sqlite/audit.ts";
+import { BACKENDS, openTestBackend } from "./backends.ts";
+
+const USD = 1_000_000;
+const DAY = 86_400_000;
+const T = Date.parse("2026-11-20T00:00:00Z");
+const H = 3_600_000;
+
+// id: ts, key, label, vendor, outcome, estimated, settled, ledger state
+const ROWS: [number, string | null, string | null, string, string, number, number | null, string][] = [
+  /* 1 */ [T + 1 * H, "key_a", "airflow-billing/run-1", "stripe", "forwarded", 2 * USD, 2 * USD, "settled"],
+  /* 2 */ [T + 2 * H, "key_a", "airflow-billing/run-1", "stripe", "cap_hit", 5 * USD, null, "none"],
+  /* 3 */ [T + 3 * H, "key_b", "airflow-billing/run-2", "twilio", "forwarded", USD / 2, null, "reserved"],
+  /* 4 */ [T + DAY + 1 * H, "key_b", "airflow-billing/run-2", "twilio", "forwarded", 1_250_000, 1_250_000, "settled"],
+  /* 5 */ [T + DAY + 2 * H, "key_c", "Air/1", "resend", "upstream_error", 300_000, null, "unsettled"],
+  /* 6 */ [T + DAY + 3 * H, null, null, "stripe", "invalid_key", 0, null, "none"],
+  /* 7 */ [T + 2 * DAY, "key_d", "airflow-billing0", "stripe", "forwarded", 700_000, 700_000, "settled"],
+  /* 8 */ [T + 2 * DAY + 1, "key_a", "airflow-billing/run-1", "stripe", "replayed", 0, null, "none"],
+  /* 9 */ [T + 2 * DAY + 2, "key_e", "aaa/x", "stripe", "endpoint_denied", 0, null, "none"],
+];
+// key: label, vendor, issued by
+const KEYS: [string, string, string, string | null][] = [
+  ["key_a", "airflow-billing/run-1", "stripe", "tok_1"],
+  ["key_b", "airflow-billing/run-2", "twilio", "tok_1"],
+  ["key_c", "Air/1", "resend", "tok_2"],
+  ["key_d", "airflow-billing0", "stripe", null],
+  ["key_e", "aaa/x", "stripe", null],
+];
+
+describe.each(BACKENDS)("audit store on %s", (kind) => {
+  let backend: Awaited<ReturnType<typeof openTestBackend>>;
+  let store: AuditStore;
+  let audit: AuditService;
+  /** Runs one statement with $1… parameters on either backend. */
+  let exec: (q: string, params?: unknown[]) => Promise<unknown>;
+  const ids = async (f: Record<string, string>) => (await audit.page(parseAuditQuery(f))).rows.map((r) => r.id);
+
+  beforeAll(async () => {
+    backend = await openTestBackend(kind, "audit");
+    const b = backend;
+    if (b.kind === "sqlite") {
+      store = new SqliteAuditStore(b.db);
+      exec = async (q, p = []) => b.db.sqlite.prepare(q.replace(/\$(\d+)/g, "?$1")).run(...(p as never[]));
+    } else {
+      store = new PgAuditStore(b.orm, b.sql);
+      exec = (q, p = []) => b.sql.unsafe(q, p as never[]);
+      // A linguistic collation, as most production databases have (en_US.UTF-8 …): label filters must still be code point ranges.
+      const [icu] = await b.sql`SELECT 1 FROM pg_collation WHERE collname = 'und-x-icu'`;
+      if (icu) await b.sql`ALTER TABLE audit_log ALTER COLUMN agent_run_label TYPE TEXT COLLATE "und-x-icu"`;
+    }
+    audit = new AuditService(store);
+    for (const [id, label, vendor, by] of KEYS) {
+      await exec(
+        `INSERT INTO vault_keys (id, key_hash, key_hint, vendor, daily_cap_micros, allowed_endpoints, agent_run_label, expires_at, created_at, issued_by_token_id)
+         VALUES ($1, $2, 'kb_', $3, 0, '[]', $4, 0, 0, $5)`,
+        [id, `hash_${id}`, vendor, label, by],
+      );
+    }
+    for (const r of ROWS) {
+      await exec(
+        `INSERT INTO audit_log (ts, key_id, agent_run_label, vendor, method, path, outcome, estimated_micros, settled_micros, ledger_state)
+         VALUES ($1, $2, $3, $4, 'POST', '/v1/x', $5, $6, $7, $8)`,
+        r,
+      );
+    }
+  });
+  afterAll(() => backend.close());
+
+  test.each([
+    ["no filter: every row, newest first", {}, [9, 8, 7, 6, 5, 4, 3, 2, 1]],
+    ["key_id", { key_id: "key_a" }, [8, 2, 1]],
+    ["label, exact", { label: "airflow-billing/run-1" }, [8, 2, 1]],
+    ["label prefix: not the label that merely sorts next", { label: "airflow-billing/*" }, [8, 4, 3, 2, 1]],
+    ["label prefix without a slash", { label: "airflow-billing*" }, [8, 7, 4, 3, 2, 1]],
+    ["label prefix is case-sensitive, whatever the collation", { label: "Air*" }, [5]],
+    ["label * alone: every row, unlabelled ones too", { label: "*" }, [9, 8, 7, 6, 5, 4, 3, 2, 1]],
+    ["vendor", { vendor: "twilio" }, [4, 3]],
+    ["outcome", { outcome: "forwarded" }, [7, 4, 3, 1]],
+    ["label and outcome", { label: "airflow-billing/*", outcome: "forwarded" }, [4, 3, 1]],
+    ["key and outcome", { key_id: "key_a", outcome: "cap_hit" }, [2]],
+    ["since and until: [since, until)", { since: new Date(T + DAY + H).toISOString(), until: new Date(T + 2 * DAY).toISOString() }, [6, 5, 4]],
+  ] as const)("%s", async (_name, filter, expected) => {
+    expect(await ids(filter)).toEqual([...expected]);
+  });
+
+  test("an issuer reads only the rows of the keys it issued", async () => {
+    const page = await audit.page({ ...parseAuditQuery({}), issuedBy: "tok_1" });
+    expect(page.rows.map((r) => r.id)).toEqual([8, 4, 3, 2, 1]);
+    expect((await audit.spend(T, T + 3 * DAY, undefined, "tok_2")).by_key.map((k) => k.key_id)).toEqual(["key_c"]);
+  });
+
+  test("cursors walk every row once, newest first, and stop", async () => {
+    const seen: number[] = [];
+    const cursors: (string | null)[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await audit.page(parseAuditQuery({ limit: "4", ...(cursor ? { cursor } : {}) }));
+      seen.push(...page.rows.map((r) => r.id));
+      cursors.push(page.nextCursor);
+      cursor = page.nextCursor ?? undefined;
+    } while (cursor);
+    expect(seen).toEqual([9, 8, 7, 6, 5, 4, 3, 2, 1]);
+    expect(cursors).toEqual(["6", "2", null]);
+  });
+
+  test("rows read back as stored", async () => {
+    const [row] = (await audit.page(parseAuditQuery({ key_id: "key_c" }))).rows;
+    expect(row).toEqual({
+      id: 5, ts: T + DAY + 2 * H, keyId: "key_c", agentRunLabel: "Air/1", vendor: "resend", method: "POST", path: "/v1/x", outcome: "upstream_error",
+      errorCode: null, vendorStatus: null, estimatedMicros: 300_000, settledMicros: null, ledgerState: "unsettled", spendDay: null,
+      vendorRequestId: null, vendorObjectId: null, idempotencyKey: null, latencyMs: null, replayOf: null,
+    });
+  });
+
+  test("the summary counts calls, settled and held money, refusals and cap hits of the whole filter", async () => {
+    expect(await audit.summary(parseAuditQuery({ label: "airflow-billing/*" }))).toEqual({ calls: 5, settledMicros: 3_250_000, reservedMicros: 500_000, refused: 1, capHits: 1 });
+    expect(await audit.summary(parseAuditQuery({}))).toEqual({ calls: 9, settledMicros: 3_950_000, reservedMicros: 800_000, refused: 3, capHits: 1 });
+    expect(await audit.summary(parseAuditQuery({ key_id: "nobody" }))).toEqual({ calls: 0, settledMicros: 0, reservedMicros: 0, refused: 0, capHits: 0 });
+  });
+
+  test("spend per label and per key: most settled first, ties in code point order; unknown keys left out", async () => {
+    const s = await audit.spend(T, T + 3 * DAY);
+    expect(s.by_label).toEqual([
+      { agent_run_label: "airflow-billing/run-1", spent_usd: 2, reserved_usd: 0, calls: 3, cap_hits: 1 },
+      { agent_run_label: "airflow-billing/run-2", spent_usd: 1.25, reserved_usd: 0.5, calls: 2, cap_hits: 0 },
+      { agent_run_label: "airflow-billing0", spent_usd: 0.7, reserved_usd: 0, calls: 1, cap_hits: 0 },
+      { agent_run_label: "Air/1", spent_usd: 0, reserved_usd: 0.3, calls: 1, cap_hits: 0 },
+      { agent_run_label: "aaa/x", spent_usd: 0, reserved_usd: 0, calls: 1, cap_hits: 0 },
+    ]);
+    expect(s.by_key.map((k) => [k.key_id, k.agent_run_label, k.vendor, k.spent_usd])).toEqual([
+      ["key_a", "airflow-billing/run-1", "stripe", 2],
+      ["key_b", "airflow-billing/run-2", "twilio", 1.25],
+      ["key_d", "airflow-billing0", "stripe", 0.7],
+      ["key_c", "Air/1", "resend", 0],
+      ["key_e", "aaa/x", "stripe", 0],
+    ]);
+    const window = await audit.spend(T + DAY, T + 2 * DAY, "airflow-billing/*");
+    expect([window.since, window.until, window.by_key]).toEqual([
+      "2026-11-21T00:00:00.000Z",
+      "2026-11-22T00:00:00.000Z",
+      [{ key_id: "key_b", agent_run_label: "airflow-billing/run-2", vendor: "twilio", spent_usd: 1.25, reserved_usd: 0, calls: 1, cap_hits: 0 }],
+    ]);
+  });
+
+  test("daily spend: settled micro-dollars per UTC day and label", async () => {
+    expect(await audit.dailySpend(T)).toEqual([
+      { day: "2026-11-20", label: "airflow-billing/run-1", micros: 2 * USD },
+      { day: "2026-11-21", label: "airflow-billing/run-2", micros: 1_250_000 },
+      { day: "2026-11-22", label: "airflow-billing0", micros: 700_000 },
+    ]);
+    expect(await audit.dailySpend(T + DAY, "airflow-billing/*")).toEqual([{ day: "2026-11-21", label: "airflow-billing/run-2", micros: 1_250_000 }]);
+  });
+
+  test("exports stream every matching row in batches, the same CSV on both backends", async () => {
+    const all: number[] = [];
+    for await (const r of audit.all(parseAuditQuery({ label: "airflow-billing/*", format: "csv" }))) all.push(r.id);
+    expect(all).toEqual([8, 4, 3, 2, 1]);
+    const csv = await auditExportResponse(audit.all(parseAuditQuery({ key_id: "key_b" })), "csv").text();
+    expect(csv.split("\r\n").map((l) => l.split(",").slice(0, 4).join(","))).toEqual(["id,time,key_id,agent_run_label", "4,2026-11-21T01:00:00.000Z,key_b,airflow-billing/run-2", "3,2026-11-20T03:00:00.000Z,key_b,airflow-billing/run-2", ""]);
+  });
+
+  test("retention prunes only rows older than the cutoff, in batches, with the stored answers that point at them", async () => {
+    const old = T - 1000 * DAY;
+    for (let i = 0; i < PRUNE_BATCH_ROWS + 7; i++) {
+      await exec(`INSERT INTO audit_log (ts, vendor, method, path, outcome) VALUES ($1, 'stripe', 'POST', '/v1/charges', 'forwarded')`, [old + i]);
+    }
+    const [firstOld] = (await audit.page(parseAuditQuery({ until: new Date(old + 1).toISOString() }))).rows;
+    for (const [idem, auditId] of [["old", firstOld!.id], ["new", 1]] as const) {
+      await exec(
+        `INSERT INTO idempotency_records (key_id, idem_key, request_hash, state, audit_id, reserved_micros, spend_day, updated_at, expires_at)
+         VALUES ('key_a', $1, 'h', 'completed', $2, 0, '2026-01-01', 0, 0)`,
+        [idem, auditId],
+      );
+    }
+    const retention = new AuditRetention(store, 900 * DAY, () => T);
+    expect(await retention.pruneBatch(T - 900 * DAY)).toBe(PRUNE_BATCH_ROWS); // one transaction never takes more
+    expect(await retention.run()).toBe(7);
+    expect(await retention.run()).toBe(0);
+    expect(await ids({})).toEqual([9, 8, 7, 6, 5, 4, 3, 2, 1]);
+    const left = backend.kind === "sqlite" ? backend.db.sqlite.query("SELECT idem_key FROM idempotency_records").all() : await backend.sql`SELECT idem_key FROM idempotency_records`;
+    expect([...left]).toEqual([{ idem_key: "new" }]);
+    const forever = new AuditRetention(store, null, () => T);
+    forever.start();
+    expect(await forever.run()).toBe(0);
+    await forever.stop();
+  });
+});
