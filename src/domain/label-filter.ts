@@ -5,9 +5,8 @@ import { and, eq, gte, lt, type SQL, type SQLWrapper } from "drizzle-orm";
  * (`airflow-billing/*`). A prefix is matched as the half-open range [prefix, next(prefix)),
  * where next() bumps the last code point: with SQLite's BINARY collation (UTF-8 byte order =
  * code point order) that range holds exactly the strings that start with the prefix, and it
- * is served by the (label, id) indexes. PostgreSQL compares in the database's collation, which is
- * not code point order in most locales: there pass the column as `col COLLATE "C"` (byte order)
- * and index that expression.
+ * is served by the (label, id) indexes. On PostgreSQL that holds for a column declared COLLATE "C"
+ * (code point order in UTF-8); most databases' default collation is linguistic and would not.
  */
 export function labelCondition(column: SQLWrapper, label: string): SQL | undefined {
   if (!label.endsWith("*")) return eq(column, label);

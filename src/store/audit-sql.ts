@@ -5,7 +5,7 @@ import { labelCondition } from "../domain/label-filter.ts";
 /**
  * The audit queries' SQL that both backends share (src/store/sqlite/audit.ts, src/store/pg/audit.ts):
  * what a filter matches and how money is totalled. Written in SQL both dialects read the same way;
- * each store passes its own drizzle table and says how it compares labels and outcomes.
+ * each store passes its own drizzle table and says how it narrows by outcome.
  */
 
 /** The audit_log columns these read, from either dialect's drizzle schema. */
@@ -13,6 +13,8 @@ export interface AuditColumns {
   id: Column;
   ts: Column;
   keyId: Column;
+  /** Compared in code point order on both: SQLite's BINARY, PostgreSQL's COLLATE "C" (migrations/pg/0002). */
+  agentRunLabel: Column;
   vendor: Column;
   outcome: Column;
   ledgerState: Column;
@@ -21,8 +23,6 @@ export interface AuditColumns {
 }
 
 export interface Dialect {
-  /** The label column as compared in code point order (label-filter.ts). */
-  label: Column | SQL;
   /** The outcome condition when a key or label already narrows the rows (a planner hint on SQLite). */
   narrowedOutcome: (outcome: string) => SQL;
 }
@@ -38,7 +38,7 @@ export function auditConditions(t: AuditColumns, d: Dialect, f: AuditMatch, befo
   const w: SQL[] = [];
   if (f.key_id) w.push(eq(t.keyId, f.key_id));
   if (f.issuedBy !== undefined) w.push(issuedByCondition(t, f.issuedBy));
-  const label = f.label === undefined ? undefined : labelCondition(d.label, f.label); // "*" alone: every row
+  const label = f.label === undefined ? undefined : labelCondition(t.agentRunLabel, f.label); // "*" alone: every row
   if (label) w.push(label);
   if (f.vendor) w.push(eq(t.vendor, f.vendor));
   if (f.outcome) w.push(f.key_id || f.label !== undefined ? d.narrowedOutcome(f.outcome) : eq(t.outcome, f.outcome));

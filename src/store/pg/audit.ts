@@ -6,17 +6,23 @@ import { pgSchema, type PgOrm } from "../backend.ts";
 
 const { auditLog } = pgSchema;
 
-/** Labels in code point order whatever the database's collation; migrations/pg/0002 indexes this expression. */
-const bytewiseLabel = sql`${auditLog.agentRunLabel} COLLATE "C"`;
-
 const dialect: Dialect = {
-  label: bytewiseLabel,
   // PostgreSQL's planner weighs the key/label and outcome indexes by their statistics itself.
   narrowedOutcome: (o) => eq(auditLog.outcome, o),
 };
 
-/** How long a first page waits for audit writers in flight: ledger transactions take milliseconds. */
-const WRITER_WAIT_MS = 1_000;
+/** Where the ordering keys start in the bigint advisory lock space, clear of the migrations' lock and of any small keys. */
+const ORDER_KEY_BASE = 2n ** 62n;
+/** A ledger transaction older than this is stuck (a replica cut off mid-transaction): its key no longer holds readers back. */
+const STUCK_WRITER = "10 seconds";
+
+/**
+ * The statement every ledger transaction runs first (src/ledger/pg.ts), before any audit row it
+ * inserts takes an id: a shared advisory lock on ORDER_KEY_BASE + the sequence's last id - 1, held
+ * to commit. Every id the transaction takes comes later from the sequence (CACHE 1, the default),
+ * so it is above that. Shared locks never conflict with each other: no writer waits on another.
+ */
+export const AUDIT_ORDER_LOCK = `SELECT pg_advisory_xact_lock_shared(${ORDER_KEY_BASE} + last_value - 1) FROM audit_log_id_seq`;
 
 /**
  * The audit log in PostgreSQL, shared by every replica.
@@ -24,21 +30,19 @@ const WRITER_WAIT_MS = 1_000;
  * Order across replicas. `audit_log.id` comes from an identity sequence when a row is inserted, not
  * when it commits: a ledger transaction may hold id 60 uncommitted while id 61 is committed and
  * read. Pages run newest first by id and next_cursor continues below the last id shown, so a first
- * page showing 61 and a cursor below it would never reach 60. Hence a first page (no cursor) only
- * shows ids up to a horizon below which every row is final (committed, or never to exist):
- *  1. one statement reads the highest committed id `top` (in its snapshot) and then, live, the
- *     transactions holding a ROW EXCLUSIVE lock on audit_log. Every transaction that writes
- *     audit_log takes that lock before its INSERT takes an id, and keeps it until it ends, so
- *     every transaction that could still commit an id ≤ top is in that list;
- *  2. it waits until those transactions have ended (polled in pg_locks; new ones are not waited
- *     for: their ids come from the sequence after `top`);
- *  3. it reads ids ≤ top. Rows above `top` show on the next read, above everything shown.
- * A page with a cursor is below an earlier horizon, so final: no wait. Exports start with a first
- * page, so they hold exactly the rows committed before they started (minus pruned ones).
- * The one way to see less: a writer stuck longer than WRITER_WAIT_MS (a replica cut off mid-
- * transaction, until PostgreSQL drops its connection) is no longer waited for, and a row it commits
- * later below `top` is reached by later first pages and cursors, not by the cursors handed out
- * meanwhile. Summaries and spend totals count what is committed when they run.
+ * page showing 61, and any reader that goes on from the newest id it saw, would never reach 60.
+ * Hence a first page (no cursor) shows only ids up to a horizon below which every row is final:
+ * one statement reads the highest committed id `top` (in its snapshot) and then, live from pg_locks,
+ * the smallest AUDIT_ORDER_LOCK key held. A transaction that takes ids holds its key from before
+ * its first id to its commit, so: one still in flight is seen with a key below its ids; one that
+ * took its lock after the read takes ids above `top`; one that committed in between is visible to
+ * the page query, which runs after. The horizon is min(top, smallest key): no reader waits, and
+ * rows committed while a ledger transaction with smaller ids is in flight show once it ends
+ * (milliseconds). A page with a cursor lies below an earlier horizon, so it is final too. An export
+ * starts with a first page: it holds exactly the rows committed before it started (minus pruned).
+ * The one exception: a transaction in flight longer than STUCK_WRITER is not waited for, so the
+ * log keeps moving; should it commit later, its rows are on later first pages but not below cursors
+ * handed out meanwhile. Summaries and spend totals count what is committed when they run.
  */
 export class PgAuditStore implements AuditStore {
   constructor(
@@ -46,21 +50,19 @@ export class PgAuditStore implements AuditStore {
     private readonly sql: Pg,
   ) {}
 
-  /** The highest id below which every row is final (see the class comment). */
+  /** The highest id at or below which every row is final (see the class comment). */
   async horizon(): Promise<number> {
-    const [first] = await this.sql`
+    // Advisory locks are per database but pg_locks lists the cluster's. A bigint key is listed as classid
+    // (high 32 bits) and objid (low 32 bits), objsubid 1. A session whose transaction start this role may
+    // not see counts as in flight.
+    const [h] = await this.sql`
       SELECT (SELECT coalesce(max(id), 0) FROM audit_log) AS top,
-             (SELECT string_agg(virtualtransaction, ',') FROM pg_locks
-               WHERE relation = 'audit_log'::regclass AND mode = 'RowExclusiveLock') AS writers`;
-    const deadline = Date.now() + WRITER_WAIT_MS;
-    let writers: string | null = first.writers;
-    while (writers !== null && Date.now() < deadline) {
-      await Bun.sleep(1);
-      [{ writers }] = await this.sql`
-        SELECT string_agg(virtualtransaction, ',') AS writers FROM pg_locks
-         WHERE relation = 'audit_log'::regclass AND mode = 'RowExclusiveLock' AND virtualtransaction = ANY(string_to_array(${writers}, ','))`;
-    }
-    return Number(first.top);
+             (SELECT min(((l.classid::bigint << 32) | l.objid::bigint) - ${ORDER_KEY_BASE.toString()}::bigint)
+                FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+               WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                 AND l.objsubid = 1 AND l.mode = 'ShareLock' AND l.classid::bigint >= ${Number(ORDER_KEY_BASE >> 32n)}
+                 AND coalesce(a.xact_start, now()) > now() - ${STUCK_WRITER}::interval) AS held`;
+    return h.held === null ? Number(h.top) : Math.min(Number(h.top), Number(h.held));
   }
 
   /** The page query, for the query-plan tests. */
@@ -96,13 +98,13 @@ export class PgAuditStore implements AuditStore {
         .from(auditLog)
         .where(where)
         .groupBy(auditLog.agentRunLabel)
-        .orderBy(desc(settled), asc(bytewiseLabel)),
+        .orderBy(desc(settled), asc(auditLog.agentRunLabel)),
       this.orm
         .select({ keyId: auditLog.keyId, label: auditLog.agentRunLabel, vendor: auditLog.vendor, ...cols })
         .from(auditLog)
         .where(where)
         .groupBy(auditLog.keyId, auditLog.agentRunLabel, auditLog.vendor)
-        .orderBy(desc(settled), asc(sql`${auditLog.keyId} COLLATE "C"`)),
+        .orderBy(desc(settled), asc(auditLog.keyId)),
     ]);
     return { byLabel, byKey };
   }
@@ -115,7 +117,7 @@ export class PgAuditStore implements AuditStore {
       .from(auditLog)
       .where(and(...auditConditions(auditLog, dialect, { since, label }), eq(auditLog.ledgerState, "settled")))
       .groupBy(day, runLabel)
-      .orderBy(day, sql`${runLabel} COLLATE "C"`);
+      .orderBy(day, runLabel);
   }
 
   /**

@@ -6,8 +6,6 @@ import type { AuditFilter, AuditStore, SpendWindow } from "../../domain/audit.ts
 import { auditConditions, dayNumber, moneyColumns, type Dialect } from "../audit-sql.ts";
 
 const dialect: Dialect = {
-  // SQLite's BINARY collation already compares in code point order.
-  label: auditLog.agentRunLabel,
   // With a key or a label to narrow by, SQLite would still pick the outcome index (9 outcomes,
   // ~1M "forwarded" rows) and walk it; the unary + keeps it on the key or label index instead.
   narrowedOutcome: (o) => sql`+${auditLog.outcome} = ${o}`,
