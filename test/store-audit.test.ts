@@ -15,7 +15,6 @@ import { closeBackend, openBackend, pgOrm, type Backend, type PgBackend } from "
 import { AUDIT_ORDER_LOCK, PgAuditStore } from "../src/store/pg/audit.ts";
 import { SqliteAuditStore } from "../src/store/sqlite/audit.ts";
 import { BACKENDS, openTestBackend, type BackendKind } from "./backends.ts";
-import { tempDir } from "./helpers.ts";
 import { freshDatabase } from "./pg.ts";
 
 const USD = 1_000_000;
@@ -56,7 +55,7 @@ async function openAuditBackend(kind: BackendKind, name: string): Promise<Backen
   const db = `${name}_icu_${process.pid}_${++linguistic}`;
   const admin = openPostgres(url);
   await admin.unsafe(`CREATE DATABASE ${db} LOCALE_PROVIDER icu ICU_LOCALE 'und' TEMPLATE template0`).finally(() => admin.close());
-  const b = await openBackend({ dataDir: tempDir("keybrake-audit-"), databaseUrl: url.replace(/[^/]+$/, db) });
+  const b = await openBackend({ dataDir: "", databaseUrl: url.replace(/[^/]+$/, db) }); // PostgreSQL: no data dir
   return Object.assign(b, { close: () => closeBackend(b) });
 }
 
