@@ -95,7 +95,7 @@ export async function createServices(config: Config, fetchImpl?: typeof fetch, l
     fetch: fetchImpl,
   });
   const tokens = new TokenStore(stores.tokens, config.adminToken, config.maxKeyTtlMs);
-  const retention = new AuditRetention(db.sqlite, config.auditRetentionMs, clock, (m) => logger.error(m));
+  const retention = new AuditRetention(stores.audit, config.auditRetentionMs, clock, (m) => logger.error(m));
   return {
     config,
     backend,
@@ -104,7 +104,7 @@ export async function createServices(config: Config, fetchImpl?: typeof fetch, l
     secrets,
     keys: new KeyService(db, config.maxKeyTtlMs, events),
     ledger,
-    audit: new AuditService(db),
+    audit: new AuditService(stores.audit),
     metrics,
     logger,
     events,

@@ -57,23 +57,4 @@ describe("label prefix filters on the management API", () => {
   });
 });
 
-describe("audit queries narrow by key or label before outcome", () => {
-  let kb: Running;
-  beforeAll(async () => (kb = await startKeybrake()));
-  afterAll(() => kb.stop());
-
-  // 9 outcomes over a big log: the outcome index would walk ~all "forwarded" rows to find one label's.
-  test.each([
-    [{ label: "airflow/run-1", outcome: "cap_hit" }, "audit_label"],
-    [{ label: "airflow/*", outcome: "forwarded" }, "audit_label"],
-    [{ key_id: "key_1", outcome: "cap_hit" }, "audit_key"],
-    [{ outcome: "cap_hit" }, "audit_outcome"],
-  ] as const)("%o is planned on %s", async (filter, index) => {
-    const { auditLog } = await import("../src/db/schema.ts");
-    const { desc } = await import("drizzle-orm");
-    const audit = kb.services.audit as unknown as { where(f: object): any };
-    const q = kb.services.db.orm.select().from(auditLog).where(audit.where({ limit: 100, format: "json", ...filter })).orderBy(desc(auditLog.id)).limit(101).toSQL();
-    const plan = (kb.services.db.sqlite.query(`EXPLAIN QUERY PLAN ${q.sql}`).all(...(q.params as any[])) as { detail: string }[]).map((r) => r.detail).join(" | ");
-    expect(plan).toContain(`INDEX ${index}`);
-  });
-});
+// The audit queries' use of the label, key and outcome indexes is checked per backend in test/store-audit.test.ts.

@@ -1,14 +1,12 @@
 /**
  * Operations in one process (issue 11): flags and variables, environment-managed secrets across
- * restarts, the draining signal, audit retention with a clock, the operator log's lines.
+ * restarts, the draining signal, the operator log's lines. (Audit retention: test/store-audit.test.ts.)
  */
 import { describe, expect, test } from "bun:test";
-import { Database } from "bun:sqlite";
 import { join } from "node:path";
 import { ConfigError, loadConfig, parseFlags } from "../src/config.ts";
-import { migrate, openDatabase } from "../src/db/connection.ts";
+import { openDatabase } from "../src/db/connection.ts";
 import { EventLog } from "../src/domain/events.ts";
-import { AuditRetention, PRUNE_BATCH_ROWS } from "../src/domain/retention.ts";
 import { MasterKeyMismatch } from "../src/domain/secrets.ts";
 import { createLogger } from "../src/log.ts";
 import { SqliteVendorSecretStore } from "../src/store/sqlite/secrets.ts";
@@ -132,48 +130,6 @@ describe("draining", () => {
     const r = await kb.api("GET", "/healthz", undefined, null);
     expect([r.status, r.json.status]).toEqual([503, "draining"]);
     await kb.stop();
-  });
-});
-
-describe("audit retention", () => {
-  const DAY = 86_400_000;
-  const now = Date.parse("2027-06-01T00:00:00Z");
-
-  function ledgerWithRows(oldRows: number, newRows: number) {
-    const db = new Database(join(tempDir(), "k.db"));
-    migrate(db);
-    const insert = db.prepare("INSERT INTO audit_log (ts, vendor, method, path, outcome) VALUES (?, 'stripe', 'POST', '/v1/charges', 'forwarded')");
-    db.transaction(() => {
-      for (let i = 0; i < oldRows; i++) insert.run(now - 401 * DAY + i);
-      for (let i = 0; i < newRows; i++) insert.run(now - 399 * DAY + i);
-    })();
-    // One stored answer pointing at an old row, one at a new row.
-    const repeat = db.prepare(
-      "INSERT INTO idempotency_records (key_id, idem_key, request_hash, state, audit_id, reserved_micros, spend_day, updated_at, expires_at) VALUES ('key_1', ?, 'h', 'completed', ?, 0, '2026-01-01', 0, ?)",
-    );
-    repeat.run("old", 1, now + DAY);
-    repeat.run("new", oldRows + 1, now + DAY);
-    const count = (sql: string) => (db.query(sql).get() as { n: number }).n;
-    return { db, audit: () => count("SELECT count(*) AS n FROM audit_log"), repeats: () => db.query("SELECT idem_key FROM idempotency_records").all() };
-  }
-
-  test("prunes only rows older than the retention, in batches, with the stored answers that point at them", async () => {
-    const l = ledgerWithRows(PRUNE_BATCH_ROWS * 2 + 7, 5);
-    const retention = new AuditRetention(l.db, 400 * DAY, () => now);
-    expect(retention.pruneBatch(now - 400 * DAY)).toBe(PRUNE_BATCH_ROWS); // one transaction never takes more
-    expect(await retention.run()).toBe(PRUNE_BATCH_ROWS + 7);
-    expect(l.audit()).toBe(5);
-    expect(l.repeats()).toEqual([{ idem_key: "new" }]);
-    expect(await retention.run()).toBe(0);
-  });
-
-  test("forever keeps everything", async () => {
-    const l = ledgerWithRows(10, 1);
-    const retention = new AuditRetention(l.db, null, () => now);
-    retention.start();
-    expect(await retention.run()).toBe(0);
-    expect(l.audit()).toBe(11);
-    await retention.stop();
   });
 });
 

@@ -31,17 +31,17 @@ describe("dailySeries", () => {
 describe("cumulativeSpend", () => {
   const row = (ts: number, settled: number | null, state = "settled") => ({ ts, settledMicros: settled, ledgerState: state }) as AuditRow;
 
-  test("a running total of settled calls, oldest first; refused and unsettled calls add nothing", () => {
+  test("a running total of settled calls, oldest first; refused and unsettled calls add nothing", async () => {
     const rows = [row(3000, 2_000_000), row(1000, 1_000_000), row(2000, null, "none"), row(2500, 7_000_000, "unsettled")];
-    expect(cumulativeSpend(rows)).toEqual([
+    expect(await cumulativeSpend(rows)).toEqual([
       { t: 1000, micros: 1_000_000 },
       { t: 3000, micros: 3_000_000 },
     ]);
   });
 
-  test("long runs are thinned but still end on the true total", () => {
+  test("long runs are thinned but still end on the true total", async () => {
     const rows = Array.from({ length: 1000 }, (_, i) => row(i, 1));
-    const points = cumulativeSpend(rows, 100);
+    const points = await cumulativeSpend(rows, 100);
     expect(points).toHaveLength(100);
     expect(points.at(-1)).toEqual({ t: 999, micros: 1000 });
   });

@@ -1,4 +1,4 @@
-import type { AuditEntry } from "../src/domain/audit.ts";
+import type { AuditEntry, AuditSummary } from "../src/domain/audit.ts";
 import { OUTCOMES } from "../src/domain/audit.ts";
 import type { FieldErrors } from "../src/http/admin-forms.ts";
 import { VENDORS } from "../src/vendors/types.ts";
@@ -14,14 +14,6 @@ export interface AuditFilterValues {
   outcome?: string;
   since?: string;
   until?: string;
-}
-
-export interface AuditSummary {
-  calls: number;
-  settledMicros: number;
-  reservedMicros: number;
-  refused: number;
-  capHits: number;
 }
 
 export interface AuditListData {

@@ -1,11 +1,9 @@
-import { and, desc, eq, gte, lt, sql, type SQL } from "drizzle-orm";
 import { z } from "zod";
-import type { Db } from "../db/connection.ts";
-import { auditLog, type AuditRow } from "../db/schema.ts";
+import type { AuditRow } from "../db/schema.ts";
 import { fieldIssues, validationError } from "../errors.ts";
 import { microsToUsd } from "../money.ts";
 import { VENDORS } from "../vendors/types.ts";
-import { labelCondition } from "./label-filter.ts";
+import { utcDay } from "./time.ts";
 
 export const OUTCOMES = [
   "forwarded",
@@ -44,9 +42,6 @@ export type AuditFilter = z.infer<typeof AuditQuery> & {
   /** Only rows of keys issued by this management token (an issuer reads only its own audit, SPEC §7). */
   issuedBy?: string;
 };
-
-/** Rows of keys issued by one token: a subquery on the (issued_by_token_id, id) index. */
-export const issuedByCondition = (tokenId: string): SQL => sql`${auditLog.keyId} IN (SELECT id FROM vault_keys WHERE issued_by_token_id = ${tokenId})`;
 
 export function parseAuditQuery(query: Record<string, string | undefined>): AuditFilter {
   const parsed = AuditQuery.safeParse(query);
@@ -87,63 +82,79 @@ export function presentAudit(r: AuditRow) {
 export type AuditEntry = ReturnType<typeof presentAudit>;
 export const AUDIT_COLUMNS = Object.keys(presentAudit({ ts: 0 } as AuditRow)) as (keyof AuditEntry)[];
 
-export class AuditService {
-  constructor(private readonly db: Db) {}
+/** What a filter matched, for the admin pages' summary line. */
+export interface AuditSummary {
+  calls: number;
+  settledMicros: number;
+  reservedMicros: number;
+  refused: number;
+  capHits: number;
+}
 
-  private where(f: AuditFilter, beforeId?: number): SQL | undefined {
-    const w: SQL[] = [];
-    if (f.key_id) w.push(eq(auditLog.keyId, f.key_id));
-    if (f.issuedBy !== undefined) w.push(issuedByCondition(f.issuedBy));
-    if (f.label !== undefined) w.push(labelCondition(auditLog.agentRunLabel, f.label) ?? sql`1`);
-    if (f.vendor) w.push(eq(auditLog.vendor, f.vendor));
-    if (f.outcome) {
-      // With a key or a label to narrow by, SQLite would still pick the outcome index (9 outcomes,
-      // ~1M "forwarded" rows) and walk it; the unary + keeps it on the key or label index instead.
-      w.push(f.key_id || f.label !== undefined ? sql`+${auditLog.outcome} = ${f.outcome}` : eq(auditLog.outcome, f.outcome));
-    }
-    if (f.since !== undefined) w.push(gte(auditLog.ts, f.since));
-    if (f.until !== undefined) w.push(lt(auditLog.ts, f.until));
-    if (beforeId !== undefined) w.push(lt(auditLog.id, beforeId));
-    return and(...w);
-  }
+/** One group of rows in the spend totals: settled money, money still held (in flight or of unknown outcome), calls, cap hits. */
+export interface SpendTotals {
+  settled: number;
+  reserved: number;
+  calls: number;
+  capHits: number;
+}
+
+/** Which rows the spend totals cover: [since, until), optionally one label filter and one issuer's keys. */
+export interface SpendWindow {
+  since: number;
+  until: number;
+  label?: string;
+  issuedBy?: string;
+}
+
+/**
+ * Where the audit log is read and pruned (src/store/sqlite/audit.ts, src/store/pg/audit.ts). The
+ * rows are written by the ledgers. Both order by id, newest first, and give the same rows,
+ * totals and cursors for the same log.
+ */
+export interface AuditStore {
+  /**
+   * Up to `limit` rows matching `f`, newest first, ids below `beforeId`. Without `beforeId`: the
+   * newest rows that no transaction still in flight can precede (on PostgreSQL ids are taken before
+   * commit; see PgAuditStore), so following the cursors never skips a committed row.
+   */
+  page(f: AuditFilter, beforeId: number | undefined, limit: number): Promise<AuditRow[]>;
+  summary(f: AuditFilter): Promise<AuditSummary>;
+  /** Totals per label and per key of rows with a key, most settled first (then by label / key id, in code point order). */
+  spend(w: SpendWindow): Promise<{ byLabel: (SpendTotals & { label: string | null })[]; byKey: (SpendTotals & { keyId: string | null; label: string | null; vendor: string })[] }>;
+  /** Settled micro-dollars per UTC day number (epoch ms / 86 400 000) and label, since `since`. */
+  dailySpend(since: number, label?: string): Promise<{ day: number; label: string; micros: number }[]>;
+  /** Deletes up to `limit` of the oldest rows older than `cutoff` (with the stored answers that point at them) in one short transaction; returns how many went. */
+  prune(cutoff: number, limit: number): Promise<number>;
+}
+
+/** Rows per query when a whole filter is exported. */
+const EXPORT_BATCH = 1000;
+const DAY_MS = 86_400_000;
+
+export class AuditService {
+  constructor(private readonly store: AuditStore) {}
 
   /** Newest first; next_cursor continues where this page ended. */
-  page(f: AuditFilter): { rows: AuditRow[]; nextCursor: string | null } {
-    const rows = this.db.orm
-      .select()
-      .from(auditLog)
-      .where(this.where(f, f.cursor ? Number(f.cursor) : undefined))
-      .orderBy(desc(auditLog.id))
-      .limit(f.limit + 1)
-      .all();
+  async page(f: AuditFilter): Promise<{ rows: AuditRow[]; nextCursor: string | null }> {
+    const rows = await this.store.page(f, f.cursor ? Number(f.cursor) : undefined, f.limit + 1);
     const more = rows.length > f.limit;
     if (more) rows.pop();
     return { rows, nextCursor: more ? String(rows[rows.length - 1]!.id) : null };
   }
 
   /** What a filter matched, for the admin pages' summary line: calls, settled and held money, refusals, cap hits. */
-  summary(f: AuditFilter): { calls: number; settledMicros: number; reservedMicros: number; refused: number; capHits: number } {
-    const r = this.db.orm
-      .select({
-        calls: sql<number>`count(*)`,
-        settled: sql<number>`coalesce(sum(CASE WHEN ${auditLog.ledgerState} = 'settled' THEN ${auditLog.settledMicros} END), 0)`,
-        reserved: sql<number>`coalesce(sum(CASE WHEN ${auditLog.ledgerState} IN ('reserved', 'unsettled') THEN ${auditLog.estimatedMicros} END), 0)`,
-        refused: sql<number>`coalesce(sum(${auditLog.outcome} NOT IN ('forwarded', 'replayed', 'upstream_error')), 0)`,
-        capHits: sql<number>`coalesce(sum(${auditLog.outcome} = 'cap_hit'), 0)`,
-      })
-      .from(auditLog)
-      .where(this.where(f))
-      .get();
-    return { calls: r?.calls ?? 0, settledMicros: r?.settled ?? 0, reservedMicros: r?.reserved ?? 0, refused: r?.refused ?? 0, capHits: r?.capHits ?? 0 };
+  summary(f: AuditFilter): Promise<AuditSummary> {
+    return this.store.summary(f);
   }
 
   /** Every matching row, in batches, for CSV/JSONL export without holding the log in memory. */
-  *all(f: AuditFilter): Generator<AuditRow> {
+  async *all(f: AuditFilter): AsyncGenerator<AuditRow> {
     let before: number | undefined = f.cursor ? Number(f.cursor) : undefined;
     for (;;) {
-      const rows = this.db.orm.select().from(auditLog).where(this.where(f, before)).orderBy(desc(auditLog.id)).limit(1000).all();
+      const rows = await this.store.page(f, before, EXPORT_BATCH);
       yield* rows;
-      if (rows.length < 1000) return;
+      if (rows.length < EXPORT_BATCH) return;
       before = rows[rows.length - 1]!.id;
     }
   }
@@ -152,39 +163,9 @@ export class AuditService {
    * Spend per label and per key over [since, until): settled money, money
    * still reserved (in flight or of unknown outcome), calls and cap hits.
    */
-  spend(since: number, until: number, label?: string, issuedBy?: string) {
-    const w = and(
-      gte(auditLog.ts, since),
-      lt(auditLog.ts, until),
-      label === undefined ? undefined : labelCondition(auditLog.agentRunLabel, label),
-      issuedBy === undefined ? undefined : issuedByCondition(issuedBy),
-    );
-    const cols = {
-      settled: sql<number>`coalesce(sum(CASE WHEN ${auditLog.ledgerState} = 'settled' THEN ${auditLog.settledMicros} END), 0)`,
-      reserved: sql<number>`coalesce(sum(CASE WHEN ${auditLog.ledgerState} IN ('reserved', 'unsettled') THEN ${auditLog.estimatedMicros} END), 0)`,
-      calls: sql<number>`count(*)`,
-      capHits: sql<number>`sum(${auditLog.outcome} = 'cap_hit')`,
-    };
-    const byLabel = this.db.orm
-      .select({ label: auditLog.agentRunLabel, ...cols })
-      .from(auditLog)
-      .where(and(w, sql`${auditLog.keyId} IS NOT NULL`))
-      .groupBy(auditLog.agentRunLabel)
-      .orderBy(desc(cols.settled))
-      .all();
-    const byKey = this.db.orm
-      .select({ keyId: auditLog.keyId, label: auditLog.agentRunLabel, vendor: auditLog.vendor, ...cols })
-      .from(auditLog)
-      .where(and(w, sql`${auditLog.keyId} IS NOT NULL`))
-      .groupBy(auditLog.keyId)
-      .orderBy(desc(cols.settled))
-      .all();
-    const money = (r: { settled: number; reserved: number; calls: number; capHits: number }) => ({
-      spent_usd: microsToUsd(r.settled),
-      reserved_usd: microsToUsd(r.reserved),
-      calls: r.calls,
-      cap_hits: r.capHits ?? 0,
-    });
+  async spend(since: number, until: number, label?: string, issuedBy?: string) {
+    const { byLabel, byKey } = await this.store.spend({ since, until, label, issuedBy });
+    const money = (r: SpendTotals) => ({ spent_usd: microsToUsd(r.settled), reserved_usd: microsToUsd(r.reserved), calls: r.calls, cap_hits: r.capHits });
     return {
       since: new Date(since).toISOString(),
       until: new Date(until).toISOString(),
@@ -194,18 +175,8 @@ export class AuditService {
   }
 
   /** Settled spend per UTC day and label, for the admin chart. */
-  dailySpend(since: number, label?: string): { day: string; label: string; micros: number }[] {
-    return this.db.orm
-      .select({
-        day: sql<string>`strftime('%Y-%m-%d', ${auditLog.ts} / 1000, 'unixepoch')`,
-        label: sql<string>`coalesce(${auditLog.agentRunLabel}, '')`,
-        micros: sql<number>`coalesce(sum(${auditLog.settledMicros}), 0)`,
-      })
-      .from(auditLog)
-      .where(and(gte(auditLog.ts, since), eq(auditLog.ledgerState, "settled"), label === undefined ? undefined : labelCondition(auditLog.agentRunLabel, label)))
-      .groupBy(sql`1`, sql`2`)
-      .orderBy(sql`1`)
-      .all();
+  async dailySpend(since: number, label?: string): Promise<{ day: string; label: string; micros: number }[]> {
+    return (await this.store.dailySpend(since, label)).map((r) => ({ ...r, day: utcDay(r.day * DAY_MS) }));
   }
 }
 

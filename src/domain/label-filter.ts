@@ -1,14 +1,14 @@
-import { and, eq, gte, lt, type SQL } from "drizzle-orm";
-import type { SQLiteColumn } from "drizzle-orm/sqlite-core";
+import { and, eq, gte, lt, type SQL, type SQLWrapper } from "drizzle-orm";
 
 /**
  * A `label` filter as SPEC §2 defines it: exact, or a prefix match when it ends in `*`
  * (`airflow-billing/*`). A prefix is matched as the half-open range [prefix, next(prefix)),
  * where next() bumps the last code point: with SQLite's BINARY collation (UTF-8 byte order =
  * code point order) that range holds exactly the strings that start with the prefix, and it
- * is served by the (label, id) indexes.
+ * is served by the (label, id) indexes. On PostgreSQL that holds for a column declared COLLATE "C"
+ * (code point order in UTF-8); most databases' default collation is linguistic and would not.
  */
-export function labelCondition(column: SQLiteColumn, label: string): SQL | undefined {
+export function labelCondition(column: SQLWrapper, label: string): SQL | undefined {
   if (!label.endsWith("*")) return eq(column, label);
   const prefix = label.slice(0, -1);
   if (prefix === "") return undefined; // "*" alone: every label

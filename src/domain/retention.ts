@@ -1,4 +1,4 @@
-import type { Database, Statement } from "bun:sqlite";
+import type { AuditStore } from "./audit.ts";
 
 /** Rows deleted per transaction: small enough that the ledger's group commit never waits long for the write lock. */
 export const PRUNE_BATCH_ROWS = 500;
@@ -6,9 +6,10 @@ const HOUR_MS = 3_600_000;
 
 /**
  * KEYBRAKE_AUDIT_RETENTION (SPEC §9): audit rows older than the retention are deleted in the
- * background, right after start and then hourly. Each batch is its own short IMMEDIATE
- * transaction on the shared connection, and the loop yields to the event loop between batches,
- * so proxied calls keep committing while a large backlog drains.
+ * background, right after start and then hourly. Each batch is its own short transaction (on
+ * SQLite an IMMEDIATE one on the shared connection), and the loop yields to the event loop between
+ * batches, so proxied calls keep committing while a large backlog drains. Replicas sharing one
+ * PostgreSQL database each run this; their batches never take the same rows (src/store/pg/audit.ts).
  *
  * Idempotency records point at the audit row of the attempt that reserved; a record whose row is
  * pruned goes with it in the same transaction, so no record ever points at a missing row. (They
@@ -16,26 +17,17 @@ const HOUR_MS = 3_600_000;
  * Events (the operator trail) are not audit rows and are kept.
  */
 export class AuditRetention {
-  private readonly oldest: Statement<{ id: number }, [number, number]>;
-  private readonly dropRepeats: Statement;
-  private readonly dropRows: Statement;
   private timer: ReturnType<typeof setInterval> | null = null;
   private running: Promise<number> | null = null;
   private stopped = false;
 
   constructor(
-    private readonly sqlite: Database,
+    private readonly store: Pick<AuditStore, "prune">,
     /** null: keep forever. */
     private readonly retentionMs: number | null,
     private readonly clock: () => number = Date.now,
     private readonly onError: (message: string) => void = () => {},
-  ) {
-    // Oldest first through the audit_ts index: a batch reads only the rows it deletes, however large the backlog.
-    this.oldest = sqlite.prepare("SELECT id FROM audit_log WHERE ts < ? ORDER BY ts LIMIT ?");
-    // Ids travel as one JSON array; idempotency_audit (migration 0006) keeps the first delete to index lookups.
-    this.dropRepeats = sqlite.prepare("DELETE FROM idempotency_records WHERE audit_id IN (SELECT value FROM json_each(?))");
-    this.dropRows = sqlite.prepare("DELETE FROM audit_log WHERE id IN (SELECT value FROM json_each(?))");
-  }
+  ) {}
 
   /** Prunes now and then every hour until stop(). */
   start(): void {
@@ -61,23 +53,15 @@ export class AuditRetention {
   }
 
   /** Deletes one batch older than `cutoff`; returns how many audit rows went. */
-  pruneBatch(cutoff: number): number {
-    return this.sqlite
-      .transaction(() => {
-        const ids = this.oldest.all(cutoff, PRUNE_BATCH_ROWS);
-        if (ids.length === 0) return 0;
-        const list = JSON.stringify(ids.map((r) => r.id));
-        this.dropRepeats.run(list);
-        return this.dropRows.run(list).changes;
-      })
-      .immediate();
+  pruneBatch(cutoff: number): Promise<number> {
+    return this.store.prune(cutoff, PRUNE_BATCH_ROWS);
   }
 
   private async pass(cutoff: number): Promise<number> {
     let total = 0;
     try {
       while (!this.stopped) {
-        const n = this.pruneBatch(cutoff);
+        const n = await this.pruneBatch(cutoff);
         total += n;
         if (n < PRUNE_BATCH_ROWS) break;
         await new Promise((resolve) => setImmediate(resolve)); // let queued proxy commits run

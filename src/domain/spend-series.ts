@@ -49,9 +49,9 @@ export function dailySeries(points: readonly { day: string; label: string; micro
  * are thinned to at most `maxPoints` (keeping the last point of each stretch),
  * which a chart cannot tell apart from every call.
  */
-export function cumulativeSpend(rows: Iterable<AuditRow>, maxPoints = 400): { t: number; micros: number }[] {
+export async function cumulativeSpend(rows: AsyncIterable<AuditRow> | Iterable<AuditRow>, maxPoints = 400): Promise<{ t: number; micros: number }[]> {
   const settled: { t: number; m: number }[] = [];
-  for (const r of rows) if (r.ledgerState === "settled" && r.settledMicros) settled.push({ t: r.ts, m: r.settledMicros });
+  for await (const r of rows) if (r.ledgerState === "settled" && r.settledMicros) settled.push({ t: r.ts, m: r.settledMicros });
   settled.sort((a, b) => a.t - b.t);
   let total = 0;
   const points = settled.map((p) => ({ t: p.t, micros: (total += p.m) }));

@@ -267,7 +267,7 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
         async ({ request }) => {
           const a = auditFilter(request, { format: "csv" });
           if (!a.filter) return new Response(Object.values(a.errors).join("\n"), { status: 400, headers: { "content-type": "text/plain; charset=utf-8" } });
-          return auditExportResponse(await s.audit.all(a.filter), "csv");
+          return auditExportResponse(s.audit.all(a.filter), "csv");
         },
         { session: true },
       )
@@ -295,7 +295,7 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
           const days = SPEND_WINDOWS.find((d) => String(d) === q.days) ?? DEFAULT_SPEND_DAYS;
           const now = Date.now();
           const since = Date.parse(utcDay(now - (days - 1) * 86_400_000) + "T00:00:00Z");
-          const runPoints = label === undefined ? undefined : cumulativeSpend(await s.audit.all(parseAuditQuery({ label, since: new Date(since).toISOString() })));
+          const runPoints = label === undefined ? undefined : await cumulativeSpend(s.audit.all(parseAuditQuery({ label, since: new Date(since).toISOString() })));
           const run = label === undefined ? undefined : (await listRuns(s.db, { label, limit: label.endsWith("*") ? 1000 : 1 }, now)).runs;
           const runCap = run?.length
             ? run.every((r) => r.total_cap_usd !== null)

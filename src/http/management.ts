@@ -123,7 +123,7 @@ export function managementRoutes(s: Services, proxyBaseUrl: () => string) {
         const { rows, nextCursor } = await s.audit.page(f);
         return { data: rows.map(presentAudit), next_cursor: nextCursor };
       }
-      return auditExportResponse(await s.audit.all(f), f.format);
+      return auditExportResponse(s.audit.all(f), f.format);
     })
     .get("/vault/spend", async ({ request }) => {
       const by = await authorize(s, request, KEY_READERS);

@@ -6,6 +6,7 @@ import { remainingMicros } from "../domain/keys.ts";
 import { utcDay } from "../domain/time.ts";
 import type { PricedObject } from "../vendors/types.ts";
 import type { PgCapAlerts } from "./pg-alerts.ts";
+import { AUDIT_ORDER_LOCK } from "../store/pg/audit.ts";
 import { LedgerUnavailable, type SpendLedger } from "./types.ts";
 
 /**
@@ -131,10 +132,20 @@ export class PgLedger implements SpendLedger {
     group.forEach((w, i) => w.resolve(results[i]));
   }
 
-  /** Runs `work` in one transaction; a lost database becomes LedgerUnavailable (nothing of it committed, or the commit's fate is the database's). */
+  /**
+   * Runs `work` in one transaction; a lost database becomes LedgerUnavailable (nothing of it committed, or the commit's fate is the database's).
+   * First, before any audit row takes an id, the transaction publishes a bound below its ids: readers of the audit log
+   * trust only ids below every bound held (AUDIT_ORDER_LOCK, src/store/pg/audit.ts).
+   */
   private async tx<T>(work: (tx: Tx) => Promise<T>): Promise<T> {
     try {
-      return (await this.sql.begin(work as (tx: SQL) => Promise<T>)) as T;
+      return (await this.sql.begin(async (tx) => {
+        const ordered = tx.unsafe(AUDIT_ORDER_LOCK).then(() => undefined); // sent now, so it runs before the work's statements
+        ordered.catch(() => {}); // awaited below; a failure of the work first must not leave it unhandled
+        const out = await work(tx);
+        await ordered;
+        return out;
+      })) as T;
     } catch (e) {
       if (isUnreachable(e)) throw new LedgerUnavailable(e);
       throw e;

@@ -1,4 +1,5 @@
 import type { SessionStore } from "../domain/admin-sessions.ts";
+import type { AuditStore } from "../domain/audit.ts";
 import type { SecretBox } from "../domain/crypto.ts";
 import type { EventReader } from "../domain/events.ts";
 import type { VendorSecretStorage } from "../domain/secrets.ts";
@@ -13,6 +14,7 @@ import { sqliteStores } from "./sqlite/index.ts";
  * are built from these in src/services.ts and never see which backend runs.
  */
 export interface Stores {
+  audit: AuditStore;
   events: EventReader;
   sessions: SessionStore;
   tokens: TokenStorage;

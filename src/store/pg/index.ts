@@ -1,5 +1,6 @@
 import type { PgBackend } from "../backend.ts";
 import type { StoreDeps, Stores } from "../index.ts";
+import { PgAuditStore } from "./audit.ts";
 import { PgEventLog } from "./events.ts";
 import { PgVendorSecretStore } from "./secrets.ts";
 import { PgSessionStore } from "./sessions.ts";
@@ -10,6 +11,7 @@ export function pgStores(b: PgBackend, deps: StoreDeps): Stores & { eventLog: Pg
   const eventLog = new PgEventLog(b.orm, deps.logger);
   return {
     eventLog,
+    audit: new PgAuditStore(b.orm, b.sql),
     events: eventLog,
     sessions: new PgSessionStore(b.orm),
     tokens: new PgTokenStore(b.orm, eventLog),

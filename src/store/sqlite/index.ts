@@ -1,6 +1,7 @@
 import { EventLog } from "../../domain/events.ts";
 import type { SqliteBackend } from "../backend.ts";
 import type { StoreDeps, Stores } from "../index.ts";
+import { SqliteAuditStore } from "./audit.ts";
 import { SqliteVendorSecretStore } from "./secrets.ts";
 import { SqliteSessionStore } from "./sessions.ts";
 import { SqliteTokenStore } from "./tokens.ts";
@@ -11,6 +12,7 @@ export function sqliteStores(b: SqliteBackend, deps: StoreDeps): Stores & { even
   const ping = b.db.sqlite.prepare("SELECT 1");
   return {
     eventLog,
+    audit: new SqliteAuditStore(b.db),
     events: eventLog,
     sessions: new SqliteSessionStore(b.db),
     tokens: new SqliteTokenStore(b.db, eventLog),
