@@ -27,6 +27,7 @@ test("a commit that reserves money is synced (FULL); settlements and refusals ar
     const key = await stack.kb.issueKey(seedKeyBody({ daily_usd_cap: 100 }));
     const ok = await proxied(stack.kb.url, key.vault_key, "POST", "/v1/payment_intents", { amount: "2900", currency: "usd" });
     expect(ok.status).toBe(200);
+    await stack.kb.services.forwarder.settled(); // its settlement commits after the answer, in a batch of its own here
     const unknown = await proxied(stack.kb.url, "vk_nope", "POST", "/v1/payment_intents", { amount: "2900", currency: "usd" });
     expect(unknown.status).toBe(401);
   } finally {

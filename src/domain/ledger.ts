@@ -20,8 +20,9 @@ import type { SpendLedger } from "../ledger/types.ts";
  * arrive in one event-loop turn share one IMMEDIATE transaction, each in its
  * own savepoint. Each still runs in order against the state the ones before it
  * left, under the write lock, so the cap logic is exactly that of one call per
- * transaction; a call's reservation is committed before it is forwarded, and
- * its settlement before its answer is returned.
+ * transaction; a call's reservation is committed before it is forwarded; its
+ * settlement is queued before its answer is returned and commits in the next
+ * group commit (Forwarder.afterAnswer in src/proxy/forward.ts says why that is safe).
  *
  * This file uses bun:sqlite prepared statements directly: it is the hot path
  * and every write must be a handful of indexed statements.

@@ -63,9 +63,35 @@ export class Forwarder {
   private readonly fetchUpstream: typeof fetch;
   private readonly allowlists = new Map<string, EndpointRule[]>(); // allowlists never change after issue
   private readonly deadlines = new Deadlines();
+  /** Settlements committing after their answer was returned (see `afterAnswer`). */
+  private readonly settling = new Set<Promise<void>>();
 
   constructor(private readonly deps: ForwarderDeps) {
     this.fetchUpstream = deps.fetch ?? fetch;
+  }
+
+  /** Resolves once every settlement begun so far has committed (or failed and been logged): shutdown and tests wait on it. */
+  async settled(): Promise<void> {
+    while (this.settling.size > 0) await Promise.all(this.settling);
+  }
+
+  /**
+   * A call's settlement commits in the ledger's next group commit, after its answer is on its way
+   * (issue 15): the commit is off the answer's critical path. Why that keeps every guarantee:
+   * - The money: the reservation committed before forwarding. A settlement lost to a crash leaves
+   *   it held and the audit row `reserved` — more held than spent, never the other way round, so
+   *   settled + reserved ≤ cap still holds, and what the vendor executed is still counted.
+   * - Repeats: until the settlement commits, the call's idempotency record says in flight, so a
+   *   replay that arrives first (in this process or any other) waits for it, exactly as for a call
+   *   whose vendor has not answered yet; then it gets the stored answer. In this process the
+   *   settlement is queued before the answer leaves, so a later admission is ordered after it.
+   * - A settlement that fails (ledger unreachable) is logged; its reservation stays held, as after a crash.
+   */
+  private afterAnswer(write: Promise<void>): void {
+    const p: Promise<void> = write
+      .catch((err) => this.deps.logger.error(`proxy: settlement not committed, the reservation stays held: ${(err as Error).message}`))
+      .finally(() => this.settling.delete(p));
+    this.settling.add(p);
   }
 
   /** `prefixVendor` is the vendor named by a /{vendor} prefix (null when the SDK cannot add one); `rawPath` follows it. */
@@ -383,7 +409,7 @@ export class Forwarder {
       const timedOut = (err as Error).name === "TimeoutError";
       const code = timedOut ? "upstream_timeout" : "upstream_unreachable";
       const latencyMs = performance.now() - started;
-      await ledger.keepUnsettled(reservation, { vendorStatus: null, actualMicros: 0, vendorRequestId: null, vendorObjectId: null, latencyMs }, code);
+      this.afterAnswer(ledger.keepUnsettled(reservation, { vendorStatus: null, actualMicros: 0, vendorRequestId: null, vendorObjectId: null, latencyMs }, code));
       metrics.countRequest(adapter.name, "upstream_error");
       Object.assign(state, { outcome: "upstream_error", errorCode: code, costMicros: reservation.micros });
       const res = this.refusalResponse(adapter, timedOut ? 504 : 502, code, timedOut ? `${adapter.name} did not answer in time; the call may have gone through.` : `Lost the connection to ${adapter.name}; the call may have gone through.`);
@@ -422,18 +448,18 @@ export class Forwarder {
     if (upstream.ok) {
       cost = adapter.settle(reservation.micros, { status: upstream.status, headers: upstream.headers, json }, ctx);
       const objectId = record ? (record.objectId ?? facts.vendorObjectId) : null;
-      await ledger.settle(reservation, { ...facts, actualMicros: cost }, answer, record && objectId ? { ...record, objectId } : null);
+      this.afterAnswer(ledger.settle(reservation, { ...facts, actualMicros: cost }, answer, record && objectId ? { ...record, objectId } : null));
       remaining = Math.max(0, remaining + reservation.micros - cost);
       metrics.addSpend(adapter.name, cost);
       metrics.countRequest(adapter.name, "forwarded");
     } else if (upstream.status < 500) {
       cost = 0; // the vendor refused: no money moved
-      await ledger.release(reservation, { ...facts, actualMicros: 0 }, answer);
+      this.afterAnswer(ledger.release(reservation, { ...facts, actualMicros: 0 }, answer));
       remaining += reservation.micros;
       metrics.countRequest(adapter.name, "forwarded");
     } else {
       cost = reservation.micros; // outcome unknown: keep the reservation
-      await ledger.keepUnsettled(reservation, { ...facts, actualMicros: 0 }, "upstream_5xx");
+      this.afterAnswer(ledger.keepUnsettled(reservation, { ...facts, actualMicros: 0 }, "upstream_5xx"));
       metrics.countRequest(adapter.name, "upstream_error");
       Object.assign(state, { outcome: "upstream_error", errorCode: "upstream_5xx" });
     }
