@@ -86,8 +86,8 @@ export class Forwarder {
    *   settled + reserved ≤ cap still holds, and what the vendor executed is still counted.
    * - Repeats: until the settlement commits, the call's idempotency record says in flight, so a
    *   replay that arrives first (in this process or any other) waits for it, exactly as for a call
-   *   whose vendor has not answered yet; then it gets the stored answer. In this process the
-   *   settlement is queued before the answer leaves, so a later admission is ordered after it.
+   *   whose vendor has not answered yet; then it gets the stored answer. (On SQLite the settlement
+   *   is queued before the answer leaves, so a later admission in this process is ordered after it.)
    * - A settlement that fails (ledger unreachable) is logged; its reservation stays held, as after a crash.
    */
   private afterAnswer(write: Promise<void>): void {
