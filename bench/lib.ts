@@ -318,3 +318,13 @@ export function seedAuditRows(dbFile: string, rows: number): number {
   return (performance.now() - t0) / 1000;
 }
 
+/** One wrk run of bench/pi.lua ($29 PaymentIntents) against `url`, on the load core. */
+export async function wrk(url: string, conns: number, seconds: number, key: string) {
+  const cmd = ["wrk", "-t1", `-c${conns}`, `-d${seconds}s`, "--timeout", "5s", "-s", join(ROOT, "bench", "pi.lua"), `${url}/v1/payment_intents`, "--", key];
+  const { stdout } = await runBounded(cmd, (seconds + 20) * 1000);
+  const line = stdout.split("\n").find((l) => l.startsWith("WRK_RESULT "));
+  if (!line) throw new Error(`wrk failed: ${stdout}`);
+  const f = Object.fromEntries(line.slice(11).trim().split(" ").map((kv) => kv.split("=") as [string, string]));
+  const n = (k: string) => Number(f[k]);
+  return { requests: n("requests"), ok2xx: n("ok2xx"), non2xx: n("non2xx"), errors: n("connect") + n("read") + n("write") + n("timeout"), rps: n("requests") / (n("duration_us") / 1e6), p50: n("p50_us"), p99: n("p99_us") };
+}

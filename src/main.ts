@@ -97,8 +97,8 @@ function handleShutdown(app: ReturnType<typeof createApp>, services: Services, l
       logger.info(`shutdown grace over: cutting ${server.pendingRequests} call(s); their reservations stay unsettled`);
       await server.stop(true);
     }
-    // Ledger writes queued in this turn commit on the next one (group commit): let them run.
-    await new Promise((resolve) => setImmediate(resolve));
+    // Answered calls' settlements commit after their answers (group commit): let them run.
+    await services.forwarder.settled();
     // Deliveries not yet sent stay queued in the outbox for the next start.
     await services.close();
     logger.info(finished ? "stopped: every call in flight finished and settled" : "stopped");

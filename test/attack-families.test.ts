@@ -30,11 +30,12 @@ async function raw(vaultKey: string, method: string, path: string, body: string 
 }
 
 /** The invariant, over every key issued in a test: what the vendor moved ≤ what Keybrake counted. */
-function moneyHolds(...keyIds: string[]) {
-  const counted = keyIds.reduce((sum, id) => {
-    const l = ledgerOf(stack.kb, id);
-    return sum + l.spent + l.reserved;
-  }, 0);
+async function moneyHolds(...keyIds: string[]) {
+  let counted = 0;
+  for (const id of keyIds) {
+    const l = await ledgerOf(stack.kb, id);
+    counted += l.spent + l.reserved;
+  }
   expect(stack.fake.movedUsdMicros()).toBeLessThanOrEqual(counted);
 }
 
@@ -70,7 +71,7 @@ describe("1. two parsers disagree", () => {
       const r = await raw(key.vault_key, "POST", `/v1/payment_intents${query}`, body, { "content-type": FORM, ...headers });
       expectAmbiguous(r, says);
       expect(stack.fake.calls).toHaveLength(0);
-      moneyHolds(key.key_id);
+      await moneyHolds(key.key_id);
     });
   }
 
@@ -80,7 +81,7 @@ describe("1. two parsers disagree", () => {
     expect(r.status).toBe(200);
     expect(r.headers.get("x-keybrake-cost-usd")).toBe("1.000000");
     expect(stack.fake.calls[0]!.body).toBe("amount=0100&currency=USD&metadata[note]=a%20b%26c");
-    moneyHolds(key.key_id);
+    await moneyHolds(key.key_id);
   });
 });
 
@@ -96,7 +97,7 @@ describe("2. money moved later, on an existing object", () => {
     expect(confirm.status).toBe(200);
     expect(confirm.headers.get("x-keybrake-cost-usd")).toBe("0.000000");
     expect(stack.fake.movedUsdMicros()).toBe(1_000_000_000);
-    moneyHolds(key.key_id);
+    await moneyHolds(key.key_id);
   });
 
   test("an object id seen in a GET (or made by another key, or outside Keybrake) is priced from Stripe, not free", async () => {
@@ -115,7 +116,7 @@ describe("2. money moved later, on an existing object", () => {
     const capture = await proxied(stack.kb.url, key.vault_key, "POST", `/v1/payment_intents/${outside.id}/capture`, {});
     expect(capture.headers.get("x-keybrake-cost-usd")).toBe("0.000000"); // this key has now paid for it
     expect(fake.calls.filter((c) => c.method === "GET" && c.path === `/v1/payment_intents/${outside.id}`)).toHaveLength(2);
-    moneyHolds(key.key_id);
+    await moneyHolds(key.key_id);
 
     const other = await stripeKey({ allowed_endpoints: ["POST /v1/payment_intents/*/capture"] });
     const again = await proxied(stack.kb.url, other.vault_key, "POST", `/v1/payment_intents/${outside.id}/capture`, {});
@@ -131,7 +132,7 @@ describe("2. money moved later, on an existing object", () => {
     expect(refund.headers.get("x-keybrake-cost-usd")).toBe("3.250000"); // 1.000 KWD, not $10.00
     const sneaky = await proxied(stack.kb.url, key.vault_key, "POST", "/v1/refunds", { charge: charge.json.id, amount: "1000", currency: "idr" });
     expect(sneaky.status).toBe(400);
-    moneyHolds(key.key_id);
+    await moneyHolds(key.key_id);
   });
 });
 
@@ -154,7 +155,7 @@ describe("3. free writes that turn into money", () => {
     expect(quiet.headers.get("x-keybrake-cost-usd")).toBe("0.000000"); // looked up: it does not auto-advance
     const pay = await proxied(stack.kb.url, key.vault_key, "POST", `/v1/invoices/${manual.json.id}/pay`, {});
     expect(pay.headers.get("x-keybrake-cost-usd")).toBe("54.000000"); // EUR 50.00 as Stripe has it now
-    moneyHolds(key.key_id);
+    await moneyHolds(key.key_id);
   });
 
   test("legacy /v1/customers/{id}/subscriptions and Resend broadcasts that send are refused, even with allow_unpriced", async () => {
@@ -178,7 +179,7 @@ describe("3. free writes that turn into money", () => {
     const send = await raw(mail.vault_key, "POST", `/broadcasts/${draft.json.id}/send`, undefined);
     expect(send.status).toBe(403);
     expect(stack.fake.moved).toEqual([]);
-    moneyHolds(key.key_id, mail.key_id);
+    await moneyHolds(key.key_id, mail.key_id);
   });
 });
 
@@ -209,7 +210,7 @@ describe("4. Twilio priced by destination", () => {
         expect(res.status).toBe(201);
         expect(res.headers.get("x-keybrake-cost-usd")).toBe(expected);
       }
-      moneyHolds(key.key_id);
+      await moneyHolds(key.key_id);
     });
   }
 });
@@ -362,7 +363,7 @@ describe("9. doors found in review: credentials, other routes to money, spelling
       expect(res.status).toBe(status);
       expect(res.headers.get("x-keybrake-error")).toBe(code);
       expect(stack.fake.calls).toHaveLength(0);
-      moneyHolds(key.key_id);
+      await moneyHolds(key.key_id);
     });
   }
 
@@ -376,7 +377,7 @@ describe("9. doors found in review: credentials, other routes to money, spelling
     expect(res.status).toBe(400); // Twilio's own answer: no such template (Keybrake forwarded it, priced)
     const rows = (await stack.kb.api("GET", `/vault/audit?key_id=${key.key_id}`)).json.data;
     expect(rows.map((r: any) => [r.outcome, r.estimated_cost_usd])).toEqual([["forwarded", 0.4067]]); // 49 segments at $0.0083
-    moneyHolds(key.key_id);
+    await moneyHolds(key.key_id);
   });
 
   test("an overcapture is priced at what it asks, beyond the PaymentIntent's amount", async () => {
@@ -387,7 +388,7 @@ describe("9. doors found in review: credentials, other routes to money, spelling
     const rows = (await stack.kb.api("GET", `/vault/audit?key_id=${key.key_id}`)).json.data;
     expect(rows[0].path).toEndWith("/capture");
     expect(rows[0].estimated_cost_usd).toBe(40); // $50 asked − the $10 this key already counted
-    moneyHolds(key.key_id);
+    await moneyHolds(key.key_id);
   });
 
   test("an Idempotency-Key sent again to another connected account is never carried over to it", async () => {
@@ -399,6 +400,6 @@ describe("9. doors found in review: credentials, other routes to money, spelling
     expect(second.status).toBe(400);
     expect(second.headers.get("x-keybrake-error")).toBe("idempotency_key_mismatch");
     expect(stack.fake.calls).toHaveLength(1);
-    moneyHolds(key.key_id);
+    await moneyHolds(key.key_id);
   });
 });

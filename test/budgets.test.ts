@@ -16,8 +16,9 @@ const freshPrefix = () => `kestra-${++runNo}-${Date.now()}/`;
 
 const pi = (stripe: Stripe, cents = 2900) => stripe.paymentIntents.create({ amount: cents, currency: "usd" });
 
-/** Settled and reserved micros of a budget today, straight from the ledger. */
-function budgetLedger(budgetId: string) {
+/** Settled and reserved micros of a budget today, straight from the ledger, once the calls answered so far have settled. */
+async function budgetLedger(budgetId: string) {
+  await stack.kb.services.forwarder.settled();
   const row = stack.kb.services.db.sqlite
     .query("SELECT COALESCE(sum(spent_micros), 0) AS spent, COALESCE(sum(reserved_micros), 0) AS reserved FROM budget_spend_days WHERE budget_id = ?")
     .get(budgetId) as { spent: number; reserved: number };
@@ -154,10 +155,10 @@ describe("admission: a call must fit its key and every budget over its label", (
     stack.fake.nextBehaviors.push({ kind: "status", status: 402 });
     const declined = await proxied(stack.kb.url, key.vault_key, "POST", "/v1/payment_intents", { amount: "2900", currency: "usd" });
     expect(declined.status).toBe(402);
-    expect(budgetLedger(b.budget_id)).toEqual({ spent: 29_000_000, reserved: 0 });
+    expect(await budgetLedger(b.budget_id)).toEqual({ spent: 29_000_000, reserved: 0 });
     stack.fake.nextBehaviors.push({ kind: "status", status: 500 });
     await proxied(stack.kb.url, key.vault_key, "POST", "/v1/payment_intents", { amount: "2900", currency: "usd" });
-    expect(budgetLedger(b.budget_id)).toEqual({ spent: 29_000_000, reserved: 29_000_000 }); // outcome unknown: kept
+    expect(await budgetLedger(b.budget_id)).toEqual({ spent: 29_000_000, reserved: 29_000_000 }); // outcome unknown: kept
   });
 });
 
@@ -179,7 +180,8 @@ describe("zero overshoot for budgets", () => {
         expect(r.reason.headers["x-keybrake-cap-scope"]).toBe("budget");
       }
     }
-    expect(budgetLedger(budget.budget_id)).toEqual({ spent: 493_000_000, reserved: 0 });
+    expect(await budgetLedger(budget.budget_id)).toEqual({ spent: 493_000_000, reserved: 0 });
+    await kb.services.forwarder.settled();
     const keySpent = kb.services.db.sqlite.query(`SELECT sum(spent_micros) AS s, sum(reserved_micros) AS r FROM key_spend_days WHERE key_id IN (${keys.map(() => "?").join(",")})`).get(...keys.map((k) => k.key_id)) as { s: number; r: number };
     expect(keySpent).toEqual({ s: 493_000_000, r: 0 });
     expect((await kb.api("GET", `/budgets/${budget.budget_id}`)).json).toMatchObject({ spent_today_usd: 493, reserved_usd: 0, remaining_today_usd: 7 });
@@ -220,10 +222,10 @@ describe("zero overshoot for budgets", () => {
     const patched = await kb.api("PATCH", `/budgets/${budget.budget_id}`, { daily_usd_cap: 300 });
     expect(patched.status).toBe(200);
     await Promise.allSettled(first);
-    const afterFirst = budgetLedger(budget.budget_id);
+    const afterFirst = await budgetLedger(budget.budget_id);
     // Whatever the first wave got, a wave sent after the change adds nothing beyond the new cap.
     const second = await Promise.allSettled(Array.from({ length: 100 }, (_, i) => pi(clients[i % 3]!)));
-    const end = budgetLedger(budget.budget_id);
+    const end = await budgetLedger(budget.budget_id);
     const secondOk = second.filter((r) => r.status === "fulfilled").length;
     expect(end.reserved).toBe(0);
     expect(end.spent).toBe(afterFirst.spent + secondOk * 29_000_000);

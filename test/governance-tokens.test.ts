@@ -313,7 +313,7 @@ describe("PATCH /vault/keys/{id}", () => {
     const before = Date.now();
     const extended = await kb().api("PATCH", `/vault/keys/${key.key_id}`, { expires_in: "2d" });
     expect(Date.parse(extended.json.expires_at)).toBeGreaterThanOrEqual(before + 2 * 86_400_000 - 1000);
-    expect(ledgerOf(kb(), key.key_id)).toMatchObject({ spent: 30_000_000, reserved: 0 });
+    expect(await ledgerOf(kb(), key.key_id)).toMatchObject({ spent: 30_000_000, reserved: 0 });
   });
 
   // A fan-out of $10 calls with a PATCH in the middle of it: whatever the interleaving, once the
@@ -333,14 +333,14 @@ describe("PATCH /vault/keys/{id}", () => {
       const [patched, ...results] = await Promise.all([patch, ...firstWave]);
       expect(patched.status).toBe(200);
       const okFirst = results.filter((r) => r.status === 200).length;
-      const mid = ledgerOf(kb(), key.key_id);
+      const mid = await ledgerOf(kb(), key.key_id);
       expect(mid.reserved).toBe(0);
       expect(mid.spent).toBe(okFirst * 10_000_000);
       // Every call after the PATCH committed: exactly what the new cap leaves.
       const second = await Promise.all(wave());
       const okSecond = second.filter((r) => r.status === 200).length;
       expect(okSecond).toBe(Math.max(0, to / 10 - okFirst));
-      const end = ledgerOf(kb(), key.key_id);
+      const end = await ledgerOf(kb(), key.key_id);
       expect(end.spent).toBe((okFirst + okSecond) * 10_000_000);
       expect(end.spent).toBeLessThanOrEqual(Math.max(from, to) * 1_000_000);
       if (total > 0) expect(okFirst + okSecond).toBe(total);

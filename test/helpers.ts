@@ -173,3 +173,18 @@ export async function spawnKeybrake(env: Record<string, string>, cmd: string[] =
     },
   };
 }
+
+/**
+ * For a ledger read in another process: settlements commit just after their answers
+ * (src/proxy/forward.ts), so this reads until `settled` says they are in, within `ms`, and returns
+ * the last read for the caller to assert on (a lost settlement fails there, not here).
+ */
+export async function readSettled<T>(read: () => T | Promise<T>, settled: (v: T) => boolean, ms = 10_000): Promise<T> {
+  const until = Date.now() + ms;
+  let v = await read();
+  while (!settled(v) && Date.now() < until) {
+    await Bun.sleep(10);
+    v = await read();
+  }
+  return v;
+}

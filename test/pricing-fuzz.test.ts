@@ -239,13 +239,13 @@ test(`generated request shapes never move more money than Keybrake reserved (see
   // The cap holds, and in total the vendor moved no more than the ledger counted.
   let inLedger = 0;
   for (const k of Object.values(keys)) {
-    const l = ledgerOf(kb, k.key_id);
+    const l = await ledgerOf(kb, k.key_id);
     inLedger += l.spent + l.reserved;
     expect(l.reserved).toBe(0);
   }
   expect(inLedger).toBe(counted);
   counted = inLedger;
-  expect(ledgerOf(kb, keys.stripe.key_id).spent).toBeLessThanOrEqual(CAP_USD * 1e6);
+  expect((await ledgerOf(kb, keys.stripe.key_id)).spent).toBeLessThanOrEqual(CAP_USD * 1e6);
   expect(fake.movedUsdMicros()).toBeLessThanOrEqual(counted);
   expect(tally.admitted).toBeGreaterThan(N / 10); // the generator still makes plenty of good calls
 }, 120_000);

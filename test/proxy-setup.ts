@@ -53,7 +53,9 @@ export async function proxied(url: string, vaultKey: string, method: string, pat
   return { status: res.status, headers: res.headers, json };
 }
 
-export function ledgerOf(kb: Running, keyId: string) {
+/** The key's ledger once every call answered so far has settled (settlements commit after their answers). */
+export async function ledgerOf(kb: Running, keyId: string) {
+  await kb.services.forwarder.settled();
   const db = kb.services.db.sqlite;
   const key = db.query("SELECT spent_total_micros, reserved_total_micros FROM vault_keys WHERE id = ?").get(keyId) as {
     spent_total_micros: number;

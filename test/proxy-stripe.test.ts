@@ -33,7 +33,7 @@ describe("the seeds' fan-out", () => {
     }
     expect(fake.calls).toHaveLength(17); // no retries reached the vendor either
 
-    const ledger = ledgerOf(kb, key.key_id);
+    const ledger = await ledgerOf(kb, key.key_id);
     expect(ledger.spent).toBe(493_000_000);
     expect(ledger.daySpent).toBe(493_000_000);
     expect(ledger.reserved).toBe(0);
@@ -100,9 +100,9 @@ describe("revocation", () => {
       .get(key.key_id, revokedAt) as { n: number };
     expect(late.n).toBe(0);
     // …and the vendor saw no call after the calls in flight at that moment.
-    const forwarded = ledgerOf(kb, key.key_id).outcomes.forwarded!;
+    const forwarded = (await ledgerOf(kb, key.key_id)).outcomes.forwarded!;
     expect(fake.executed.length).toBe(forwarded);
-    expect(ledgerOf(kb, key.key_id).outcomes.revoked).toBeGreaterThanOrEqual(20);
+    expect((await ledgerOf(kb, key.key_id)).outcomes.revoked).toBeGreaterThanOrEqual(20);
   }, 30_000);
 
   test("a revoked or expired key is refused with 401 in Stripe's shape", async () => {
@@ -220,10 +220,10 @@ describe("forwarding and settlement", () => {
     const stripe = stripeThrough(kb.url, key.vault_key, { maxNetworkRetries: 0 });
     const err = await stripe.charges.create({ amount: 4000, currency: "usd", source: "tok_chargeDeclined" }).catch((e) => e);
     expect(err).toBeInstanceOf(Stripe.errors.StripeCardError);
-    expect(ledgerOf(kb, key.key_id)).toMatchObject({ spent: 0, reserved: 0 });
+    expect(await ledgerOf(kb, key.key_id)).toMatchObject({ spent: 0, reserved: 0 });
     const charge = await stripe.charges.create({ amount: 4000, currency: "usd", source: "tok_visa" });
     expect(charge.paid).toBe(true);
-    expect(ledgerOf(kb, key.key_id)).toMatchObject({ spent: 40_000_000, reserved: 0 });
+    expect(await ledgerOf(kb, key.key_id)).toMatchObject({ spent: 40_000_000, reserved: 0 });
   });
 
   test("a vendor 500 and a timeout keep the reservation and mark the row unsettled", async () => {
@@ -239,7 +239,7 @@ describe("forwarding and settlement", () => {
       const slow = await proxied(s.kb.url, key.vault_key, "POST", "/v1/payment_intents", { amount: "4000", currency: "usd" });
       expect(slow.status).toBe(504);
       expect(slow.headers.get("x-keybrake-error")).toBe("upstream_timeout");
-      expect(ledgerOf(s.kb, key.key_id)).toMatchObject({ spent: 0, reserved: 70_000_000, outcomes: { upstream_error: 2 } });
+      expect(await ledgerOf(s.kb, key.key_id)).toMatchObject({ spent: 0, reserved: 70_000_000, outcomes: { upstream_error: 2 } });
       const rows = (await s.kb.api("GET", `/vault/audit?key_id=${key.key_id}`)).json.data;
       expect(rows.map((r: any) => r.ledger_state)).toEqual(["unsettled", "unsettled"]);
       // The unknown outcomes still count against the cap: $30 left, a $31 call is refused.
@@ -274,7 +274,7 @@ describe("forwarding and settlement", () => {
       const r = await proxied(s.kb.url, key.vault_key, "POST", "/v1/payment_intents", { amount: "2900", currency: "usd" });
       expect(r.status).toBe(502);
       expect(r.headers.get("x-keybrake-error")).toBe("upstream_unreachable");
-      expect(ledgerOf(s.kb, key.key_id)).toMatchObject({ spent: 0, reserved: 29_000_000, outcomes: { upstream_error: 1 } });
+      expect(await ledgerOf(s.kb, key.key_id)).toMatchObject({ spent: 0, reserved: 29_000_000, outcomes: { upstream_error: 1 } });
       const [row] = (await s.kb.api("GET", `/vault/audit?key_id=${key.key_id}`)).json.data;
       expect(row.ledger_state).toBe("unsettled");
     } finally {

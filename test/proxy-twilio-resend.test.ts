@@ -36,7 +36,7 @@ describe("Twilio through Keybrake", () => {
     expect(rows.map((r: any) => r.settled_cost_usd)).toEqual([0.0166, 0.0083]);
     expect(rows[1].vendor_object_id).toBe(short.sid);
     expect(rows[1].vendor_request_id).toMatch(/^RQ/);
-    expect(ledgerOf(kb, key.key_id)).toMatchObject({ spent: 24_900, reserved: 0 });
+    expect(await ledgerOf(kb, key.key_id)).toMatchObject({ spent: 24_900, reserved: 0 });
 
     const call = fake.calls[0]!;
     expect(call.path).toBe(`/2010-04-01/Accounts/${fake.credentials.twilioSid}/Messages.json`);
@@ -113,7 +113,7 @@ describe("Resend through Keybrake", () => {
     expect(rows.map((r: any) => r.settled_cost_usd)).toEqual([0.0027, 0.0036]);
     expect(rows[1].vendor_object_id).toBe(one.data!.id);
     expect(fake.calls[0]!.headers.authorization).toBe(`Bearer ${fake.credentials.resend}`);
-    expect(ledgerOf(kb, key.key_id)).toMatchObject({ spent: 6_300, reserved: 0 });
+    expect(await ledgerOf(kb, key.key_id)).toMatchObject({ spent: 6_300, reserved: 0 });
   });
 
   test("a cap hit comes back as resend's error object with statusCode 429", async () => {

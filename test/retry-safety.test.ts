@@ -28,7 +28,7 @@ describe("Idempotency-Key", () => {
     expect(again.headers.get("request-id")).toBe(first.headers.get("request-id"));
     expect(again.headers.get("x-keybrake-cost-usd")).toBe("0.000000");
     expect(fake.calls).toHaveLength(1);
-    expect(ledgerOf(kb, key.key_id)).toMatchObject({ spent: 29_000_000, reserved: 0 });
+    expect(await ledgerOf(kb, key.key_id)).toMatchObject({ spent: 29_000_000, reserved: 0 });
     const [orig, replay] = await auditRows(key.key_id);
     expect(replay).toMatchObject({ outcome: "replayed", settled_cost_usd: null, estimated_cost_usd: 0, replay_of: orig.id, vendor_status: 200 });
   });
@@ -42,7 +42,7 @@ describe("Idempotency-Key", () => {
     expect(err).toBeInstanceOf(Stripe.errors.StripeIdempotencyError);
     expect(err.statusCode).toBe(400);
     expect(fake.calls).toHaveLength(1);
-    expect(ledgerOf(kb, key.key_id).spent).toBe(29_000_000);
+    expect((await ledgerOf(kb, key.key_id)).spent).toBe(29_000_000);
   });
 
   test("resend-node: idempotencyKey replays; another body is 409 invalid_idempotent_request", async () => {
@@ -56,7 +56,7 @@ describe("Idempotency-Key", () => {
     const c = await resend.emails.send({ ...email, subject: "Other" }, { idempotencyKey: "welcome/user-1" });
     expect(c.error).toMatchObject({ statusCode: 409, name: "invalid_idempotent_request" });
     expect(fake.calls).toHaveLength(1);
-    expect(ledgerOf(kb, key.key_id).spent).toBe(1_800);
+    expect((await ledgerOf(kb, key.key_id)).spent).toBe(1_800);
   });
 
   test("20 identical requests at once reach the vendor once, and all get its answer", async () => {
@@ -70,7 +70,7 @@ describe("Idempotency-Key", () => {
     expect(new Set(all.map((r) => r.json.id)).size).toBe(1);
     expect(all.filter((r) => r.headers.get("idempotent-replayed") === "true")).toHaveLength(19);
     expect(fake.calls).toHaveLength(1);
-    expect(ledgerOf(kb, key.key_id)).toMatchObject({ spent: 29_000_000, reserved: 0, outcomes: { forwarded: 1, replayed: 19 } });
+    expect(await ledgerOf(kb, key.key_id)).toMatchObject({ spent: 29_000_000, reserved: 0, outcomes: { forwarded: 1, replayed: 19 } });
   });
 
   test("the response is lost after Stripe executed it: stripe-node's own retry succeeds, charged once ($30 cap, $29 charge)", async () => {
@@ -84,7 +84,7 @@ describe("Idempotency-Key", () => {
     expect(fake.calls.length).toBe(2); // the retry reached Stripe (which deduped it by the key)
     expect(fake.calls[0]!.headers["idempotency-key"]).toMatch(/^stripe-node-retry-/);
     expect(fake.calls[1]!.headers["idempotency-key"]).toBe(fake.calls[0]!.headers["idempotency-key"]);
-    expect(ledgerOf(kb, key.key_id)).toMatchObject({ spent: 29_000_000, reserved: 0 });
+    expect(await ledgerOf(kb, key.key_id)).toMatchObject({ spent: 29_000_000, reserved: 0 });
     const [first, retry] = await auditRows(key.key_id);
     expect(first).toMatchObject({ ledger_state: "settled", settled_cost_usd: 29, vendor_object_id: intent.id });
     expect(retry).toMatchObject({ outcome: "forwarded", ledger_state: "none", replay_of: first.id });
@@ -96,7 +96,7 @@ describe("Idempotency-Key", () => {
     fake.nextBehaviors.push({ kind: "status", status: 500 });
     const first = await proxied(kb.url, key.vault_key, "POST", "/v1/payment_intents", PI, { "idempotency-key": "k-500" });
     expect(first.status).toBe(500);
-    expect(ledgerOf(kb, key.key_id)).toMatchObject({ spent: 0, reserved: 29_000_000 });
+    expect(await ledgerOf(kb, key.key_id)).toMatchObject({ spent: 0, reserved: 29_000_000 });
     // Another call cannot use the money held for the unknown outcome…
     const other = await proxied(kb.url, key.vault_key, "POST", "/v1/payment_intents", PI, { "idempotency-key": "k-other" });
     expect(other.status).toBe(429);
@@ -104,7 +104,7 @@ describe("Idempotency-Key", () => {
     const retry = await proxied(kb.url, key.vault_key, "POST", "/v1/payment_intents", PI, { "idempotency-key": "k-500" });
     expect(retry.status).toBe(200);
     expect(fake.executed).toHaveLength(1);
-    expect(ledgerOf(kb, key.key_id)).toMatchObject({ spent: 29_000_000, reserved: 0 });
+    expect(await ledgerOf(kb, key.key_id)).toMatchObject({ spent: 29_000_000, reserved: 0 });
   });
 
   test("a timeout, then a retry while nothing is known: still one charge", async () => {
@@ -117,7 +117,7 @@ describe("Idempotency-Key", () => {
     const retry = await proxied(kb.url, key.vault_key, "POST", "/v1/payment_intents", PI, { "idempotency-key": "k-slow" });
     expect(retry.status).toBe(200);
     expect(fake.executed).toHaveLength(1);
-    expect(ledgerOf(kb, key.key_id)).toMatchObject({ spent: 29_000_000, reserved: 0 });
+    expect(await ledgerOf(kb, key.key_id)).toMatchObject({ spent: 29_000_000, reserved: 0 });
   }, 15_000);
 
   test("an Idempotency-Key over 255 characters is refused, not truncated into another key", async () => {
@@ -167,7 +167,7 @@ describe("keys without idempotency", () => {
     const d = await proxied(kb.url, key.vault_key, "POST", "/v1/payment_intents", PI);
     expect(d.json.id).not.toBe(a.json.id);
     expect(fake.executed).toHaveLength(3);
-    expect(ledgerOf(kb, key.key_id).spent).toBe(29_000_000 * 2 + 29_010_000);
+    expect((await ledgerOf(kb, key.key_id)).spent).toBe(29_000_000 * 2 + 29_010_000);
   });
 
   test("dedupe_window protects Twilio, which has no idempotency of its own", async () => {
@@ -179,7 +179,7 @@ describe("keys without idempotency", () => {
     const [m1, m2] = await Promise.all([client.messages.create(msg), client.messages.create(msg)]);
     expect(m2.sid).toBe(m1.sid);
     expect(fake.executed).toHaveLength(1);
-    expect(ledgerOf(kb, key.key_id).spent).toBe(8_300);
+    expect((await ledgerOf(kb, key.key_id)).spent).toBe(8_300);
   });
 
   test("require_idempotency_key refuses money-moving calls without one, and only those", async () => {

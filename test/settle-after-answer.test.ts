@@ -1,6 +1,14 @@
 import { Database } from "bun:sqlite";
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
+import { Ledger } from "../src/domain/ledger.ts";
+import { PgLedger } from "../src/ledger/pg.ts";
+import type { SpendLedger } from "../src/ledger/types.ts";
+import { createLogger } from "../src/log.ts";
+import { Metrics } from "../src/metrics.ts";
+import { Forwarder } from "../src/proxy/forward.ts";
+import { loadPricing } from "../src/vendors/pricing.ts";
+import { BACKENDS, openTestBackend, type BackendKind } from "./backends.ts";
 import { startFakeVendor, type FakeVendor } from "./fake-vendor.ts";
 import { ADMIN_TOKEN, apiCall, seedKeyBody, spawnKeybrake, tempDir } from "./helpers.ts";
 import { proxied, vendorEnv } from "./proxy-setup.ts";
@@ -128,4 +136,99 @@ describe("settlement after the answer", () => {
       }
     }, 60_000);
   }
+});
+
+/**
+ * The window itself, held open: the ledger's settlement waits on a gate the test opens, so "the
+ * answer left, the settlement has not committed" is a state the test controls rather than a race.
+ */
+describe.each(BACKENDS)("settlement held after the answer, %s ledger", (kind: BackendKind) => {
+  async function setUp() {
+    const backend = await openTestBackend(kind, "settle");
+    const id = `key_settle_${kind}_${Date.now()}`;
+    const hash = new Bun.CryptoHasher("sha256").update(`vk_${id}`).digest("hex");
+    const row = [id, hash, "vk_", "stripe", 100_000_000, '["POST /v1/payment_intents"]', "run/settle", Date.now() + 3600_000, Date.now()] as const;
+    const insert = `INSERT INTO vault_keys (id, key_hash, key_hint, vendor, daily_cap_micros, allowed_endpoints, agent_run_label, expires_at, created_at)`;
+    let real: SpendLedger;
+    let read: () => Promise<{ spent: number; reserved: number; state: string }>;
+    if (backend.kind === "sqlite") {
+      backend.db.sqlite.run(`${insert} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, [...row]);
+      real = new Ledger(backend.db.sqlite);
+      const q = backend.db.sqlite.query(
+        "SELECT spent_total_micros AS spent, reserved_total_micros AS reserved, (SELECT ledger_state FROM audit_log WHERE key_id = k.id ORDER BY id LIMIT 1) AS state FROM vault_keys k WHERE id = ?",
+      );
+      read = async () => q.get(id) as { spent: number; reserved: number; state: string };
+    } else {
+      await backend.sql.unsafe(`${insert} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, [...row]);
+      real = new PgLedger(backend.sql);
+      read = async () => {
+        const [r] = await backend.sql`SELECT spent_total_micros AS spent, reserved_total_micros AS reserved,
+                                             (SELECT ledger_state FROM audit_log WHERE key_id = k.id ORDER BY id LIMIT 1) AS state
+                                        FROM vault_keys k WHERE id = ${id}`;
+        return { spent: Number(r.spent), reserved: Number(r.reserved), state: r.state };
+      };
+    }
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    let inFlightAnswers = 0;
+    const ledger: SpendLedger = Object.assign(Object.create(real), {
+      settle: (...args: Parameters<SpendLedger["settle"]>) => gate.then(() => real.settle(...args)),
+      admit: async (...args: Parameters<SpendLedger["admit"]>) => {
+        const a = await real.admit(...args);
+        if (a.kind === "in_flight") inFlightAnswers++;
+        return a;
+      },
+    });
+    let executed = 0;
+    const forwarder = new Forwarder({
+      ledger,
+      secrets: { get: () => "sk_test_real" } as never,
+      pricing: loadPricing(),
+      metrics: new Metrics(),
+      logger: createLogger("silent"),
+      baseUrls: { stripe: "http://vendor", twilio: "http://vendor", resend: "http://vendor" },
+      upstreamTimeoutMs: 5_000,
+      maxBodyBytes: 1024 * 1024,
+      fetch: (async () => Response.json({ id: `pi_${++executed}`, object: "payment_intent", amount: 2900, currency: "usd" }, { headers: { "request-id": `req_${executed}` } })) as never,
+    });
+    const call = () =>
+      forwarder.handle(
+        new Request("http://kb/v1/payment_intents", {
+          method: "POST",
+          headers: { authorization: `Bearer vk_${id}`, "content-type": "application/x-www-form-urlencoded", "idempotency-key": "held-1" },
+          body: "amount=2900&currency=usd",
+        }),
+        null,
+        "/v1/payment_intents",
+        "",
+      );
+    return { backend, forwarder, call, open, read, executed: () => executed, inFlightAnswers: () => inFlightAnswers };
+  }
+
+  test("the answer leaves before its settlement commits; a replay in that window waits, then gets that answer; charged once", async () => {
+    const t = await setUp();
+    try {
+      const first = await t.call();
+      expect(first.status).toBe(200);
+      const body = await first.text();
+      // Answered, and the ledger still holds the reservation: the settlement is not on the answer's path.
+      expect(await t.read()).toEqual({ spent: 0, reserved: 29_000_000, state: "reserved" });
+
+      let replayed: Response | null = null;
+      const replay = t.call().then((r) => (replayed = r));
+      // The replay finds the record in flight, more than once, and is neither forwarded nor answered meanwhile.
+      while (t.inFlightAnswers() < 3) await Bun.sleep(5);
+      expect([replayed, t.executed()]).toEqual([null, 1]);
+
+      t.open();
+      await replay;
+      expect(replayed!.status).toBe(200);
+      expect(replayed!.headers.get("idempotent-replayed")).toBe("true");
+      expect(await replayed!.text()).toBe(body);
+      await t.forwarder.settled();
+      expect([t.executed(), await t.read()]).toEqual([1, { spent: 29_000_000, reserved: 0, state: "settled" }]);
+    } finally {
+      await t.backend.close();
+    }
+  }, 30_000);
 });

@@ -1,4 +1,5 @@
 import type { Database, Statement } from "bun:sqlite";
+import { WalSync } from "../db/wal-sync.ts";
 import type { PricedObject } from "../vendors/types.ts";
 import type { CapAlerts } from "./alerts.ts";
 import { BudgetLedger, type BudgetHold, type LiveBudget } from "./budgets.ts";
@@ -20,8 +21,9 @@ import type { SpendLedger } from "../ledger/types.ts";
  * arrive in one event-loop turn share one IMMEDIATE transaction, each in its
  * own savepoint. Each still runs in order against the state the ones before it
  * left, under the write lock, so the cap logic is exactly that of one call per
- * transaction; a call's reservation is committed before it is forwarded, and
- * its settlement before its answer is returned.
+ * transaction; a call's reservation is committed, and on disk, before it is forwarded; its
+ * settlement is queued before its answer is returned and commits in the next
+ * group commit (Forwarder.afterAnswer in src/proxy/forward.ts says why that is safe).
  *
  * This file uses bun:sqlite prepared statements directly: it is the hot path
  * and every write must be a handful of indexed statements.
@@ -136,7 +138,7 @@ interface RepeatRow {
 
 interface PendingWrite {
   write: () => unknown;
-  /** This write reserves money that is about to be forwarded: its commit must survive power loss. */
+  /** This write reserves money that is about to be forwarded: it resolves once its commit would survive power loss. */
   durable: boolean;
   resolve: (value: any) => void;
   reject: (error: unknown) => void;
@@ -147,6 +149,7 @@ export class Ledger implements SpendLedger {
   private pending: PendingWrite[] = [];
   private readonly commitBatch: (batch: PendingWrite[], results: { ok: boolean; value: unknown }[]) => void;
   private readonly budgets: BudgetLedger;
+  private readonly walSync: WalSync;
 
   /** `alerts` raises cap.threshold and cap.hit inside the transaction that moved the money. */
   constructor(
@@ -154,6 +157,7 @@ export class Ledger implements SpendLedger {
     private readonly alerts: CapAlerts | null = null,
   ) {
     this.budgets = new BudgetLedger(sqlite);
+    this.walSync = new WalSync(sqlite.filename);
     const p = (s: string) => sqlite.prepare(s);
     this.q = {
       keyForAlerts: p(`SELECT daily_cap_micros, agent_run_label FROM vault_keys WHERE id = ?`),
@@ -285,21 +289,30 @@ export class Ledger implements SpendLedger {
     const batch = this.pending;
     this.pending = [];
     const results: { ok: boolean; value: unknown }[] = [];
-    // synchronous=NORMAL survives a crash of the process, not of the machine: a commit that holds a
-    // reservation about to be forwarded is synced (FULL: the WAL is fsynced before the commit returns,
-    // ~0.5 ms here), so a power cut can never forget money the vendor may then move. Everything else
-    // (settlements, refusals, releases) stays NORMAL: losing one leaves a reservation held, the safe way.
-    const durable = batch.some((w) => w.durable);
     try {
-      if (durable) this.sqlite.exec("PRAGMA synchronous = FULL");
       this.commitBatch(batch, results);
     } catch (error) {
       for (const w of batch) w.reject(error); // the commit itself failed: nothing of the batch was written
       return;
-    } finally {
-      if (durable) this.sqlite.exec("PRAGMA synchronous = NORMAL");
     }
-    batch.forEach((w, i) => (results[i]!.ok ? w.resolve(results[i]!.value) : w.reject(results[i]!.value)));
+    // synchronous=NORMAL survives a crash of the process, not of the machine. A write that holds a
+    // reservation about to be forwarded resolves only once its WAL frames are fsynced (WalSync: off the
+    // event loop, shared by the commits that land meanwhile), so a power cut can never forget money the
+    // vendor may then move. Everything else (settlements, refusals, releases) resolves at once: losing
+    // one leaves a reservation held, the safe way.
+    const durable: [PendingWrite, unknown][] = [];
+    batch.forEach((w, i) => {
+      const r = results[i]!;
+      if (!r.ok) w.reject(r.value);
+      else if (w.durable) durable.push([w, r.value]);
+      else w.resolve(r.value);
+    });
+    if (durable.length === 0) return;
+    this.walSync.sync().then(
+      () => durable.forEach(([w, value]) => w.resolve(value)),
+      // Committed but maybe not durable: refused, so nothing is forwarded on it (its reservation stays held).
+      (error) => durable.forEach(([w]) => w.reject(error)),
+    );
   }
 
   findKeyByHash(hash: string): LiveKey | null {

@@ -92,7 +92,8 @@ export class PgLedger implements SpendLedger {
    * takes its locks in the one order every transaction uses (key row, then budget day rows by
    * id) and batches of two replicas can never deadlock. A write that fails aborts the batch
    * (nothing of it committed): each write then runs again in a transaction of its own, so only
-   * the failing one fails. A reservation is committed before the call is forwarded.
+   * the failing one fails. A reservation is committed before the call is forwarded; a settlement
+   * commits after the answer has left (Forwarder.afterAnswer in src/proxy/forward.ts says why that is safe).
    */
   private pending = new Map<string, PendingWrite[]>();
 

@@ -12,7 +12,8 @@ import { READ_METHODS } from "../vendors/rules.ts";
 import type { ObjectRecord, PricedObject, Pricing, PricingContext, VendorAdapter, VendorName } from "../vendors/types.ts";
 import type { Logger } from "../log.ts";
 import { Deadlines } from "./deadlines.ts";
-import { downstreamResponseHeaders, readVaultKey, upstreamRequestHeaders } from "./headers.ts";
+import { readVaultKey, toDownstreamHeaders, toUpstreamHeaders } from "./headers.ts";
+import { LiveKeys } from "./live-keys.ts";
 
 export interface ForwarderDeps {
   ledger: SpendLedger;
@@ -63,9 +64,37 @@ export class Forwarder {
   private readonly fetchUpstream: typeof fetch;
   private readonly allowlists = new Map<string, EndpointRule[]>(); // allowlists never change after issue
   private readonly deadlines = new Deadlines();
+  private readonly keys: LiveKeys;
+  /** Settlements committing after their answer was returned (see `afterAnswer`). */
+  private readonly settling = new Set<Promise<void>>();
 
   constructor(private readonly deps: ForwarderDeps) {
     this.fetchUpstream = deps.fetch ?? fetch;
+    this.keys = new LiveKeys(deps.ledger);
+  }
+
+  /** Resolves once every settlement begun so far has committed (or failed and been logged): shutdown and tests wait on it. */
+  async settled(): Promise<void> {
+    while (this.settling.size > 0) await Promise.all(this.settling);
+  }
+
+  /**
+   * A call's settlement commits in the ledger's next group commit, after its answer is on its way
+   * (issue 15): the commit is off the answer's critical path. Why that keeps every guarantee:
+   * - The money: the reservation committed before forwarding. A settlement lost to a crash leaves
+   *   it held and the audit row `reserved` — more held than spent, never the other way round, so
+   *   settled + reserved ≤ cap still holds, and what the vendor executed is still counted.
+   * - Repeats: until the settlement commits, the call's idempotency record says in flight, so a
+   *   replay that arrives first (in this process or any other) waits for it, exactly as for a call
+   *   whose vendor has not answered yet; then it gets the stored answer. (On SQLite the settlement
+   *   is queued before the answer leaves, so a later admission in this process is ordered after it.)
+   * - A settlement that fails (ledger unreachable) is logged; its reservation stays held, as after a crash.
+   */
+  private afterAnswer(write: Promise<void>): void {
+    const p: Promise<void> = write
+      .catch((err) => this.deps.logger.error(`proxy: settlement not committed, the reservation stays held: ${(err as Error).message}`))
+      .finally(() => this.settling.delete(p));
+    this.settling.add(p);
   }
 
   /** `prefixVendor` is the vendor named by a /{vendor} prefix (null when the SDK cannot add one); `rawPath` follows it. */
@@ -131,17 +160,27 @@ export class Forwarder {
 
     // 1. Key known → not revoked → not expired.
     const vaultKey = readVaultKey(request.headers, VAULT_KEY_PREFIX);
-    const key = vaultKey ? await ledger.findKeyByHash(sha256Hex(vaultKey)) : null;
-    if (!key) {
+    const keyHash = vaultKey ? sha256Hex(vaultKey) : null;
+    const key = keyHash ? await this.keys.find(keyHash, now) : null;
+    if (!key || !keyHash) {
       return refuse(ADAPTERS[call.vendor as VendorName], null, 401, "invalid_key", "invalid_key", "Unknown vault key. Issue one with POST /vault/keys and send it as this vendor's API key.");
     }
     state.key = key;
     const vendor = key.vendor as VendorName;
     call.vendor = vendor;
     const adapter = ADAPTERS[vendor];
-    if (key.revoked_at !== null) return refuse(adapter, key, 401, "revoked", "key_revoked", "This vault key has been revoked.");
-    if (key.expires_at <= now) return refuse(adapter, key, 401, "expired", "key_expired", "This vault key has expired.");
-    const declared = Number(request.headers.get("content-length") ?? 0);
+    const dead = (k: LiveKey) =>
+      k.revoked_at !== null
+        ? refuse(adapter, k, 401, "revoked", "key_revoked", "This vault key has been revoked.")
+        : k.expires_at <= now
+          ? refuse(adapter, k, 401, "expired", "key_expired", "This vault key has expired.")
+          : null;
+    const refusedKey = dead(key);
+    if (refusedKey) return refusedKey;
+    // Read before the headers are made fit to forward (in place, below), which removes these.
+    const length = request.headers.get("content-length");
+    const chunked = request.headers.get("transfer-encoding") !== null;
+    const declared = Number(length ?? 0);
     if (declared > this.deps.maxBodyBytes) {
       return refuse(adapter, key, 413, "invalid_request", "body_too_large", `Request body is larger than ${this.deps.maxBodyBytes} bytes.`);
     }
@@ -164,7 +203,7 @@ export class Forwarder {
         return refuse(adapter, key, 400, "invalid_request", "ambiguous_request", `The Connection header names "${name.slice(0, 40)}"; Keybrake forwards end-to-end headers as sent, so Connection may only say close or keep-alive.`);
       }
     }
-    const upstreamHeaders = upstreamRequestHeaders(request.headers);
+    const upstreamHeaders = toUpstreamHeaders(request.headers);
     const path = adapter.authorize(joinPath(segments), upstreamHeaders, secret);
     call.path = path;
     const forwardedSegments = splitPath(path) as string[];
@@ -183,7 +222,7 @@ export class Forwarder {
     }
 
     // 3. Read the body exactly as the vendor will (bounded while it streams in), then price it.
-    const raw = await readBounded(request, this.deps.maxBodyBytes);
+    const raw = await readBounded(request, length, chunked, this.deps.maxBodyBytes);
     if (raw === null) {
       return refuse(adapter, key, 413, "invalid_request", "body_too_large", `Request body is larger than ${this.deps.maxBodyBytes} bytes.`);
     }
@@ -218,6 +257,9 @@ export class Forwarder {
       estimate = adapter.estimate(input, ctx);
     }
     if (estimate.kind === "lookup") {
+      // The vendor is asked on this key's behalf before admission: on the key's row as it is now, not as kept.
+      const refusedNow = dead((await this.keys.fresh(keyHash, now)) ?? key);
+      if (refusedNow) return refusedNow;
       // Priced from the object as the vendor has it now; this GET is part of the call's latency.
       const found = await this.lookup(adapter, estimate.path, upstreamHeaders);
       if (!found.ok) return refuse(adapter, key, found.status, found.status === 502 ? "upstream_error" : "invalid_request", found.code, found.message);
@@ -293,6 +335,7 @@ export class Forwarder {
           res.headers.set("x-keybrake-remaining-usd", microsToDecimalString(admission.remainingMicros));
           return res;
         }
+        this.keys.forget(keyHash); // revoked or expired since it was kept: the next call is refused at once
         const code = admission.outcome === "revoked" ? "key_revoked" : "key_expired";
         state.errorCode = code;
         return this.refusalResponse(adapter, 401, code, `This vault key has been ${admission.outcome}.`);
@@ -383,7 +426,7 @@ export class Forwarder {
       const timedOut = (err as Error).name === "TimeoutError";
       const code = timedOut ? "upstream_timeout" : "upstream_unreachable";
       const latencyMs = performance.now() - started;
-      await ledger.keepUnsettled(reservation, { vendorStatus: null, actualMicros: 0, vendorRequestId: null, vendorObjectId: null, latencyMs }, code);
+      this.afterAnswer(ledger.keepUnsettled(reservation, { vendorStatus: null, actualMicros: 0, vendorRequestId: null, vendorObjectId: null, latencyMs }, code));
       metrics.countRequest(adapter.name, "upstream_error");
       Object.assign(state, { outcome: "upstream_error", errorCode: code, costMicros: reservation.micros });
       const res = this.refusalResponse(adapter, timedOut ? 504 : 502, code, timedOut ? `${adapter.name} did not answer in time; the call may have gone through.` : `Lost the connection to ${adapter.name}; the call may have gone through.`);
@@ -393,8 +436,10 @@ export class Forwarder {
     }
     metrics.observeUpstream(adapter.name, (performance.now() - started) / 1000);
 
+    // Parsed for a 2xx only: its object id goes on the audit row and the adapter may settle from it
+    // (Twilio's price). Any other answer is passed on, and kept for replays, as the bytes it came as.
     let json: unknown;
-    if (bytes) {
+    if (bytes && upstream.ok) {
       try {
         json = JSON.parse(UTF8.decode(bytes));
       } catch {
@@ -409,7 +454,7 @@ export class Forwarder {
       latencyMs,
     };
 
-    const out = downstreamResponseHeaders(upstream.headers);
+    const out = toDownstreamHeaders(upstream.headers);
     // Kept for replays: definite answers only (a 409 or 429 from the vendor is transient, and a retry should get through).
     // Built only when a repeat guard will store it: without one, nothing ever replays this answer.
     const answer =
@@ -422,18 +467,18 @@ export class Forwarder {
     if (upstream.ok) {
       cost = adapter.settle(reservation.micros, { status: upstream.status, headers: upstream.headers, json }, ctx);
       const objectId = record ? (record.objectId ?? facts.vendorObjectId) : null;
-      await ledger.settle(reservation, { ...facts, actualMicros: cost }, answer, record && objectId ? { ...record, objectId } : null);
+      this.afterAnswer(ledger.settle(reservation, { ...facts, actualMicros: cost }, answer, record && objectId ? { ...record, objectId } : null));
       remaining = Math.max(0, remaining + reservation.micros - cost);
       metrics.addSpend(adapter.name, cost);
       metrics.countRequest(adapter.name, "forwarded");
     } else if (upstream.status < 500) {
       cost = 0; // the vendor refused: no money moved
-      await ledger.release(reservation, { ...facts, actualMicros: 0 }, answer);
+      this.afterAnswer(ledger.release(reservation, { ...facts, actualMicros: 0 }, answer));
       remaining += reservation.micros;
       metrics.countRequest(adapter.name, "forwarded");
     } else {
       cost = reservation.micros; // outcome unknown: keep the reservation
-      await ledger.keepUnsettled(reservation, { ...facts, actualMicros: 0 }, "upstream_5xx");
+      this.afterAnswer(ledger.keepUnsettled(reservation, { ...facts, actualMicros: 0 }, "upstream_5xx"));
       metrics.countRequest(adapter.name, "upstream_error");
       Object.assign(state, { outcome: "upstream_error", errorCode: "upstream_5xx" });
     }
@@ -468,12 +513,11 @@ export class Forwarder {
 }
 
 /** The request body, read as it streams in and abandoned past `max` bytes: a large body is never buffered whole. */
-async function readBounded(request: Request, max: number): Promise<Uint8Array | null> {
+async function readBounded(request: Request, length: string | null, chunked: boolean, max: number): Promise<Uint8Array | null> {
   if (!request.body) return new Uint8Array();
   // With a Content-Length (checked ≤ max before this is called) the server delivers exactly that many
   // bytes, so reading it whole is bounded too, and skips the stream reader (~20% of a call's CPU, profiled).
-  const declared = request.headers.get("content-length");
-  if (declared !== null && request.headers.get("transfer-encoding") === null && Number(declared) <= max) {
+  if (length !== null && !chunked && Number(length) <= max) {
     return new Uint8Array(await request.arrayBuffer());
   }
   const reader = request.body.getReader();

@@ -16,19 +16,25 @@ const NOT_FORWARDED_UP = new Set(["host", "authorization", "content-length", "co
 /** Response headers Bun recomputes: the body we send is already decoded. */
 const NOT_FORWARDED_DOWN = new Set(["content-length", "content-encoding", "set-cookie"]);
 
-function copyEndToEnd(from: Headers, drop: Set<string>): Headers {
-  const named = new Set<string>();
-  for (const token of (from.get("connection") ?? "").split(",")) named.add(token.trim().toLowerCase());
-  const out = new Headers();
-  from.forEach((value, name) => {
-    if (HOP_BY_HOP.has(name) || named.has(name) || drop.has(name) || name.startsWith("x-keybrake-")) return;
-    out.append(name, value);
-  });
-  return out;
+/**
+ * Removes, in place, every header that must not cross: the request's and the vendor's headers are
+ * forwarded as the same objects (no copy per call). Header names iterate lower-cased.
+ */
+function keepEndToEnd(h: Headers, drop: Set<string>): Headers {
+  const connection = h.get("connection");
+  const named = connection === null ? null : new Set(connection.split(",").map((t) => t.trim().toLowerCase()));
+  const gone: string[] = [];
+  for (const name of h.keys()) {
+    if (HOP_BY_HOP.has(name) || drop.has(name) || named?.has(name) || name.startsWith("x-keybrake-")) gone.push(name);
+  }
+  for (const name of gone) h.delete(name);
+  return h;
 }
 
-export const upstreamRequestHeaders = (h: Headers) => copyEndToEnd(h, NOT_FORWARDED_UP);
-export const downstreamResponseHeaders = (h: Headers) => copyEndToEnd(h, NOT_FORWARDED_DOWN);
+/** The request's own headers, made fit to forward (in place: read what you need from them first). */
+export const toUpstreamHeaders = (h: Headers) => keepEndToEnd(h, NOT_FORWARDED_UP);
+/** The vendor's answer's own headers, made fit to return (in place). */
+export const toDownstreamHeaders = (h: Headers) => keepEndToEnd(h, NOT_FORWARDED_DOWN);
 
 /** The vault key from wherever the vendor's SDK puts its secret: Bearer, or either half of Basic auth. */
 export function readVaultKey(headers: Headers, prefix: string): string | null {
