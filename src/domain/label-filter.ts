@@ -1,19 +1,22 @@
-import { and, eq, gte, lt, type SQL } from "drizzle-orm";
-import type { SQLiteColumn } from "drizzle-orm/sqlite-core";
+import { and, eq, gte, is, lt, sql, type Column, type SQL } from "drizzle-orm";
+import { PgColumn } from "drizzle-orm/pg-core";
 
 /**
  * A `label` filter as SPEC §2 defines it: exact, or a prefix match when it ends in `*`
  * (`airflow-billing/*`). A prefix is matched as the half-open range [prefix, next(prefix)),
  * where next() bumps the last code point: with SQLite's BINARY collation (UTF-8 byte order =
  * code point order) that range holds exactly the strings that start with the prefix, and it
- * is served by the (label, id) indexes.
+ * is served by the (label, id) indexes. On PostgreSQL the range is compared under COLLATE "C"
+ * (byte order): the database's default collation may be a linguistic one (en_US), under which
+ * the range would also hold labels that do not start with the prefix.
  */
-export function labelCondition(column: SQLiteColumn, label: string): SQL | undefined {
+export function labelCondition(column: Column, label: string): SQL | undefined {
   if (!label.endsWith("*")) return eq(column, label);
   const prefix = label.slice(0, -1);
   if (prefix === "") return undefined; // "*" alone: every label
   const upper = nextString(prefix);
-  return upper === null ? gte(column, prefix) : and(gte(column, prefix), lt(column, upper));
+  const bytes = is(column, PgColumn) ? sql`${column} COLLATE "C"` : sql`${column}`;
+  return upper === null ? gte(bytes, prefix) : and(gte(bytes, prefix), lt(bytes, upper));
 }
 
 /** Whether `label` passes a `label` filter, for code that filters in memory. */

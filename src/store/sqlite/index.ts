@@ -1,6 +1,8 @@
 import { EventLog } from "../../domain/events.ts";
 import type { SqliteBackend } from "../backend.ts";
 import type { StoreDeps, Stores } from "../index.ts";
+import { SqliteKeyStore } from "./keys.ts";
+import { SqliteRunStore } from "./runs.ts";
 import { SqliteSessionStore } from "./sessions.ts";
 
 /** The stores of the embedded SQLite file. Writes that record an event do it with `events`, inside their own transaction. */
@@ -11,6 +13,8 @@ export function sqliteStores(b: SqliteBackend, deps: StoreDeps): Stores & { even
     eventLog,
     events: eventLog,
     sessions: new SqliteSessionStore(b.db),
+    keys: new SqliteKeyStore(b.db, eventLog),
+    runs: new SqliteRunStore(b.db),
     async ping() {
       ping.get();
     },
