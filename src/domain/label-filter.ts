@@ -1,22 +1,20 @@
-import { and, eq, gte, is, lt, sql, type Column, type SQL } from "drizzle-orm";
-import { PgColumn } from "drizzle-orm/pg-core";
+import { and, eq, gte, lt, type Column, type SQL } from "drizzle-orm";
 
 /**
  * A `label` filter as SPEC §2 defines it: exact, or a prefix match when it ends in `*`
  * (`airflow-billing/*`). A prefix is matched as the half-open range [prefix, next(prefix)),
  * where next() bumps the last code point: with SQLite's BINARY collation (UTF-8 byte order =
  * code point order) that range holds exactly the strings that start with the prefix, and it
- * is served by the (label, id) indexes. On PostgreSQL the range is compared under COLLATE "C"
- * (byte order): the database's default collation may be a linguistic one (en_US), under which
- * the range would also hold labels that do not start with the prefix.
+ * is served by the (label, id) indexes. On PostgreSQL the label columns are COLLATE "C"
+ * (migrations/pg/0002_label_collation.sql) for the same reason: under a linguistic default
+ * collation (en_US) the range would also hold labels that do not start with the prefix.
  */
 export function labelCondition(column: Column, label: string): SQL | undefined {
   if (!label.endsWith("*")) return eq(column, label);
   const prefix = label.slice(0, -1);
   if (prefix === "") return undefined; // "*" alone: every label
   const upper = nextString(prefix);
-  const bytes = is(column, PgColumn) ? sql`${column} COLLATE "C"` : sql`${column}`;
-  return upper === null ? gte(bytes, prefix) : and(gte(bytes, prefix), lt(bytes, upper));
+  return upper === null ? gte(column, prefix) : and(gte(column, prefix), lt(column, upper));
 }
 
 /** Whether `label` passes a `label` filter, for code that filters in memory. */
