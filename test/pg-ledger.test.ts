@@ -8,6 +8,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { spawn } from "bun";
 import { join } from "node:path";
+import { PG_MIGRATIONS } from "../src/db/migrations.ts";
 import { migratePostgres, openPostgres, type Pg } from "../src/db/pg.ts";
 import type { CallFacts, RepeatGuard } from "../src/domain/ledger.ts";
 import { PgLedger } from "../src/ledger/pg.ts";
@@ -61,7 +62,7 @@ describe.skipIf(!postgresAvailable())("PostgreSQL ledger across replicas", () =>
   beforeAll(async () => {
     url = await freshDatabase("ledger");
     sql = openPostgres(url);
-    expect(await migratePostgres(sql)).toEqual(["0001_init.sql"]);
+    expect(await migratePostgres(sql)).toEqual(PG_MIGRATIONS.map((m) => m.name));
     sqlB = openPostgres(url);
     a = new PgLedger(sql);
     b = new PgLedger(sqlB); // a second replica: its own pool, nothing shared in memory

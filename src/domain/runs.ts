@@ -34,7 +34,7 @@ export interface RunSummary {
   last_call_at: string | null;
 }
 
-/** A run as the store groups it: its keys' totals, newest key first. Money in micro-dollars. */
+/** A run as the store groups it: the totals of its keys, money in micro-dollars. */
 export interface RunGroup {
   label: string;
   newest: string;
