@@ -204,7 +204,7 @@ export interface KeyStore {
   revokeRun(label: string, issuedBy: string | undefined, event: (revokedIds: string[]) => NewEvent, now: number): Promise<{ rows: VaultKeyRow[]; revokedIds: string[] }>;
   /** Keys matching the filter, newest first, older than the cursor; at most `limit`. */
   list(f: KeyListFilter & { issuedBy?: string }, now: number): Promise<VaultKeyRow[]>;
-  countByStatus(f: KeyFilter, now: number): Promise<Record<KeyStatus, number>>;
+  countByStatus(f: Pick<KeyFilter, "label" | "vendor">, now: number): Promise<Record<KeyStatus, number>>;
   /** The key's row of key_spend_days for `day` (YYYY-MM-DD, UTC), if it spent or reserved anything. */
   spendOn(keyId: string, day: string): Promise<{ spentMicros: number; reservedMicros: number } | null>;
 }

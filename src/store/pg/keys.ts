@@ -80,7 +80,7 @@ export class PgKeyStore implements KeyStore {
       .limit(f.limit);
   }
 
-  async countByStatus(f: KeyFilter, now: number): Promise<Record<KeyStatus, number>> {
+  async countByStatus(f: Pick<KeyFilter, "label" | "vendor">, now: number): Promise<Record<KeyStatus, number>> {
     const [counts] = await this.orm.select(statusCounts(vaultKeys, now)).from(vaultKeys).where(and(...keyConditions(vaultKeys, f, now)));
     return counts!;
   }

@@ -79,7 +79,7 @@ export class SqliteKeyStore implements KeyStore {
       .all();
   }
 
-  async countByStatus(f: KeyFilter, now: number): Promise<Record<KeyStatus, number>> {
+  async countByStatus(f: Pick<KeyFilter, "label" | "vendor">, now: number): Promise<Record<KeyStatus, number>> {
     return this.db.orm.select(statusCounts(vaultKeys, now)).from(vaultKeys).where(and(...keyConditions(vaultKeys, f, now))).get()!;
   }
 
