@@ -8,6 +8,7 @@ import type { EventReader } from "./domain/events.ts";
 import { loadMasterKey, requireSharedMasterKey, SecretBox } from "./domain/crypto.ts";
 import { KeyService } from "./domain/keys.ts";
 import { Ledger } from "./domain/ledger.ts";
+import { RunsView } from "./domain/runs.ts";
 import { AuditRetention } from "./domain/retention.ts";
 import { VendorSecretStore } from "./domain/secrets.ts";
 import { TokenStore } from "./domain/tokens.ts";
@@ -31,6 +32,8 @@ export interface Services {
   tokens: TokenStore;
   secrets: VendorSecretStore;
   keys: KeyService;
+  /** The Runs view of the admin pages: keys grouped by run label. */
+  runs: RunsView;
   ledger: Ledger;
   audit: AuditService;
   metrics: Metrics;
@@ -102,7 +105,8 @@ export async function createServices(config: Config, fetchImpl?: typeof fetch, l
     db,
     tokens,
     secrets,
-    keys: new KeyService(db, config.maxKeyTtlMs, events),
+    keys: new KeyService(stores.keys, config.maxKeyTtlMs),
+    runs: new RunsView(stores.runs),
     ledger,
     audit: new AuditService(stores.audit),
     metrics,

@@ -1,6 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { sha256Hex } from "../src/domain/crypto.ts";
-import { listRuns } from "../src/domain/runs.ts";
 import { ADMIN_TOKEN, seedKeyBody, startKeybrake, type Running } from "./helpers.ts";
 
 /**
@@ -749,10 +748,10 @@ test("runs page newest first and continue from the cursor without repeating or s
   const prefix = `paging-${Date.now()}/`;
   for (const run of ["a", "b", "c"]) await kb.issueKey(seedKeyBody({ agent_run_label: prefix + run }));
   await kb.issueKey(seedKeyBody({ agent_run_label: prefix + "a" })); // a's newest key is now the newest of all
-  const first = listRuns(kb.services.db, { label: prefix + "*", limit: 2 });
+  const first = await kb.services.runs.listRuns({ label: prefix + "*", limit: 2 });
   expect(first.runs.map((r) => r.agent_run_label)).toEqual([prefix + "a", prefix + "c"]);
   expect(first.nextCursor).toBeString();
-  const second = listRuns(kb.services.db, { label: prefix + "*", limit: 2, cursor: first.nextCursor! });
+  const second = await kb.services.runs.listRuns({ label: prefix + "*", limit: 2, cursor: first.nextCursor! });
   expect(second.runs.map((r) => r.agent_run_label)).toEqual([prefix + "b"]);
   expect(second.nextCursor).toBeNull();
   expect(first.runs[0]).toMatchObject({ keys: 2, active_keys: 2, status: "active", daily_cap_usd: 1000, calls: 0, last_call_at: null });

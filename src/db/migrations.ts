@@ -13,6 +13,7 @@ import m0007 from "../../migrations/0007_token_roles.sql" with { type: "text" };
 import m0008 from "../../migrations/0008_budgets_webhooks.sql" with { type: "text" };
 import pg0001 from "../../migrations/pg/0001_init.sql" with { type: "text" };
 import pg0002 from "../../migrations/pg/0002_audit_bytewise_text.sql" with { type: "text" };
+import pg0003 from "../../migrations/pg/0003_vault_keys_label_collation.sql" with { type: "text" };
 
 export const MIGRATIONS: readonly { name: string; sql: string }[] = [
   { name: "0001_init.sql", sql: m0001 },
@@ -28,5 +29,7 @@ export const MIGRATIONS: readonly { name: string; sql: string }[] = [
 /** PostgreSQL (SPEC §8): the same tables in migrations/pg/; test/pg-schema.test.ts keeps both in step. */
 export const PG_MIGRATIONS: readonly { name: string; sql: string }[] = [
   { name: "0001_init.sql", sql: pg0001 },
+  // 0002 and 0003: PostgreSQL only, SQLite's BINARY collation already compares labels as bytes.
   { name: "0002_audit_bytewise_text.sql", sql: pg0002 },
+  { name: "0003_vault_keys_label_collation.sql", sql: pg0003 },
 ];

@@ -1,7 +1,5 @@
-import { and, desc, eq, gt, isNotNull, isNull, lt, lte, sql, type SQL } from "drizzle-orm";
 import { z } from "zod";
-import type { Db } from "../db/connection.ts";
-import { keySpendDays, vaultKeys, type VaultKeyRow } from "../db/schema.ts";
+import type { VaultKeyRow } from "../db/schema.ts";
 import { formatDuration, parseDurationMs } from "../duration.ts";
 import { ApiError, fieldIssues, validationError } from "../errors.ts";
 import { newId } from "../ids.ts";
@@ -9,8 +7,7 @@ import { decimalToMicros, microsToUsd } from "../money.ts";
 import { VENDORS, type VendorName } from "../vendors/types.ts";
 import { randomToken, sha256Hex } from "./crypto.ts";
 import { parseEndpointRule } from "./endpoints.ts";
-import type { EventLog } from "./events.ts";
-import { labelCondition } from "./label-filter.ts";
+import type { NewEvent } from "./events.ts";
 import { parsePolicy, policyError, policyViolations, type KeyBounds, type Policy } from "./policy.ts";
 import { utcDay } from "./time.ts";
 import { actorOf, type Principal } from "./tokens.ts";
@@ -160,30 +157,78 @@ function enforcePolicy(by: Principal, key: KeyBounds & { allowUnpriced?: boolean
 }
 
 /** Issuers see only the keys they issued; admins and viewers see all. */
-function ownership(scope: Principal | undefined): SQL | undefined {
-  return scope?.role === "issuer" ? eq(vaultKeys.issuedByTokenId, scope.tokenId) : undefined;
-}
+const issuedBy = (scope: Principal | undefined): string | undefined => (scope?.role === "issuer" ? scope.tokenId : undefined);
 
-export interface KeyListFilter {
+/** Which keys a query sees (GET /vault/keys, the admin lists and counts). */
+export interface KeyFilter {
+  /** Exact, or a prefix ending in `*` (src/domain/label-filter.ts). */
   label?: string;
   vendor?: VendorName;
   status?: KeyStatus;
+  /** With status "active": also the keys revoked in the last `recentGraceMs`, so a row just revoked stays in the admin list. */
+  recentGraceMs?: number;
+}
+
+export interface KeyListFilter extends KeyFilter {
+  /** A key id from next_cursor: continue with older keys. */
   cursor?: string;
   limit: number;
 }
 
+/** The keys a store statement acts on: one key, or the live keys of a run; for an issuer only those it issued. */
+export type KeySelector = { issuedBy?: string } & ({ keyId: string } | { label: string; liveAt: number });
+
+/** What a change of one locked key writes: the new values, and the event that reports them. */
+export interface KeyChange {
+  set: Partial<Pick<VaultKeyRow, "dailyCapMicros" | "totalCapMicros" | "expiresAt" | "revokedAt">>;
+  event: NewEvent;
+}
+
+/** Where vault keys live (src/store/sqlite/keys.ts, src/store/pg/keys.ts). Ordering is newest first (by id) everywhere. */
+export interface KeyStore {
+  /** Stores a new key with its key.issued event, in one transaction. */
+  insert(row: VaultKeyRow, event: NewEvent, now: number): Promise<void>;
+  get(keyId: string, issuedBy?: string): Promise<VaultKeyRow | null>;
+  /**
+   * In one transaction: locks the selected keys (in id order; the rows the ledger's admission
+   * locks), asks `change` what to write given each key's current row (null: nothing), and writes
+   * it with its event. `change` runs inside the transaction and must not await; if it throws,
+   * nothing is written. Returns the keys as they are afterwards, newest first.
+   */
+  change(which: KeySelector, change: (row: VaultKeyRow) => KeyChange | null, now: number): Promise<VaultKeyRow[]>;
+  /**
+   * Revokes every unrevoked key of a run (for `issuedBy`: only its own) in one transaction, with
+   * the event `event` returns for the ids revoked (none when there were none). Returns every key of
+   * the run that `issuedBy` sees, newest first, and the ids this call revoked.
+   */
+  revokeRun(label: string, issuedBy: string | undefined, event: (revokedIds: string[]) => NewEvent, now: number): Promise<{ rows: VaultKeyRow[]; revokedIds: string[] }>;
+  /** Keys matching the filter, newest first, older than the cursor; at most `limit`. */
+  list(f: KeyListFilter & { issuedBy?: string }, now: number): Promise<VaultKeyRow[]>;
+  countByStatus(f: Pick<KeyFilter, "label" | "vendor">, now: number): Promise<Record<KeyStatus, number>>;
+  /** The key's row of key_spend_days for `day` (YYYY-MM-DD, UTC), if it spent or reserved anything. */
+  spendOn(keyId: string, day: string): Promise<{ spentMicros: number; reservedMicros: number } | null>;
+}
+
+/** One page of a list asked for with `limit + 1` rows: the page, and the cursor of the next one. */
+export function pageOf<T>(rows: T[], limit: number, cursorOf: (row: T) => string): { rows: T[]; nextCursor: string | null } {
+  const more = rows.length > limit;
+  if (more) rows.length = limit;
+  return { rows, nextCursor: more ? cursorOf(rows[limit - 1]!) : null };
+}
+
+const usdOrNull = (m: number | null) => (m === null ? null : microsToUsd(m));
+
 export class KeyService {
   constructor(
-    private readonly db: Db,
+    private readonly store: KeyStore,
     private readonly maxTtlMs: number,
-    private readonly events?: EventLog,
   ) {}
 
   /**
    * Validates the body of POST /vault/keys (400), bounds it by an issuer's policy (403), and stores
    * the key with its key.issued event; the vault key is returned only here.
    */
-  issue(body: unknown, by: Principal, now = Date.now()): { row: VaultKeyRow; vaultKey: string } {
+  async issue(body: unknown, by: Principal, now = Date.now()): Promise<{ row: VaultKeyRow; vaultKey: string }> {
     const parsed = issueKeySchema(this.maxTtlMs).safeParse(body);
     if (!parsed.success) throw validationError(fieldIssues(parsed.error.issues));
     const input = parsed.data;
@@ -220,20 +265,16 @@ export class KeyService {
       stripeAccounts: input.stripe_accounts?.length ? input.stripe_accounts : null,
       issuedByTokenId: by.tokenId,
     };
-    this.db.sqlite
-      .transaction(() => {
-        this.db.orm.insert(vaultKeys).values(row).run();
-        this.events?.record(
-          {
-            type: "key.issued",
-            actor: actorOf(by),
-            target: row.id,
-            data: { key_id: row.id, agent_run_label: row.agentRunLabel, vendor: row.vendor, cap_usd: microsToUsd(row.dailyCapMicros), total_cap_usd: row.totalCapMicros === null ? null : microsToUsd(row.totalCapMicros) },
-          },
-          now,
-        );
-      })
-      .immediate();
+    await this.store.insert(
+      row,
+      {
+        type: "key.issued",
+        actor: actorOf(by),
+        target: row.id,
+        data: { key_id: row.id, agent_run_label: row.agentRunLabel, vendor: row.vendor, cap_usd: microsToUsd(row.dailyCapMicros), total_cap_usd: usdOrNull(row.totalCapMicros) },
+      },
+      now,
+    );
     return { row, vaultKey };
   }
 
@@ -241,157 +282,76 @@ export class KeyService {
    * One key; for an issuer only one it issued. Someone else's key is 404, not 403, so a leaked
    * issuer token cannot even learn which key ids exist.
    */
-  get(keyId: string, scope?: Principal): VaultKeyRow {
-    const row = this.db.orm.select().from(vaultKeys).where(and(eq(vaultKeys.id, keyId), ownership(scope))).get();
-    if (!row) throw new ApiError("not_found", `No vault key ${keyId}`);
-    return row;
+  async get(keyId: string, scope?: Principal): Promise<VaultKeyRow> {
+    return (await this.store.get(keyId, issuedBy(scope))) ?? notFound(keyId);
   }
 
   /**
    * PATCH: new daily/total caps and/or expiry (from now), bounded by an issuer's policy, with its
-   * key.updated event, in one IMMEDIATE transaction. The ledger re-reads caps and expiry inside each
-   * admission transaction, so the next call on any process sees the change. A cap lowered below
-   * what is already spent is allowed: further calls are refused as cap hits.
+   * key.updated event, in one transaction on the locked key row. The ledger re-reads caps and
+   * expiry inside each admission transaction, so the next call on any process or replica sees the
+   * change. A cap lowered below what is already spent is allowed: further calls are refused as cap hits.
    */
-  update(keyId: string, body: unknown, by: Principal, now = Date.now()): VaultKeyRow {
-    const parsed = updateKeySchema(this.maxTtlMs).safeParse(body);
-    if (!parsed.success) throw validationError(fieldIssues(parsed.error.issues));
-    const change = parsed.data;
-    return this.db.sqlite
-      .transaction(() => {
-        const before = this.get(keyId, by);
-        if (before.revokedAt !== null) throw new ApiError("conflict", `Vault key ${keyId} is revoked; a revoked key cannot be changed.`);
-        const after: VaultKeyRow = {
-          ...before,
-          dailyCapMicros: change.daily_usd_cap ?? before.dailyCapMicros,
-          totalCapMicros: change.total_usd_cap === undefined ? before.totalCapMicros : change.total_usd_cap,
-          expiresAt: change.expires_in === undefined ? before.expiresAt : now + change.expires_in,
-        };
-        // Only the fields being changed are checked: an untouched field keeps what it was issued with.
-        enforcePolicy(
-          by,
-          {
-            vendor: after.vendor,
-            agentRunLabel: after.agentRunLabel,
-            dailyCapMicros: after.dailyCapMicros,
-            totalCapMicros: after.totalCapMicros,
-            expiresInMs: change.expires_in,
-            allowedEndpoints: after.allowedEndpoints,
-          },
-          new Set(Object.keys(change)),
-        );
-        this.db.orm
-          .update(vaultKeys)
-          .set({ dailyCapMicros: after.dailyCapMicros, totalCapMicros: after.totalCapMicros, expiresAt: after.expiresAt })
-          .where(eq(vaultKeys.id, keyId))
-          .run();
-        const changes: Record<string, unknown> = {};
-        if (change.daily_usd_cap !== undefined) changes.daily_usd_cap = { from: microsToUsd(before.dailyCapMicros), to: microsToUsd(after.dailyCapMicros) };
-        if (change.total_usd_cap !== undefined) {
-          const usdOrNull = (m: number | null) => (m === null ? null : microsToUsd(m));
-          changes.total_usd_cap = { from: usdOrNull(before.totalCapMicros), to: usdOrNull(after.totalCapMicros) };
-        }
-        if (change.expires_in !== undefined) changes.expires_at = { from: iso(before.expiresAt), to: iso(after.expiresAt) };
-        this.events?.record(
-          { type: "key.updated", actor: actorOf(by), target: keyId, data: { key_id: keyId, agent_run_label: after.agentRunLabel, cap_usd: microsToUsd(after.dailyCapMicros), changes } },
-          now,
-        );
-        return after;
-      })
-      .immediate();
+  async update(keyId: string, body: unknown, by: Principal, now = Date.now()): Promise<VaultKeyRow> {
+    const change = this.parseChange(body);
+    const [after] = await this.store.change({ keyId, issuedBy: issuedBy(by) }, (row) => keyUpdate(row, change, by, now), now);
+    return after ?? notFound(keyId);
   }
 
   /**
    * The same change to every active key of a run (the admin pages' "raise the run's cap"), all or
    * nothing in one transaction, one key.updated event per key.
    */
-  updateRun(label: string, body: unknown, by: Principal, now = Date.now()): VaultKeyRow[] {
-    return this.db.sqlite
-      .transaction(() => {
-        const ids = this.db.orm
-          .select({ id: vaultKeys.id })
-          .from(vaultKeys)
-          .where(and(eq(vaultKeys.agentRunLabel, label), isNull(vaultKeys.revokedAt), gt(vaultKeys.expiresAt, now), ownership(by)))
-          .all();
-        return ids.map(({ id }) => this.update(id, body, by, now));
-      })
-      .immediate();
+  async updateRun(label: string, body: unknown, by: Principal, now = Date.now()): Promise<VaultKeyRow[]> {
+    const change = this.parseChange(body);
+    return this.store.change({ label, liveAt: now, issuedBy: issuedBy(by) }, (row) => keyUpdate(row, change, by, now), now);
   }
 
-  list(f: KeyListFilter, now = Date.now(), scope?: Principal): { rows: VaultKeyRow[]; nextCursor: string | null } {
-    const where: SQL[] = [];
-    const own = ownership(scope);
-    if (own) where.push(own);
-    if (f.label !== undefined) where.push(labelCondition(vaultKeys.agentRunLabel, f.label) ?? sql`1`);
-    if (f.vendor) where.push(eq(vaultKeys.vendor, f.vendor));
-    if (f.status === "revoked") where.push(isNotNull(vaultKeys.revokedAt));
-    if (f.status === "active") where.push(isNull(vaultKeys.revokedAt), gt(vaultKeys.expiresAt, now));
-    if (f.status === "expired") where.push(isNull(vaultKeys.revokedAt), lte(vaultKeys.expiresAt, now));
-    if (f.cursor) where.push(lt(vaultKeys.id, f.cursor));
-    const rows = this.db.orm
-      .select()
-      .from(vaultKeys)
-      .where(and(...where))
-      .orderBy(desc(vaultKeys.id))
-      .limit(f.limit + 1)
-      .all();
-    const more = rows.length > f.limit;
-    if (more) rows.pop();
-    return { rows, nextCursor: more ? rows[rows.length - 1]!.id : null };
+  private parseChange(body: unknown): KeyUpdate {
+    const parsed = updateKeySchema(this.maxTtlMs).safeParse(body);
+    if (!parsed.success) throw validationError(fieldIssues(parsed.error.issues));
+    return parsed.data;
+  }
+
+  async list(f: KeyListFilter, now = Date.now(), scope?: Principal): Promise<{ rows: VaultKeyRow[]; nextCursor: string | null }> {
+    const rows = await this.store.list({ ...f, issuedBy: issuedBy(scope), limit: f.limit + 1 }, now);
+    return pageOf(rows, f.limit, (r) => r.id);
   }
 
   /**
    * Sets revoked_at once (with its key.revoked event); a second call returns the same revocation and
-   * records nothing. Nothing is deleted. An issuer can revoke only keys it issued (others are 404).
+   * records nothing, also when two replicas revoke at the same moment (the row is locked). Nothing
+   * is deleted. An issuer can revoke only keys it issued (others are 404).
    */
-  revoke(keyId: string, by: Principal, now = Date.now()): VaultKeyRow {
-    return this.db.sqlite
-      .transaction(() => {
-        const row = this.get(keyId, by);
-        if (row.revokedAt !== null) return row;
-        this.db.orm.update(vaultKeys).set({ revokedAt: now }).where(eq(vaultKeys.id, keyId)).run();
-        this.events?.record(
-          { type: "key.revoked", actor: actorOf(by), target: keyId, data: { key_id: keyId, agent_run_label: row.agentRunLabel, vendor: row.vendor } },
-          now,
-        );
-        return { ...row, revokedAt: now };
-      })
-      .immediate();
+  async revoke(keyId: string, by: Principal, now = Date.now()): Promise<VaultKeyRow> {
+    const [row] = await this.store.change(
+      { keyId, issuedBy: issuedBy(by) },
+      (row) =>
+        row.revokedAt !== null
+          ? null
+          : { set: { revokedAt: now }, event: { type: "key.revoked", actor: actorOf(by), target: keyId, data: { key_id: keyId, agent_run_label: row.agentRunLabel, vendor: row.vendor } } },
+      now,
+    );
+    return row ?? notFound(keyId);
   }
 
   /**
    * Revokes every key of a run (for an issuer: every key of the run that it issued, nothing else);
    * `newlyRevoked` counts the keys this call revoked. One run.revoked event when any was.
    */
-  revokeByLabel(label: string, by: Principal, now = Date.now()): { rows: VaultKeyRow[]; newlyRevoked: number } {
-    return this.db.sqlite
-      .transaction(() => {
-        const own = ownership(by);
-        const revoked = this.db.orm
-          .update(vaultKeys)
-          .set({ revokedAt: now })
-          .where(and(eq(vaultKeys.agentRunLabel, label), isNull(vaultKeys.revokedAt), own))
-          .returning({ id: vaultKeys.id })
-          .all();
-        const rows = this.db.orm.select().from(vaultKeys).where(and(eq(vaultKeys.agentRunLabel, label), own)).orderBy(desc(vaultKeys.id)).all();
-        if (revoked.length > 0) {
-          this.events?.record(
-            { type: "run.revoked", actor: actorOf(by), target: label, data: { agent_run_label: label, key_ids: revoked.map((r) => r.id), revoked: revoked.length } },
-            now,
-          );
-        }
-        return { rows, newlyRevoked: revoked.length };
-      })
-      .immediate();
+  async revokeByLabel(label: string, by: Principal, now = Date.now()): Promise<{ rows: VaultKeyRow[]; newlyRevoked: number }> {
+    const { rows, revokedIds } = await this.store.revokeRun(
+      label,
+      issuedBy(by),
+      (ids) => ({ type: "run.revoked", actor: actorOf(by), target: label, data: { agent_run_label: label, key_ids: ids, revoked: ids.length } }),
+      now,
+    );
+    return { rows, newlyRevoked: revokedIds.length };
   }
 
   /** Spend today (UTC) and over the key's life, in USD. */
-  spend(row: VaultKeyRow, now = Date.now()) {
-    const today = this.db.orm
-      .select()
-      .from(keySpendDays)
-      .where(and(eq(keySpendDays.keyId, row.id), eq(keySpendDays.day, utcDay(now))))
-      .get();
+  async spend(row: VaultKeyRow, now = Date.now()) {
+    const today = await this.store.spendOn(row.id, utcDay(now));
     const spent = today?.spentMicros ?? 0;
     const reserved = today?.reservedMicros ?? 0;
     return {
@@ -402,18 +362,47 @@ export class KeyService {
     };
   }
 
-  /** Total keys by status, for metrics and the admin overview. */
-  countByStatus(now = Date.now()): Record<KeyStatus, number> {
-    const r = this.db.orm
-      .select({
-        revoked: sql<number>`sum(${vaultKeys.revokedAt} IS NOT NULL)`,
-        expired: sql<number>`sum(${vaultKeys.revokedAt} IS NULL AND ${vaultKeys.expiresAt} <= ${now})`,
-        active: sql<number>`sum(${vaultKeys.revokedAt} IS NULL AND ${vaultKeys.expiresAt} > ${now})`,
-      })
-      .from(vaultKeys)
-      .get();
-    return { active: r?.active ?? 0, revoked: r?.revoked ?? 0, expired: r?.expired ?? 0 };
+  /** Keys by status (all, or under a label and vendor filter), for metrics and the admin overview. */
+  countByStatus(f: Pick<KeyFilter, "label" | "vendor"> = {}, now = Date.now()): Promise<Record<KeyStatus, number>> {
+    return this.store.countByStatus(f, now);
   }
+}
+
+function notFound(keyId: string): never {
+  throw new ApiError("not_found", `No vault key ${keyId}`);
+}
+
+type KeyUpdate = z.infer<ReturnType<typeof updateKeySchema>>;
+
+/** What a PATCH writes to one key: its new values (within an issuer's policy) and its key.updated event; 409 for a revoked key. */
+function keyUpdate(before: VaultKeyRow, change: KeyUpdate, by: Principal, now: number): KeyChange {
+  if (before.revokedAt !== null) throw new ApiError("conflict", `Vault key ${before.id} is revoked; a revoked key cannot be changed.`);
+  const after = {
+    dailyCapMicros: change.daily_usd_cap ?? before.dailyCapMicros,
+    totalCapMicros: change.total_usd_cap === undefined ? before.totalCapMicros : change.total_usd_cap,
+    expiresAt: change.expires_in === undefined ? before.expiresAt : now + change.expires_in,
+  };
+  // Only the fields being changed are checked: an untouched field keeps what it was issued with.
+  enforcePolicy(
+    by,
+    {
+      vendor: before.vendor,
+      agentRunLabel: before.agentRunLabel,
+      dailyCapMicros: after.dailyCapMicros,
+      totalCapMicros: after.totalCapMicros,
+      expiresInMs: change.expires_in,
+      allowedEndpoints: before.allowedEndpoints,
+    },
+    new Set(Object.keys(change)),
+  );
+  const changes: Record<string, unknown> = {};
+  if (change.daily_usd_cap !== undefined) changes.daily_usd_cap = { from: microsToUsd(before.dailyCapMicros), to: microsToUsd(after.dailyCapMicros) };
+  if (change.total_usd_cap !== undefined) changes.total_usd_cap = { from: usdOrNull(before.totalCapMicros), to: usdOrNull(after.totalCapMicros) };
+  if (change.expires_in !== undefined) changes.expires_at = { from: iso(before.expiresAt), to: iso(after.expiresAt) };
+  return {
+    set: after,
+    event: { type: "key.updated", actor: actorOf(by), target: before.id, data: { key_id: before.id, agent_run_label: before.agentRunLabel, cap_usd: microsToUsd(after.dailyCapMicros), changes } },
+  };
 }
 
 /** What may still be reserved today: the daily cap, and the lifetime cap where there is one. */

@@ -5,8 +5,9 @@ import { and, eq, gte, lt, type SQL, type SQLWrapper } from "drizzle-orm";
  * (`airflow-billing/*`). A prefix is matched as the half-open range [prefix, next(prefix)),
  * where next() bumps the last code point: with SQLite's BINARY collation (UTF-8 byte order =
  * code point order) that range holds exactly the strings that start with the prefix, and it
- * is served by the (label, id) indexes. On PostgreSQL that holds for a column declared COLLATE "C"
- * (code point order in UTF-8); most databases' default collation is linguistic and would not.
+ * is served by the (label, id) indexes. On PostgreSQL the label columns are declared COLLATE "C"
+ * (migrations/pg/0002 and 0003) for the same reason: under a linguistic default collation
+ * (en_US, ICU) the range would also hold labels that do not start with the prefix.
  */
 export function labelCondition(column: SQLWrapper, label: string): SQL | undefined {
   if (!label.endsWith("*")) return eq(column, label);

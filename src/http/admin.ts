@@ -2,7 +2,7 @@ import { Elysia } from "elysia";
 import { ADMIN_SESSION_TTL_MS } from "../domain/admin-sessions.ts";
 import { parseAuditQuery, presentAudit, type AuditFilter } from "../domain/audit.ts";
 import { issueKeySchema, presentKey } from "../domain/keys.ts";
-import { countKeys, labelPrefixes, listKeyRows, listRuns, suggestLabels } from "../domain/runs.ts";
+import { labelPrefixes } from "../domain/runs.ts";
 import { cumulativeSpend, dailySeries } from "../domain/spend-series.ts";
 import { utcDay } from "../domain/time.ts";
 import { checkVendorConnection } from "../domain/vendor-check.ts";
@@ -72,13 +72,13 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
 
   const keysTable = async (f: KeysFilter, csrf: string, now = Date.now()) => {
     const rf = { label: f.label, vendor: isVendor(f.vendor) ? f.vendor : undefined };
-    const counts = await countKeys(s.db, rf, now);
+    const counts = await s.keys.countByStatus(rf, now);
     if (f.status === "runs") {
-      const { runs, nextCursor } = await listRuns(s.db, { ...rf, cursor: f.cursor, limit: PAGE_SIZE }, now);
+      const { runs, nextCursor } = await s.runs.listRuns({ ...rf, cursor: f.cursor, limit: PAGE_SIZE }, now);
       return { filter: f, counts, runs, keys: [], nextCursor, now, csrf };
     }
     const status = f.status === "all" ? undefined : f.status;
-    const { rows, nextCursor } = await listKeyRows(s.db, { ...rf, status, recentGraceMs: RECENTLY_REVOKED_MS, cursor: f.cursor, limit: PAGE_SIZE }, now);
+    const { rows, nextCursor } = await s.keys.list({ ...rf, status, recentGraceMs: RECENTLY_REVOKED_MS, cursor: f.cursor, limit: PAGE_SIZE }, now);
     return { filter: f, counts, keys: await Promise.all(rows.map((r) => keyView(r, now))), nextCursor, now, csrf };
   };
 
@@ -117,7 +117,7 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
   };
 
   const keysPage = async (csrf: string, f: KeysFilter, issue: IssueFormState, status = 200) => {
-    const labels = await suggestLabels(s.db, f.label);
+    const labels = await s.runs.suggestLabels(f.label);
     const suggestions = [...labelPrefixes(labels), ...labels];
     return html(KeysPage({ csrf, table: await keysTable(f, csrf), issue, suggestions, unconfigured: await unconfiguredVendors() }), status);
   };
@@ -238,7 +238,7 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
           const text = runRevokedText({ label, revoked: newlyRevoked, total: rows.length });
           const ack = render(Acknowledge({ text, tone: rows.length ? "ok" : "danger" }));
           // The run's row comes back in place, now revoked with its final spend.
-          const run = (await listRuns(s.db, { label, limit: 1 }, now)).runs[0];
+          const run = (await s.runs.listRuns({ label, limit: 1 }, now)).runs[0];
           return fragment((run ? render(RunRow({ r: run, now })) : "") + ack, rows.length ? 200 : 404);
         },
         { session: true },
@@ -296,7 +296,7 @@ export function adminRoutes(s: Services, proxyBaseUrl: () => string) {
           const now = Date.now();
           const since = Date.parse(utcDay(now - (days - 1) * 86_400_000) + "T00:00:00Z");
           const runPoints = label === undefined ? undefined : await cumulativeSpend(s.audit.all(parseAuditQuery({ label, since: new Date(since).toISOString() })));
-          const run = label === undefined ? undefined : (await listRuns(s.db, { label, limit: label.endsWith("*") ? 1000 : 1 }, now)).runs;
+          const run = label === undefined ? undefined : (await s.runs.listRuns({ label, limit: label.endsWith("*") ? 1000 : 1 }, now)).runs;
           const runCap = run?.length
             ? run.every((r) => r.total_cap_usd !== null)
               ? { usd: run.reduce((t, r) => t + r.total_cap_usd!, 0), kind: "lifetime" as const }

@@ -4,6 +4,8 @@ import type { SecretBox } from "../domain/crypto.ts";
 import type { EventReader } from "../domain/events.ts";
 import type { VendorSecretStorage } from "../domain/secrets.ts";
 import type { TokenStorage } from "../domain/tokens.ts";
+import type { KeyStore } from "../domain/keys.ts";
+import type { RunStore } from "../domain/runs.ts";
 import type { Logger } from "../log.ts";
 import type { Backend } from "./backend.ts";
 import { pgStores } from "./pg/index.ts";
@@ -19,6 +21,8 @@ export interface Stores {
   sessions: SessionStore;
   tokens: TokenStorage;
   vendorSecrets: VendorSecretStorage;
+  keys: KeyStore;
+  runs: RunStore;
   /** Resolves when the database answers (/healthz); throws when it cannot be reached. */
   ping(): Promise<void>;
 }

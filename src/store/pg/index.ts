@@ -3,6 +3,8 @@ import type { StoreDeps, Stores } from "../index.ts";
 import { PgAuditStore } from "./audit.ts";
 import { PgEventLog } from "./events.ts";
 import { PgVendorSecretStore } from "./secrets.ts";
+import { PgKeyStore } from "./keys.ts";
+import { PgRunStore } from "./runs.ts";
 import { PgSessionStore } from "./sessions.ts";
 import { PgTokenStore } from "./tokens.ts";
 
@@ -16,6 +18,8 @@ export function pgStores(b: PgBackend, deps: StoreDeps): Stores & { eventLog: Pg
     sessions: new PgSessionStore(b.orm),
     tokens: new PgTokenStore(b.orm, eventLog),
     vendorSecrets: new PgVendorSecretStore(b.orm, eventLog),
+    keys: new PgKeyStore(b.orm, eventLog),
+    runs: new PgRunStore(b.orm),
     async ping() {
       await b.sql`SELECT 1`;
     },

@@ -3,6 +3,8 @@ import type { SqliteBackend } from "../backend.ts";
 import type { StoreDeps, Stores } from "../index.ts";
 import { SqliteAuditStore } from "./audit.ts";
 import { SqliteVendorSecretStore } from "./secrets.ts";
+import { SqliteKeyStore } from "./keys.ts";
+import { SqliteRunStore } from "./runs.ts";
 import { SqliteSessionStore } from "./sessions.ts";
 import { SqliteTokenStore } from "./tokens.ts";
 
@@ -17,6 +19,8 @@ export function sqliteStores(b: SqliteBackend, deps: StoreDeps): Stores & { even
     sessions: new SqliteSessionStore(b.db),
     tokens: new SqliteTokenStore(b.db, eventLog),
     vendorSecrets: new SqliteVendorSecretStore(b.db, eventLog),
+    keys: new SqliteKeyStore(b.db, eventLog),
+    runs: new SqliteRunStore(b.db),
     async ping() {
       ping.get();
     },
