@@ -1,6 +1,8 @@
 import type { SessionStore } from "../domain/admin-sessions.ts";
+import type { BudgetStore } from "../domain/budgets.ts";
 import type { SecretBox } from "../domain/crypto.ts";
 import type { EventReader } from "../domain/events.ts";
+import type { WebhookStore } from "../domain/webhooks.ts";
 import type { Logger } from "../log.ts";
 import type { Backend } from "./backend.ts";
 import { pgStores } from "./pg/index.ts";
@@ -13,6 +15,8 @@ import { sqliteStores } from "./sqlite/index.ts";
 export interface Stores {
   events: EventReader;
   sessions: SessionStore;
+  budgets: BudgetStore;
+  webhooks: WebhookStore;
   /** Resolves when the database answers (/healthz); throws when it cannot be reached. */
   ping(): Promise<void>;
 }

@@ -1,7 +1,9 @@
 import type { PgBackend } from "../backend.ts";
 import type { StoreDeps, Stores } from "../index.ts";
+import { PgBudgetStore } from "./budgets.ts";
 import { PgEventLog } from "./events.ts";
 import { PgSessionStore } from "./sessions.ts";
+import { PgWebhookStore } from "./webhooks.ts";
 
 /** The stores of a PostgreSQL database shared by replicas. Writes that record an event do it with `eventLog.record(tx, …)`, inside their own transaction. */
 export function pgStores(b: PgBackend, deps: StoreDeps): Stores & { eventLog: PgEventLog } {
@@ -10,6 +12,8 @@ export function pgStores(b: PgBackend, deps: StoreDeps): Stores & { eventLog: Pg
     eventLog,
     events: eventLog,
     sessions: new PgSessionStore(b.orm),
+    budgets: new PgBudgetStore(b.orm, eventLog),
+    webhooks: new PgWebhookStore(b.orm, eventLog),
     async ping() {
       await b.sql`SELECT 1`;
     },

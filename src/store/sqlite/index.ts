@@ -1,7 +1,9 @@
 import { EventLog } from "../../domain/events.ts";
 import type { SqliteBackend } from "../backend.ts";
 import type { StoreDeps, Stores } from "../index.ts";
+import { SqliteBudgetStore } from "./budgets.ts";
 import { SqliteSessionStore } from "./sessions.ts";
+import { SqliteWebhookStore } from "./webhooks.ts";
 
 /** The stores of the embedded SQLite file. Writes that record an event do it with `events`, inside their own transaction. */
 export function sqliteStores(b: SqliteBackend, deps: StoreDeps): Stores & { eventLog: EventLog } {
@@ -11,6 +13,8 @@ export function sqliteStores(b: SqliteBackend, deps: StoreDeps): Stores & { even
     eventLog,
     events: eventLog,
     sessions: new SqliteSessionStore(b.db),
+    budgets: new SqliteBudgetStore(b.db, eventLog),
+    webhooks: new SqliteWebhookStore(b.db, eventLog),
     async ping() {
       ping.get();
     },
