@@ -315,7 +315,7 @@ export class WebhookService {
    * too early, and the next regular one (pollMs) finds the row.
    */
   kick(): void {
-    if (this.kicked || this.stopped) return;
+    if (this.kicked || this.stopped || !this.timer) return; // not started: another process sends
     this.kicked = true;
     setTimeout(() => {
       this.kicked = false;

@@ -1,4 +1,4 @@
-import { and, desc, eq, inArray, isNull, lt, lte, sql } from "drizzle-orm";
+import { and, desc, eq, inArray, isNull, lt, sql } from "drizzle-orm";
 import type { WebhookAttemptRow, WebhookRow } from "../../db/schema.ts";
 import type { StoredEvent } from "../../domain/events.ts";
 import { afterAttempt, outboxRows, type AttemptOutcome, type ClaimedDelivery, type Subscriber, type WebhookStore } from "../../domain/webhooks.ts";
@@ -71,16 +71,17 @@ export class PgWebhookStore implements WebhookStore {
   }
 
   async claimDue(now: number, limit: number, leaseUntil: number): Promise<ClaimedDelivery[]> {
-    const d = webhookDeliveries;
-    const due = and(eq(d.state, "pending"), lte(d.nextAttemptAt, now));
-    // One statement, exact across replicas: SKIP LOCKED leaves a row another replica is claiming to it, and
-    // FOR UPDATE re-checks `due` on the newest version of each row it locks, so a claim just committed is not due.
-    const picked = this.orm.select({ id: d.id }).from(d).where(due).orderBy(d.nextAttemptAt).limit(limit).for("update", { skipLocked: true });
-    return this.orm
-      .update(d)
-      .set({ attempts: sql`${d.attempts} + 1`, nextAttemptAt: leaseUntil })
-      .where(and(inArray(d.id, picked), due))
-      .returning({ id: d.id, webhookId: d.webhookId, eventId: d.eventId, body: d.body, attempt: d.attempts, createdAt: d.createdAt });
+    // Exact across replicas: SKIP LOCKED leaves a row another replica is claiming to it, and FOR UPDATE
+    // re-checks the WHERE on the newest version of each row it locks, so a claim just committed is not due.
+    // MATERIALIZED: the rows are picked once, whatever plan the UPDATE gets, so no more than `limit` are claimed.
+    const rows = await this.orm.execute<{ id: string; webhook_id: string; event_id: string; body: string; attempts: number; created_at: string }>(sql`
+      WITH picked AS MATERIALIZED (
+        SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= ${now}
+         ORDER BY next_attempt_at LIMIT ${limit} FOR UPDATE SKIP LOCKED)
+      UPDATE webhook_deliveries d SET attempts = d.attempts + 1, next_attempt_at = ${leaseUntil}
+        FROM picked WHERE d.id = picked.id
+      RETURNING d.id, d.webhook_id, d.event_id, d.body, d.attempts, d.created_at`);
+    return [...rows].map((r) => ({ id: r.id, webhookId: r.webhook_id, eventId: r.event_id, body: r.body, attempt: Number(r.attempts), createdAt: Number(r.created_at) }));
   }
 
   async target(webhookId: string) {
