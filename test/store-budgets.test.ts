@@ -4,12 +4,9 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { BudgetService } from "../src/domain/budgets.ts";
-import { SecretBox } from "../src/domain/crypto.ts";
-import { createLogger } from "../src/log.ts";
 import type { Stores } from "../src/store/index.ts";
-import { pgStores } from "../src/store/pg/index.ts";
-import { sqliteStores } from "../src/store/sqlite/index.ts";
 import { BACKENDS, openTestBackend } from "./backends.ts";
+import { replica } from "./store-replicas.ts";
 
 const actor = { tokenId: "tok_ops", name: "ops" };
 const DAY = Date.UTC(2026, 10, 22, 12);
@@ -20,8 +17,7 @@ describe.each(BACKENDS)("budgets on %s", (kind) => {
   let budgets: BudgetService;
   beforeAll(async () => {
     backend = await openTestBackend(kind, "budgets");
-    const deps = { logger: createLogger("silent"), box: new SecretBox("test") };
-    stores = backend.kind === "sqlite" ? sqliteStores(backend, deps) : pgStores(backend, deps);
+    stores = replica(backend).stores;
     budgets = new BudgetService(stores.budgets);
   });
   afterAll(() => backend.close());

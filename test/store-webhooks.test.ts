@@ -4,73 +4,10 @@
  * (PostgreSQL) draining one outbox into one receiver.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { rmSync } from "node:fs";
-import { SecretBox } from "../src/domain/crypto.ts";
-import type { NewEvent, StoredEvent } from "../src/domain/events.ts";
+import type { NewEvent } from "../src/domain/events.ts";
 import { WebhookService, type WebhookStore } from "../src/domain/webhooks.ts";
-import { createLogger } from "../src/log.ts";
-import { closeBackend, openBackend, type Backend } from "../src/store/backend.ts";
-import { pgStores } from "../src/store/pg/index.ts";
-import { sqliteStores } from "../src/store/sqlite/index.ts";
-import { BACKENDS, type BackendKind } from "./backends.ts";
-import { tempDir } from "./helpers.ts";
-import { freshDatabase } from "./pg.ts";
-
-const box = new SecretBox("test master key");
-const logger = createLogger("silent");
-
-/** One process or replica: its own connection (pool) to the shared data dir or database. */
-interface Replica {
-  backend: Backend;
-  webhooks: WebhookStore;
-  /** Records an event in a transaction of its own, the way a store does; `fail` rolls it back. */
-  record(e: NewEvent, opts?: { fail?: boolean }): Promise<StoredEvent>;
-}
-
-function replica(backend: Backend): Replica {
-  if (backend.kind === "sqlite") {
-    const s = sqliteStores(backend, { logger, box });
-    return {
-      backend,
-      webhooks: s.webhooks,
-      async record(e, opts = {}) {
-        return backend.db.sqlite.transaction(() => {
-          const stored = s.eventLog.record(e);
-          if (opts.fail) throw new Error("the change failed");
-          return stored;
-        })();
-      },
-    };
-  }
-  const s = pgStores(backend, { logger, box });
-  return {
-    backend,
-    webhooks: s.webhooks,
-    record: (e, opts = {}) =>
-      backend.orm.transaction(async (tx) => {
-        const stored = await s.eventLog.record(tx, e);
-        if (opts.fail) throw new Error("the change failed");
-        return stored;
-      }),
-  };
-}
-
-/** Two replicas over one fresh data dir or database. */
-async function openShared(kind: BackendKind) {
-  const dataDir = tempDir("keybrake-webhooks-");
-  const databaseUrl = kind === "postgres" ? await freshDatabase("webhooks") : undefined;
-  const a = replica(await openBackend({ dataDir, databaseUrl }));
-  const b = replica(await openBackend({ dataDir, databaseUrl }));
-  return {
-    a,
-    b,
-    async close() {
-      await closeBackend(a.backend);
-      await closeBackend(b.backend);
-      rmSync(dataDir, { recursive: true, force: true });
-    },
-  };
-}
+import { BACKENDS } from "./backends.ts";
+import { box, logger, openShared, type Replica } from "./store-replicas.ts";
 
 const event = (type: NewEvent["type"], data: Record<string, unknown> = {}): NewEvent => ({ type, actor: null, target: "key_1", data });
 const hook = (over: Record<string, unknown> = {}) => ({ url: "http://127.0.0.1:1/hook", events: ["key.revoked"], ...over });
@@ -78,22 +15,24 @@ const hook = (over: Record<string, unknown> = {}) => ({ url: "http://127.0.0.1:1
 describe.each(BACKENDS)("webhooks on %s", (kind) => {
   let shared: Awaited<ReturnType<typeof openShared>>;
   let a: Replica;
+  let store: WebhookStore;
   let service: WebhookService;
   let kicks = 0;
   beforeAll(async () => {
-    shared = await openShared(kind);
+    shared = await openShared(kind, "webhooks");
     a = shared.a;
-    service = new WebhookService(a.webhooks, box, logger); // never started: these rows drive the store by hand
-    a.webhooks.onQueued(() => kicks++);
+    store = a.stores.webhooks;
+    service = new WebhookService(store, box, logger); // never started: these rows drive the store by hand
+    store.onQueued(() => kicks++);
   });
   afterAll(() => shared.close());
 
   /** Deletes every webhook and parks the deliveries queued so far, so one row sees only its own. */
   const fresh = async () => {
     for (const w of await service.list()) await service.remove(w.id);
-    await a.webhooks.claimDue(Date.now() + 60_000, 1_000, Number.MAX_SAFE_INTEGER);
+    await store.claimDue(Date.now() + 60_000, 1_000, Number.MAX_SAFE_INTEGER);
   };
-  const pendingOf = async (webhookId: string) => (await a.webhooks.deliveries(webhookId, undefined, 100)).map((d) => d.row);
+  const pendingOf = async (webhookId: string) => (await store.deliveries(webhookId, undefined, 100)).map((d) => d.row);
 
   test("create seals the secret; get, list newest first; remove is idempotent and keeps the row", async () => {
     const one = await service.create(hook(), 1_000);
@@ -146,13 +85,13 @@ describe.each(BACKENDS)("webhooks on %s", (kind) => {
     const w = await service.create(hook());
     for (let i = 0; i < 6; i++) await a.record(event("key.revoked", { i }));
     const now = Date.now() + 1_000;
-    const [x, y] = await Promise.all([a.webhooks.claimDue(now, 4, now + 500), shared.b.webhooks.claimDue(now, 4, now + 500)]);
+    const [x, y] = await Promise.all([store.claimDue(now, 4, now + 500), shared.b.stores.webhooks.claimDue(now, 4, now + 500)]);
     const claimed = [...x, ...y].filter((c) => c.webhookId === w.row.id);
     expect(claimed).toHaveLength(6);
     expect(new Set(claimed.map((c) => c.id)).size).toBe(6);
     expect(claimed.every((c) => c.attempt === 1)).toBe(true);
-    expect(await a.webhooks.claimDue(now + 499, 10, now + 10_000)).toEqual([]);
-    const again = await shared.b.webhooks.claimDue(now + 500, 10, now + 10_000);
+    expect(await store.claimDue(now + 499, 10, now + 10_000)).toEqual([]);
+    const again = await shared.b.stores.webhooks.claimDue(now + 500, 10, now + 10_000);
     expect(again.map((c) => c.attempt)).toEqual([2, 2, 2, 2, 2, 2]);
   });
 
@@ -161,15 +100,15 @@ describe.each(BACKENDS)("webhooks on %s", (kind) => {
     const w = await service.create(hook());
     for (let i = 0; i < 3; i++) await a.record(event("key.revoked", { i }));
     const now = Date.now() + 1_000;
-    const [first, second, third] = (await a.webhooks.claimDue(now, 3, now + 100)).sort((p, q) => (p.id < q.id ? -1 : 1));
-    await a.webhooks.finish({ deliveryId: first!.id, attempt: 1, ts: now, status: 200, error: null, durationMs: 3 }, { state: "delivered", at: now + 3 });
-    await a.webhooks.finish({ deliveryId: second!.id, attempt: 1, ts: now, status: 500, error: "HTTP 500", durationMs: 2 }, { state: "pending", retryAt: now + 50 });
-    await a.webhooks.finish({ deliveryId: third!.id, attempt: 1, ts: now, status: null, error: "connection failed", durationMs: 1 }, { state: "failed" });
+    const [first, second, third] = (await store.claimDue(now, 3, now + 100)).sort((p, q) => (p.id < q.id ? -1 : 1));
+    await store.finish({ deliveryId: first!.id, attempt: 1, ts: now, status: 200, error: null, durationMs: 3 }, { state: "delivered", at: now + 3 });
+    await store.finish({ deliveryId: second!.id, attempt: 1, ts: now, status: 500, error: "HTTP 500", durationMs: 2 }, { state: "pending", retryAt: now + 50 });
+    await store.finish({ deliveryId: third!.id, attempt: 1, ts: now, status: null, error: "connection failed", durationMs: 1 }, { state: "failed" });
     // The second comes due again; attempt 2 is claimed while a late attempt 1 of it finishes as failed.
-    const [retry] = await a.webhooks.claimDue(now + 50, 5, now + 1_000);
+    const [retry] = await store.claimDue(now + 50, 5, now + 1_000);
     expect(retry).toMatchObject({ id: second!.id, attempt: 2 });
-    await a.webhooks.finish({ deliveryId: second!.id, attempt: 1, ts: now, status: 503, error: "HTTP 503", durationMs: 9 }, { state: "failed" });
-    await a.webhooks.finish({ deliveryId: second!.id, attempt: 2, ts: now + 60, status: 204, error: null, durationMs: 4 }, { state: "delivered", at: now + 64 });
+    await store.finish({ deliveryId: second!.id, attempt: 1, ts: now, status: 503, error: "HTTP 503", durationMs: 9 }, { state: "failed" });
+    await store.finish({ deliveryId: second!.id, attempt: 2, ts: now + 60, status: 204, error: null, durationMs: 4 }, { state: "delivered", at: now + 64 });
 
     const page1 = await service.deliveries(w.row.id, { limit: 2 });
     expect(page1.data.map((d) => d.delivery_id)).toEqual([third!.id, second!.id]);
@@ -184,7 +123,7 @@ describe.each(BACKENDS)("webhooks on %s", (kind) => {
 
 describe.each(BACKENDS)("the delivery worker on %s", (kind) => {
   test("two workers on one outbox and one receiver: each event delivered once, a claim lost with its replica retried", async () => {
-    const shared = await openShared(kind);
+    const shared = await openShared(kind, "worker");
     const got: { event: string; ok: boolean }[] = [];
     let failFirst = 3;
     const server = Bun.serve({
@@ -197,12 +136,12 @@ describe.each(BACKENDS)("the delivery worker on %s", (kind) => {
       },
     });
     const policy = { delaysMs: [10], thenEveryMs: 10, giveUpAfterMs: 60_000 };
-    const workers = [shared.a, shared.b].map((r) => new WebhookService(r.webhooks, box, logger, { pollMs: 20, concurrency: 3, policy }));
+    const workers = [shared.a, shared.b].map((r) => new WebhookService(r.stores.webhooks, box, logger, { pollMs: 20, concurrency: 3, policy }));
     try {
       const { row: hookRow } = await workers[0]!.create({ url: `http://127.0.0.1:${server.port}/hook`, events: ["key.revoked"] });
       // A replica claims one delivery and dies before sending: its lease (100 ms) runs out and a worker sends it.
       const dead = await shared.a.record(event("key.revoked", { dead: true }));
-      const [lost] = await shared.b.webhooks.claimDue(Date.now(), 1, Date.now() + 100);
+      const [lost] = await shared.b.stores.webhooks.claimDue(Date.now(), 1, Date.now() + 100);
       expect(lost!.eventId).toBe(dead.id);
       for (const w of workers) w.start();
       const ids = [dead.id];
@@ -216,7 +155,7 @@ describe.each(BACKENDS)("the delivery worker on %s", (kind) => {
       await Bun.sleep(200); // anything sent twice (a bug) arrives by now
       expect(delivered().sort()).toEqual([...ids].sort());
       expect(got.filter((g) => !g.ok)).toHaveLength(3);
-      const rows = await shared.a.webhooks.deliveries(hookRow.id, undefined, 100);
+      const rows = await shared.a.stores.webhooks.deliveries(hookRow.id, undefined, 100);
       expect(rows.every((d) => d.row.state === "delivered")).toBe(true);
       // The lost claim was attempt 1, never recorded; a worker made attempt 2.
       expect(rows.find((d) => d.row.eventId === dead.id)!.attempts[0]!.attempt).toBe(2);
