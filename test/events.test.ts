@@ -9,7 +9,7 @@ describe.each(BACKENDS)("the event trail on %s", (kind) => {
   beforeAll(async () => {
     shared = await openShared(kind, "events");
     a = shared.a;
-  });
+  }, 60_000); // the first PostgreSQL test of a run starts the cluster
   afterAll(() => shared.close());
 
   test("the event log commits with its transaction, pages newest first and feeds its sinks", async () => {

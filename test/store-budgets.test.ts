@@ -19,7 +19,7 @@ describe.each(BACKENDS)("budgets on %s", (kind) => {
     backend = await openTestBackend(kind, "budgets");
     stores = replica(backend).stores;
     budgets = new BudgetService(stores.budgets);
-  });
+  }, 60_000); // the first PostgreSQL test of a run starts the cluster
   afterAll(() => backend.close());
 
   const trail = async (id: string) => (await stores.events.list({ type: "budget.updated", limit: 100 })).rows.filter((e) => e.target === id).reverse();

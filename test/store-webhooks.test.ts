@@ -24,7 +24,7 @@ describe.each(BACKENDS)("webhooks on %s", (kind) => {
     store = a.stores.webhooks;
     service = new WebhookService(store, box, logger); // never started: these rows drive the store by hand
     store.onQueued(() => kicks++);
-  });
+  }, 60_000); // the first PostgreSQL test of a run starts the cluster
   afterAll(() => shared.close());
 
   /** Deletes every webhook and parks the deliveries queued so far, so one row sees only its own. */
