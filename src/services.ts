@@ -67,10 +67,9 @@ export async function createServices(config: Config, fetchImpl?: typeof fetch, l
   const stores = sqliteStores(backend, { logger, box });
   const db = backend.db;
   const events = stores.eventLog;
-  // Budgets, cap alerts and the webhook outbox (SPEC §7): the outbox is an event sink, so a
+  // Budgets, cap alerts and the webhook outbox (SPEC §7): the webhook store is an event sink, so a
   // delivery is queued in the same transaction as the change or alert it reports.
-  const webhooks = new WebhookService(db, box, logger);
-  events.addSink(webhooks.outboxSink);
+  const webhooks = new WebhookService(stores.webhooks, box, logger);
   const secrets = new VendorSecretStore(stores.vendorSecrets, box);
   try {
     // Before anything runs: a wrong master key stops start-up here, not at the first call.
@@ -112,7 +111,7 @@ export async function createServices(config: Config, fetchImpl?: typeof fetch, l
     metrics,
     logger,
     events,
-    budgets: new BudgetService(db, events),
+    budgets: new BudgetService(stores.budgets),
     webhooks,
     forwarder,
     adminSessions: new AdminSessions(stores.sessions, tokens),

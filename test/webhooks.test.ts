@@ -208,7 +208,7 @@ describe("deliveries", () => {
   test("a delivery exists iff its change committed", async () => {
     const { kb } = stack;
     const s = kb.services;
-    const hook = s.webhooks.create({ url: rx.url, events: ["key.revoked"] });
+    const hook = await s.webhooks.create({ url: rx.url, events: ["key.revoked"] });
     expect(() =>
       s.db.sqlite.transaction(() => {
         (s.events as EventLog).record({ type: "key.revoked", actor: null, target: "key_x", data: { key_id: "key_x" } });

@@ -1,13 +1,11 @@
 import type { Database, Statement } from "bun:sqlite";
-import { and, desc, eq, isNull } from "drizzle-orm";
 import { z } from "zod";
-import type { Db } from "../db/connection.ts";
-import { budgets, budgetSpendDays, type BudgetRow } from "../db/schema.ts";
+import type { BudgetRow } from "../db/schema.ts";
 import { ApiError, fieldIssues, validationError } from "../errors.ts";
 import { newId } from "../ids.ts";
 import { microsToUsd } from "../money.ts";
 import { VENDORS } from "../vendors/types.ts";
-import type { Actor, EventLog } from "./events.ts";
+import type { Actor, NewEvent } from "./events.ts";
 import { MAX_LABEL_LENGTH, usd } from "./keys.ts";
 import { utcDay } from "./time.ts";
 
@@ -73,13 +71,31 @@ export function presentBudget(row: BudgetRow, spend: BudgetSpend) {
   };
 }
 
-export class BudgetService {
-  constructor(
-    private readonly db: Db,
-    private readonly events: EventLog,
-  ) {}
+/** Today's row of one budget (zeros before its first call of the day). */
+export interface BudgetDay {
+  spentMicros: number;
+  reservedMicros: number;
+}
 
-  create(body: unknown, actor: Actor | null, now = Date.now()): BudgetRow {
+/** Where budgets live (src/store/sqlite/budgets.ts, src/store/pg/budgets.ts). Every write records its event in its own transaction. */
+export interface BudgetStore {
+  insert(row: BudgetRow, event: NewEvent, now: number): Promise<void>;
+  /**
+   * One exact read-modify-write: with the budget row locked against other changes and admissions,
+   * `decide` sees the stored row and returns what to set (null: leave it as it is); the change and
+   * `event(before, after)` commit together. The row as stored after, or null when there is none.
+   */
+  modify(id: string, now: number, decide: (before: BudgetRow) => Partial<BudgetRow> | null, event: (before: BudgetRow, after: BudgetRow) => NewEvent): Promise<BudgetRow | null>;
+  get(id: string): Promise<BudgetRow | null>;
+  /** Newest first. */
+  list(includeDeleted: boolean): Promise<BudgetRow[]>;
+  day(budgetId: string, day: string): Promise<BudgetDay>;
+}
+
+export class BudgetService {
+  constructor(private readonly store: BudgetStore) {}
+
+  async create(body: unknown, actor: Actor | null, now = Date.now()): Promise<BudgetRow> {
     const input = parse(createBudgetSchema, body);
     const row: BudgetRow = {
       id: newId("bud", now),
@@ -91,99 +107,88 @@ export class BudgetService {
       updatedAt: now,
       deletedAt: null,
     };
-    this.db.sqlite.transaction(() => {
-      this.db.orm.insert(budgets).values(row).run();
-      this.recordChange(row, "created", actor, now, {});
-    })();
+    await this.store.insert(row, changeEvent(row, "created", actor, {}), now);
     return row;
   }
 
   /** Changes a live budget; the next admitted call reads the new values (the ledger never caches budgets). */
-  update(id: string, body: unknown, actor: Actor | null, now = Date.now()): BudgetRow {
+  async update(id: string, body: unknown, actor: Actor | null, now = Date.now()): Promise<BudgetRow> {
     const input = parse(updateBudgetSchema, body);
-    return this.db.sqlite.transaction(() => {
-      const before = this.get(id);
-      if (before.deletedAt !== null) throw new ApiError("conflict", `Budget ${id} was deleted; create a new one.`);
-      const set: Partial<BudgetRow> = { updatedAt: now };
-      if (input.name !== undefined) set.name = input.name;
-      if (input.label_prefix !== undefined) set.labelPrefix = input.label_prefix;
-      if (input.daily_usd_cap !== undefined) set.dailyCapMicros = input.daily_usd_cap;
-      if (input.vendor !== undefined) set.vendor = input.vendor;
-      this.db.orm.update(budgets).set(set).where(eq(budgets.id, id)).run();
-      const after = this.get(id);
-      const changes: Record<string, { from: unknown; to: unknown }> = {};
-      if (after.name !== before.name) changes.name = { from: before.name, to: after.name };
-      if (after.labelPrefix !== before.labelPrefix) changes.label_prefix = { from: before.labelPrefix, to: after.labelPrefix };
-      if (after.vendor !== before.vendor) changes.vendor = { from: before.vendor, to: after.vendor };
-      if (after.dailyCapMicros !== before.dailyCapMicros) {
-        changes.daily_usd_cap = { from: microsToUsd(before.dailyCapMicros), to: microsToUsd(after.dailyCapMicros) };
-      }
-      this.recordChange(after, "changed", actor, now, { changes });
-      return after;
-    })();
+    const after = await this.store.modify(
+      id,
+      now,
+      (before) => {
+        if (before.deletedAt !== null) throw new ApiError("conflict", `Budget ${id} was deleted; create a new one.`);
+        const set: Partial<BudgetRow> = { updatedAt: now };
+        if (input.name !== undefined) set.name = input.name;
+        if (input.label_prefix !== undefined) set.labelPrefix = input.label_prefix;
+        if (input.daily_usd_cap !== undefined) set.dailyCapMicros = input.daily_usd_cap;
+        if (input.vendor !== undefined) set.vendor = input.vendor;
+        return set;
+      },
+      (before, after) => {
+        const changes: Record<string, { from: unknown; to: unknown }> = {};
+        if (after.name !== before.name) changes.name = { from: before.name, to: after.name };
+        if (after.labelPrefix !== before.labelPrefix) changes.label_prefix = { from: before.labelPrefix, to: after.labelPrefix };
+        if (after.vendor !== before.vendor) changes.vendor = { from: before.vendor, to: after.vendor };
+        if (after.dailyCapMicros !== before.dailyCapMicros) {
+          changes.daily_usd_cap = { from: microsToUsd(before.dailyCapMicros), to: microsToUsd(after.dailyCapMicros) };
+        }
+        return changeEvent(after, "changed", actor, { changes });
+      },
+    );
+    return found(id, after);
   }
 
   /** Sets deleted_at once (idempotent); the budget stops applying to the next call. */
-  remove(id: string, actor: Actor | null, now = Date.now()): BudgetRow {
-    return this.db.sqlite.transaction(() => {
-      const row = this.get(id);
-      if (row.deletedAt !== null) return row;
-      this.db.orm.update(budgets).set({ deletedAt: now, updatedAt: now }).where(eq(budgets.id, id)).run();
-      const deleted = this.get(id);
-      this.recordChange(deleted, "deleted", actor, now, {});
-      return deleted;
-    })();
+  async remove(id: string, actor: Actor | null, now = Date.now()): Promise<BudgetRow> {
+    const row = await this.store.modify(
+      id,
+      now,
+      (before) => (before.deletedAt !== null ? null : { deletedAt: now, updatedAt: now }),
+      (_, deleted) => changeEvent(deleted, "deleted", actor, {}),
+    );
+    return found(id, row);
   }
 
-  get(id: string): BudgetRow {
-    const row = this.db.orm.select().from(budgets).where(eq(budgets.id, id)).get();
-    if (!row) throw new ApiError("not_found", `No budget ${id}`);
-    return row;
+  async get(id: string): Promise<BudgetRow> {
+    return found(id, await this.store.get(id));
   }
 
-  list(opts: { includeDeleted?: boolean } = {}): BudgetRow[] {
-    return this.db.orm
-      .select()
-      .from(budgets)
-      .where(opts.includeDeleted ? undefined : isNull(budgets.deletedAt))
-      .orderBy(desc(budgets.id))
-      .all();
+  list(opts: { includeDeleted?: boolean } = {}): Promise<BudgetRow[]> {
+    return this.store.list(opts.includeDeleted ?? false);
   }
 
-  spend(row: BudgetRow, now = Date.now()): BudgetSpend {
-    const today = this.db.orm
-      .select()
-      .from(budgetSpendDays)
-      .where(and(eq(budgetSpendDays.budgetId, row.id), eq(budgetSpendDays.day, utcDay(now))))
-      .get();
-    const spent = today?.spentMicros ?? 0;
-    const reserved = today?.reservedMicros ?? 0;
+  async spend(row: BudgetRow, now = Date.now()): Promise<BudgetSpend> {
+    const { spentMicros: spent, reservedMicros: reserved } = await this.store.day(row.id, utcDay(now));
     return {
       spent_today_usd: microsToUsd(spent),
       reserved_usd: microsToUsd(reserved),
       remaining_today_usd: microsToUsd(Math.max(0, row.dailyCapMicros - spent - reserved)),
     };
   }
+}
 
-  private recordChange(row: BudgetRow, action: "created" | "changed" | "deleted", actor: Actor | null, now: number, extra: Record<string, unknown>) {
-    this.events.record(
-      {
-        type: "budget.updated",
-        actor,
-        target: row.id,
-        data: {
-          action,
-          budget_id: row.id,
-          name: row.name,
-          label_prefix: row.labelPrefix,
-          vendor: row.vendor,
-          cap_usd: microsToUsd(row.dailyCapMicros),
-          ...extra,
-        },
-      },
-      now,
-    );
-  }
+function found(id: string, row: BudgetRow | null): BudgetRow {
+  if (!row) throw new ApiError("not_found", `No budget ${id}`);
+  return row;
+}
+
+function changeEvent(row: BudgetRow, action: "created" | "changed" | "deleted", actor: Actor | null, extra: Record<string, unknown>): NewEvent {
+  return {
+    type: "budget.updated",
+    actor,
+    target: row.id,
+    data: {
+      action,
+      budget_id: row.id,
+      name: row.name,
+      label_prefix: row.labelPrefix,
+      vendor: row.vendor,
+      cap_usd: microsToUsd(row.dailyCapMicros),
+      ...extra,
+    },
+  };
 }
 
 /** A budget as the admission step sees it: its cap and today's row. */

@@ -1,9 +1,6 @@
-import type { Database, Statement } from "bun:sqlite";
 import { createHmac } from "node:crypto";
-import { and, desc, eq, lt } from "drizzle-orm";
 import { z } from "zod";
-import type { Db } from "../db/connection.ts";
-import { webhookAttempts, webhookDeliveries, webhooks, type WebhookAttemptRow, type WebhookDeliveryRow, type WebhookRow } from "../db/schema.ts";
+import type { WebhookAttemptRow, WebhookDeliveryRow, WebhookRow } from "../db/schema.ts";
 import { ApiError, fieldIssues, validationError } from "../errors.ts";
 import { newId } from "../ids.ts";
 import type { Logger } from "../log.ts";
@@ -14,12 +11,11 @@ import { EVENT_TYPES, type StoredEvent } from "./events.ts";
 /**
  * Webhooks (SPEC §7): subscriptions, a durable outbox and the worker that drains it.
  *
- * The outbox is written by an EventLog sink, i.e. inside the transaction that records the event,
- * so a delivery exists if and only if the change that caused it committed. The worker claims a
- * due row with a conditional UPDATE (compare-and-set on its due time and attempt count), so
- * several processes on one data dir never send one attempt twice; it then sends with no
- * transaction open, under a timeout and a concurrency bound, so a slow or dead receiver costs
- * the proxy nothing.
+ * The outbox is written by an event-log sink, i.e. inside the transaction that records the event,
+ * so a delivery exists if and only if the change that caused it committed. The worker claims each
+ * due attempt exactly once across the processes on one data dir or the replicas on one PostgreSQL
+ * database (WebhookStore.claimDue); it then sends with no transaction open, under a timeout and a
+ * concurrency bound, so a slow or dead receiver costs the proxy nothing.
  */
 
 export const WEBHOOK_FORMATS = ["json", "slack"] as const;
@@ -143,31 +139,96 @@ export function slackText(e: StoredEvent): string {
   }
 }
 
+/** The fields of a live webhook the outbox needs to queue an event for it. */
+export interface Subscriber {
+  id: string;
+  thresholds: number[];
+  format: WebhookFormat;
+}
+
+/**
+ * The outbox rows one event queues: one per subscribed webhook, in its format. A webhook hears
+ * only its own cap thresholds (the union is what the alerts watch for). The one writer of
+ * deliveries on both backends (the stores' event sinks, and PgCapAlerts in its raw-SQL transaction).
+ */
+export function outboxRows(e: StoredEvent, subscribers: readonly Subscriber[]): WebhookDeliveryRow[] {
+  return subscribers
+    .filter((w) => e.type !== "cap.threshold" || w.thresholds.includes(Number(e.data.threshold)))
+    .map((w) => ({
+      id: newId("whd", e.ts),
+      webhookId: w.id,
+      eventId: e.id,
+      eventType: e.type,
+      body: JSON.stringify(w.format === "slack" ? { text: slackText(e) } : eventBody(e)),
+      state: "pending",
+      attempts: 0,
+      nextAttemptAt: e.ts,
+      createdAt: e.ts,
+      deliveredAt: null,
+    }));
+}
+
+/** One attempt of one delivery, claimed by this process. */
+export interface ClaimedDelivery {
+  id: string;
+  webhookId: string;
+  eventId: string;
+  body: string;
+  /** This attempt's number (1 for the first). */
+  attempt: number;
+  createdAt: number;
+}
+
+/** Where a delivery stands after an attempt. */
+export type AttemptOutcome = { state: "delivered"; at: number } | { state: "pending"; retryAt: number } | { state: "failed" };
+
+/** The columns of a delivery an attempt's outcome sets. */
+export function afterAttempt(o: AttemptOutcome): Partial<WebhookDeliveryRow> {
+  if (o.state === "delivered") return { state: "delivered", deliveredAt: o.at };
+  return o.state === "failed" ? { state: "failed" } : { nextAttemptAt: o.retryAt };
+}
+
+/** Where webhooks and their outbox live (src/store/sqlite/webhooks.ts, src/store/pg/webhooks.ts). */
+export interface WebhookStore {
+  insert(row: WebhookRow): Promise<void>;
+  get(id: string): Promise<WebhookRow | null>;
+  /** Newest first, deleted ones too. */
+  list(): Promise<WebhookRow[]>;
+  /** Sets deleted_at unless it is set; the row as stored after, or null when there is none. */
+  markDeleted(id: string, now: number): Promise<WebhookRow | null>;
+  /** A webhook's deliveries older than `cursor` (a delivery id), newest first, each with its attempts in order. */
+  deliveries(webhookId: string, cursor: string | undefined, limit: number): Promise<{ row: WebhookDeliveryRow; attempts: WebhookAttemptRow[] }[]>;
+  /**
+   * The store queues outbox rows (outboxRows) inside the transaction of every event its backend's
+   * event log records; `listener` runs when one event queued some, before that transaction commits.
+   */
+  onQueued(listener: () => void): void;
+  /**
+   * Claims up to `limit` due deliveries for their next attempt, each exactly once across every
+   * process and replica, and moves their due time to `leaseUntil`: a claim lost with its process
+   * comes due again then.
+   */
+  claimDue(now: number, limit: number, leaseUntil: number): Promise<ClaimedDelivery[]>;
+  /** Where to send: null when the webhook is gone. */
+  target(webhookId: string): Promise<{ url: string; secretSealed: string; deletedAt: number | null } | null>;
+  /** Records the attempt and, unless a later claim took the delivery over, its new state. */
+  finish(attempt: WebhookAttemptRow, outcome: AttemptOutcome): Promise<void>;
+}
+
 export interface WebhookOptions {
   fetch?: typeof fetch;
   /** How long one send may take before it counts as failed. */
   timeoutMs?: number;
   /** Sends in flight at once, per process. */
   concurrency?: number;
-  /** How often the outbox is polled for due retries (and rows written by other processes). */
+  /** How often the outbox is polled for due retries (and rows written by other processes or replicas). */
   pollMs?: number;
   policy?: RetryPolicy;
-}
-
-interface DueRow {
-  id: string;
-  webhook_id: string;
-  event_id: string;
-  body: string;
-  attempts: number;
-  next_attempt_at: number;
-  created_at: number;
 }
 
 export class WebhookService {
   /** Mutable so tests can shorten the schedule; read at each failed attempt. */
   policy: RetryPolicy;
-  private readonly q: Record<string, Statement<any, any[]>>;
   private readonly fetchImpl: typeof fetch;
   private readonly timeoutMs: number;
   private readonly concurrency: number;
@@ -175,10 +236,12 @@ export class WebhookService {
   private inFlight = 0;
   private timer: ReturnType<typeof setInterval> | null = null;
   private kicked = false;
+  private polling = false;
+  private pollAgain = false;
   private stopped = false;
 
   constructor(
-    private readonly db: Db,
+    private readonly store: WebhookStore,
     private readonly box: SecretBox,
     private readonly logger: Logger,
     opts: WebhookOptions = {},
@@ -188,35 +251,10 @@ export class WebhookService {
     this.timeoutMs = opts.timeoutMs ?? 10_000;
     this.concurrency = opts.concurrency ?? 4;
     this.pollMs = opts.pollMs ?? 500;
-    const p = (s: string) => db.sqlite.prepare(s);
-    this.q = {
-      subscribers: p(
-        `SELECT id, thresholds, format FROM webhooks
-          WHERE deleted_at IS NULL AND EXISTS (SELECT 1 FROM json_each(webhooks.events) WHERE value = ?)`,
-      ),
-      enqueue: p(
-        `INSERT OR IGNORE INTO webhook_deliveries (id, webhook_id, event_id, event_type, body, state, attempts, next_attempt_at, created_at)
-         VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)`,
-      ),
-      due: p(
-        `SELECT id, webhook_id, event_id, body, attempts, next_attempt_at, created_at FROM webhook_deliveries
-          WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?`,
-      ),
-      // The claim: only the process whose UPDATE still sees the row as it read it sends this attempt.
-      // Moving next_attempt_at past the send's timeout makes a claim lost in a crash come due again.
-      claim: p(
-        `UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = ?
-          WHERE id = ? AND state = 'pending' AND attempts = ? AND next_attempt_at = ?`,
-      ),
-      target: p(`SELECT url, secret_sealed, deleted_at FROM webhooks WHERE id = ?`),
-      attempt: p(`INSERT OR REPLACE INTO webhook_attempts (delivery_id, attempt, ts, status, error, duration_ms) VALUES (?, ?, ?, ?, ?, ?)`),
-      delivered: p(`UPDATE webhook_deliveries SET state = 'delivered', delivered_at = ? WHERE id = ? AND attempts = ?`),
-      retryAt: p(`UPDATE webhook_deliveries SET next_attempt_at = ? WHERE id = ? AND attempts = ?`),
-      failed: p(`UPDATE webhook_deliveries SET state = 'failed' WHERE id = ? AND attempts = ?`),
-    };
+    store.onQueued(() => this.kick());
   }
 
-  create(body: unknown, now = Date.now()): { row: WebhookRow; secret: string } {
+  async create(body: unknown, now = Date.now()): Promise<{ row: WebhookRow; secret: string }> {
     const parsed = createWebhookSchema.safeParse(body);
     if (!parsed.success) throw validationError(fieldIssues(parsed.error.issues));
     const input = parsed.data;
@@ -232,58 +270,35 @@ export class WebhookService {
       createdAt: now,
       deletedAt: null,
     };
-    this.db.orm.insert(webhooks).values(row).run();
+    await this.store.insert(row);
     return { row, secret };
   }
 
-  get(id: string): WebhookRow {
-    const row = this.db.orm.select().from(webhooks).where(eq(webhooks.id, id)).get();
-    if (!row) throw new ApiError("not_found", `No webhook ${id}`);
-    return row;
+  async get(id: string): Promise<WebhookRow> {
+    return found(id, await this.store.get(id));
   }
 
-  list(): WebhookRow[] {
-    return this.db.orm.select().from(webhooks).orderBy(desc(webhooks.id)).all();
+  list(): Promise<WebhookRow[]> {
+    return this.store.list();
   }
 
   /** Stops new deliveries at once; deliveries already queued are not sent. Idempotent. */
-  remove(id: string, now = Date.now()): WebhookRow {
-    const row = this.get(id);
-    if (row.deletedAt === null) this.db.orm.update(webhooks).set({ deletedAt: now }).where(eq(webhooks.id, id)).run();
-    return this.get(id);
+  async remove(id: string, now = Date.now()): Promise<WebhookRow> {
+    return found(id, await this.store.markDeleted(id, now));
   }
 
   /** Newest first, each with its attempts. */
-  deliveries(webhookId: string, f: { cursor?: string; limit: number }) {
-    this.get(webhookId);
-    const where = f.cursor ? and(eq(webhookDeliveries.webhookId, webhookId), lt(webhookDeliveries.id, f.cursor)) : eq(webhookDeliveries.webhookId, webhookId);
-    const rows = this.db.orm.select().from(webhookDeliveries).where(where).orderBy(desc(webhookDeliveries.id)).limit(f.limit + 1).all();
+  async deliveries(webhookId: string, f: { cursor?: string; limit: number }) {
+    await this.get(webhookId);
+    const rows = await this.store.deliveries(webhookId, f.cursor, f.limit + 1);
     const more = rows.length > f.limit;
     if (more) rows.pop();
-    const data = rows.map((r) => {
-      const attempts = this.db.orm.select().from(webhookAttempts).where(eq(webhookAttempts.deliveryId, r.id)).orderBy(webhookAttempts.attempt).all();
-      return presentDelivery(r, attempts);
-    });
-    return { data, nextCursor: more ? rows[rows.length - 1]!.id : null };
+    return { data: rows.map((d) => presentDelivery(d.row, d.attempts)), nextCursor: more ? rows[rows.length - 1]!.row.id : null };
   }
-
-  /** The EventLog sink: runs inside the event's transaction and queues one delivery per subscribed webhook. */
-  readonly outboxSink = (e: StoredEvent): void => {
-    const subs = this.q.subscribers!.all(e.type) as { id: string; thresholds: string; format: WebhookFormat }[];
-    let queued = false;
-    for (const w of subs) {
-      // A webhook hears only its own thresholds; the union is what the alerts watch for.
-      if (e.type === "cap.threshold" && !(JSON.parse(w.thresholds) as number[]).includes(Number(e.data.threshold))) continue;
-      const body = w.format === "slack" ? { text: slackText(e) } : eventBody(e);
-      this.q.enqueue!.run(newId("whd", e.ts), w.id, e.id, e.type, JSON.stringify(body), e.ts, e.ts);
-      queued = true;
-    }
-    if (queued) this.kick();
-  };
 
   start(): void {
     if (this.timer || this.stopped) return;
-    this.timer = setInterval(() => this.poll(), this.pollMs);
+    this.timer = setInterval(() => void this.poll(), this.pollMs);
     this.timer.unref?.();
     this.kick();
   }
@@ -294,48 +309,61 @@ export class WebhookService {
     this.timer = null;
   }
 
-  /** Polls soon (after the transaction that queued a delivery has committed). */
+  /**
+   * Polls soon. Called as an event queues a delivery, i.e. before its transaction commits: on
+   * SQLite the commit is synchronous, so it is done by then; on PostgreSQL this poll may come
+   * too early, and the next regular one (pollMs) finds the row.
+   */
   kick(): void {
-    if (this.kicked || this.stopped) return;
+    if (this.kicked || this.stopped || !this.timer) return; // not started: another process sends
     this.kicked = true;
     setTimeout(() => {
       this.kicked = false;
-      this.poll();
+      void this.poll();
     }, 0);
   }
 
   /** Claims due deliveries up to the concurrency bound and sends them; never waits for a send. */
-  poll(now = Date.now()): void {
+  async poll(now = Date.now()): Promise<void> {
     if (this.stopped) return;
-    const room = this.concurrency - this.inFlight;
-    if (room <= 0) return;
-    let due: DueRow[];
-    try {
-      due = this.q.due!.all(now, room) as DueRow[];
-    } catch (e) {
-      // The database was closed under us (shutdown): stop quietly; anything else is reported.
-      if (/closed/i.test(String((e as Error).message))) return this.stop();
-      this.logger.error(`webhook outbox: ${(e as Error).message}`);
+    // One claim at a time per process, so the bound holds; a kick meanwhile polls again after.
+    if (this.polling) {
+      this.pollAgain = true;
       return;
     }
-    for (const row of due) {
-      const leaseUntil = now + this.timeoutMs + 5_000;
-      if (this.q.claim!.run(leaseUntil, row.id, row.attempts, row.next_attempt_at).changes !== 1) continue; // another process has it
+    const room = this.concurrency - this.inFlight;
+    if (room <= 0) return;
+    this.polling = true;
+    let claimed: ClaimedDelivery[] = [];
+    try {
+      claimed = await this.store.claimDue(now, room, now + this.timeoutMs + 5_000);
+    } catch (e) {
+      this.reportFailure(e);
+    } finally {
+      this.polling = false;
+    }
+    for (const d of claimed) {
       this.inFlight++;
-      void this.send(row, row.attempts + 1).finally(() => {
+      void this.send(d).finally(() => {
         this.inFlight--;
         this.kick();
       });
     }
+    if (this.pollAgain) {
+      this.pollAgain = false;
+      this.kick();
+    }
   }
 
-  private async send(row: DueRow, attempt: number): Promise<void> {
-    const target = this.q.target!.get(row.webhook_id) as { url: string; secret_sealed: string; deleted_at: number | null } | null;
+  private async send(d: ClaimedDelivery): Promise<void> {
     const started = Date.now();
-    if (!target || target.deleted_at !== null) {
-      this.finishAttempt(row, attempt, started, null, "webhook deleted", 0, true);
-      return;
+    let target: Awaited<ReturnType<WebhookStore["target"]>>;
+    try {
+      target = await this.store.target(d.webhookId);
+    } catch (e) {
+      return this.reportFailure(e); // the lease runs out and the attempt is made again
     }
+    if (!target || target.deletedAt !== null) return this.finishAttempt(d, started, null, "webhook deleted", 0, true);
     const t = Math.floor(started / 1000);
     let status: number | null = null;
     let error: string | null = null;
@@ -345,11 +373,11 @@ export class WebhookService {
         headers: {
           "content-type": "application/json",
           "user-agent": "Keybrake-Webhooks/1",
-          "keybrake-signature": signatureHeader(this.box.open(target.secret_sealed), row.body, t),
-          "keybrake-event-id": row.event_id, // also for Slack bodies, which carry no id
-          "keybrake-delivery-id": row.id,
+          "keybrake-signature": signatureHeader(this.box.open(target.secretSealed), d.body, t),
+          "keybrake-event-id": d.eventId, // also for Slack bodies, which carry no id
+          "keybrake-delivery-id": d.id,
         },
-        body: row.body,
+        body: d.body,
         redirect: "manual",
         signal: AbortSignal.timeout(this.timeoutMs),
       });
@@ -360,24 +388,31 @@ export class WebhookService {
     }
     const ok = status !== null && status >= 200 && status < 300;
     if (!ok && error === null) error = `HTTP ${status}`;
-    this.finishAttempt(row, attempt, started, status, ok ? null : error, Date.now() - started, false);
+    return this.finishAttempt(d, started, status, ok ? null : error, Date.now() - started, false);
   }
 
-  private finishAttempt(row: DueRow, attempt: number, started: number, status: number | null, error: string | null, durationMs: number, giveUp: boolean) {
+  private async finishAttempt(d: ClaimedDelivery, started: number, status: number | null, error: string | null, durationMs: number, giveUp: boolean): Promise<void> {
     if (this.stopped) return;
+    const now = Date.now();
+    const next = error === null || giveUp ? null : nextAttemptAt(this.policy, d.attempt, d.createdAt, now);
+    const outcome: AttemptOutcome = error === null ? { state: "delivered", at: now } : next === null ? { state: "failed" } : { state: "pending", retryAt: next };
     try {
-      const now = Date.now();
-      const next = error === null || giveUp ? null : nextAttemptAt(this.policy, attempt, row.created_at, now);
-      this.db.sqlite.transaction(() => {
-        this.q.attempt!.run(row.id, attempt, started, status, error, durationMs);
-        if (error === null) this.q.delivered!.run(now, row.id, attempt);
-        else if (next === null) this.q.failed!.run(row.id, attempt);
-        else this.q.retryAt!.run(next, row.id, attempt);
-      })();
-      // A retry due before the next regular poll (the first one, after ~1 s) is not left waiting for it.
-      if (next !== null && next - now < this.pollMs) setTimeout(() => this.kick(), next - now).unref?.();
+      await this.store.finish({ deliveryId: d.id, attempt: d.attempt, ts: started, status, error, durationMs }, outcome);
     } catch (e) {
-      if (!/closed/i.test(String((e as Error).message))) this.logger.error(`webhook outbox: ${(e as Error).message}`);
+      return this.reportFailure(e);
     }
+    // A retry due before the next regular poll (the first one, after ~1 s) is not left waiting for it.
+    if (next !== null && next - now < this.pollMs) setTimeout(() => this.kick(), next - now).unref?.();
   }
+
+  /** A failed outbox query is reported, except once stopping (the database is being closed under us). */
+  private reportFailure(e: unknown): void {
+    if (this.stopped || /closed/i.test(String((e as Error).message))) return;
+    this.logger.error(`webhook outbox: ${(e as Error).message}`);
+  }
+}
+
+function found(id: string, row: WebhookRow | null): WebhookRow {
+  if (!row) throw new ApiError("not_found", `No webhook ${id}`);
+  return row;
 }

@@ -1,7 +1,7 @@
 import type { SQL } from "bun";
 import { DEFAULT_THRESHOLDS, scopeData, thresholdMicros, type AlertScope, type SpendChange } from "../domain/alerts.ts";
 import type { EventType, StoredEvent } from "../domain/events.ts";
-import { eventBody, slackText } from "../domain/webhooks.ts";
+import { outboxRows } from "../domain/webhooks.ts";
 import { newId } from "../ids.ts";
 import { microsToUsd } from "../money.ts";
 
@@ -54,18 +54,15 @@ export class PgCapAlerts {
                          ON CONFLICT DO NOTHING RETURNING 1`;
     if (won.length === 0) return false;
     await tx`INSERT INTO events (id, ts, type, actor_token_id, actor_name, target, data) VALUES (${event.id}, ${now}, ${type}, NULL, NULL, ${scopeId}, ${JSON.stringify(data)})`;
-    // The outbox, as WebhookService.outboxSink writes it on SQLite.
+    // The outbox rows the stores' event sinks write (outboxRows), in this raw-SQL transaction.
     const subs = await tx`SELECT id, thresholds, format FROM webhooks WHERE deleted_at IS NULL AND events::jsonb ? ${type}`;
-    let queued = false;
-    for (const w of subs) {
-      if (type === "cap.threshold" && !(JSON.parse(w.thresholds) as number[]).includes(Number(data.threshold))) continue;
-      const body = w.format === "slack" ? { text: slackText(event) } : eventBody(event);
+    const rows = outboxRows(event, subs.map((w: any) => ({ id: w.id, format: w.format, thresholds: JSON.parse(w.thresholds) })));
+    for (const d of rows) {
       await tx`INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, body, state, attempts, next_attempt_at, created_at)
-               VALUES (${newId("whd", now)}, ${w.id}, ${event.id}, ${type}, ${JSON.stringify(body)}, 'pending', 0, ${now}, ${now})
+               VALUES (${d.id}, ${d.webhookId}, ${d.eventId}, ${d.eventType}, ${d.body}, ${d.state}, ${d.attempts}, ${d.nextAttemptAt}, ${d.createdAt})
                ON CONFLICT DO NOTHING`;
-      queued = true;
     }
-    return queued;
+    return rows.length > 0;
   }
 
   kick(): void {

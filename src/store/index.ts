@@ -6,6 +6,8 @@ import type { VendorSecretStorage } from "../domain/secrets.ts";
 import type { TokenStorage } from "../domain/tokens.ts";
 import type { KeyStore } from "../domain/keys.ts";
 import type { RunStore } from "../domain/runs.ts";
+import type { BudgetStore } from "../domain/budgets.ts";
+import type { WebhookStore } from "../domain/webhooks.ts";
 import type { Logger } from "../log.ts";
 import type { Backend } from "./backend.ts";
 import { pgStores } from "./pg/index.ts";
@@ -23,6 +25,8 @@ export interface Stores {
   vendorSecrets: VendorSecretStorage;
   keys: KeyStore;
   runs: RunStore;
+  budgets: BudgetStore;
+  webhooks: WebhookStore;
   /** Resolves when the database answers (/healthz); throws when it cannot be reached. */
   ping(): Promise<void>;
 }

@@ -1,12 +1,14 @@
 import type { PgBackend } from "../backend.ts";
 import type { StoreDeps, Stores } from "../index.ts";
 import { PgAuditStore } from "./audit.ts";
+import { PgBudgetStore } from "./budgets.ts";
 import { PgEventLog } from "./events.ts";
 import { PgVendorSecretStore } from "./secrets.ts";
 import { PgKeyStore } from "./keys.ts";
 import { PgRunStore } from "./runs.ts";
 import { PgSessionStore } from "./sessions.ts";
 import { PgTokenStore } from "./tokens.ts";
+import { PgWebhookStore } from "./webhooks.ts";
 
 /** The stores of a PostgreSQL database shared by replicas. Writes that record an event do it with `eventLog.record(tx, …)`, inside their own transaction. */
 export function pgStores(b: PgBackend, deps: StoreDeps): Stores & { eventLog: PgEventLog } {
@@ -20,6 +22,8 @@ export function pgStores(b: PgBackend, deps: StoreDeps): Stores & { eventLog: Pg
     vendorSecrets: new PgVendorSecretStore(b.orm, eventLog),
     keys: new PgKeyStore(b.orm, eventLog),
     runs: new PgRunStore(b.orm),
+    budgets: new PgBudgetStore(b.orm, eventLog),
+    webhooks: new PgWebhookStore(b.orm, eventLog),
     async ping() {
       await b.sql`SELECT 1`;
     },

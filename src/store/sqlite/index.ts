@@ -7,6 +7,8 @@ import { SqliteKeyStore } from "./keys.ts";
 import { SqliteRunStore } from "./runs.ts";
 import { SqliteSessionStore } from "./sessions.ts";
 import { SqliteTokenStore } from "./tokens.ts";
+import { SqliteBudgetStore } from "./budgets.ts";
+import { SqliteWebhookStore } from "./webhooks.ts";
 
 /** The stores of the embedded SQLite file. Writes that record an event do it with `events`, inside their own transaction. */
 export function sqliteStores(b: SqliteBackend, deps: StoreDeps): Stores & { eventLog: EventLog } {
@@ -21,6 +23,8 @@ export function sqliteStores(b: SqliteBackend, deps: StoreDeps): Stores & { even
     vendorSecrets: new SqliteVendorSecretStore(b.db, eventLog),
     keys: new SqliteKeyStore(b.db, eventLog),
     runs: new SqliteRunStore(b.db),
+    budgets: new SqliteBudgetStore(b.db, eventLog),
+    webhooks: new SqliteWebhookStore(b.db, eventLog),
     async ping() {
       ping.get();
     },
