@@ -169,12 +169,6 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   if (Boolean(twilioSid) !== Boolean(twilioToken)) {
     throw new ConfigError("KEYBRAKE_TWILIO_ACCOUNT_SID and KEYBRAKE_TWILIO_AUTH_TOKEN must be set together");
   }
-  if (e.KEYBRAKE_DATABASE_URL) {
-    // The PostgreSQL ledger exists (src/ledger/pg.ts) but keys, tokens, secrets, budgets and webhooks
-    // still live in the SQLite file. Refused rather than ignored: replicas that each kept their own
-    // SQLite file would each allow the whole cap — the overshoot the variable exists to prevent.
-    throw new ConfigError("KEYBRAKE_DATABASE_URL is set, but this build cannot keep all its state in PostgreSQL yet; unset it to run on the embedded SQLite file");
-  }
   return {
     port: e.KEYBRAKE_PORT,
     host: e.KEYBRAKE_HOST,
@@ -199,6 +193,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     log: e.KEYBRAKE_LOG,
     auditRetentionMs: e.KEYBRAKE_AUDIT_RETENTION,
     shutdownGraceMs: e.KEYBRAKE_SHUTDOWN_GRACE,
+    databaseUrl: e.KEYBRAKE_DATABASE_URL?.trim(),
   };
 }
 

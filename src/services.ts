@@ -1,13 +1,11 @@
 import type { Config } from "./config.ts";
-import type { Db } from "./db/connection.ts";
 import { AdminSessions } from "./domain/admin-sessions.ts";
-import { CapAlerts } from "./domain/alerts.ts";
 import { AuditService } from "./domain/audit.ts";
 import { BudgetService } from "./domain/budgets.ts";
 import type { EventReader } from "./domain/events.ts";
 import { loadMasterKey, requireSharedMasterKey, SecretBox } from "./domain/crypto.ts";
 import { KeyService } from "./domain/keys.ts";
-import { Ledger } from "./domain/ledger.ts";
+import type { SpendLedger } from "./ledger/types.ts";
 import { RunsView } from "./domain/runs.ts";
 import { AuditRetention } from "./domain/retention.ts";
 import { VendorSecretStore } from "./domain/secrets.ts";
@@ -18,7 +16,7 @@ import { Metrics } from "./metrics.ts";
 import { Forwarder } from "./proxy/forward.ts";
 import { loadPricing } from "./vendors/pricing.ts";
 import { closeBackend, openBackend, type Backend } from "./store/backend.ts";
-import { sqliteStores } from "./store/sqlite/index.ts";
+import { openStores } from "./store/index.ts";
 
 /** Largest proxied request body, per vendor (SPEC §3): bounded before it is buffered. Also Bun's maxRequestBodySize (main.ts), so /admin bodies are bounded before parsing. */
 export const MAX_PROXY_BODY_BYTES = 1024 * 1024;
@@ -27,14 +25,12 @@ export interface Services {
   config: Config;
   /** The SQLite file or the PostgreSQL database (src/store/backend.ts); only the wiring below looks at it. */
   backend: Backend;
-  /** @deprecated SQLite only, while stores move behind interfaces; use the services. */
-  db: Db;
   tokens: TokenStore;
   secrets: VendorSecretStore;
   keys: KeyService;
   /** The Runs view of the admin pages: keys grouped by run label. */
   runs: RunsView;
-  ledger: Ledger;
+  ledger: SpendLedger;
   audit: AuditService;
   metrics: Metrics;
   logger: Logger;
@@ -62,11 +58,7 @@ export async function createServices(config: Config, fetchImpl?: typeof fetch, l
   requireSharedMasterKey(config);
   const backend = await openBackend(config);
   const box = new SecretBox(loadMasterKey(config.dataDir, config.masterKey));
-  // Not yet behind a store interface: SQLite only (config.ts refuses KEYBRAKE_DATABASE_URL until all are).
-  if (backend.kind !== "sqlite") throw new Error("PostgreSQL: not every store is ported yet");
-  const stores = sqliteStores(backend, { logger, box });
-  const db = backend.db;
-  const events = stores.eventLog;
+  const stores = openStores(backend, { logger, box });
   // Budgets, cap alerts and the webhook outbox (SPEC §7): the webhook store is an event sink, so a
   // delivery is queued in the same transaction as the change or alert it reports.
   const webhooks = new WebhookService(stores.webhooks, box, logger);
@@ -80,10 +72,12 @@ export async function createServices(config: Config, fetchImpl?: typeof fetch, l
     throw e;
   }
   webhooks.start();
-  const ledger = new Ledger(db.sqlite, new CapAlerts(db.sqlite, events));
+  const ledger = stores.ledger;
   // Stored answers for replays live 24 h (or the dedupe window); pruning is cheap and indexed.
-  ledger.pruneRepeats(Date.now());
-  setInterval(() => ledger.pruneRepeats(Date.now()), 10 * 60_000).unref();
+  const prune = () => Promise.resolve(ledger.pruneRepeats(Date.now())).catch((e) => logger.error(`pruning stored answers failed: ${(e as Error).message}`));
+  void prune();
+  const pruneTimer = setInterval(prune, 10 * 60_000);
+  pruneTimer.unref();
   const metrics = new Metrics();
   const forwarder = new Forwarder({
     ledger,
@@ -101,7 +95,6 @@ export async function createServices(config: Config, fetchImpl?: typeof fetch, l
   return {
     config,
     backend,
-    db,
     tokens,
     secrets,
     keys: new KeyService(stores.keys, config.maxKeyTtlMs),
@@ -110,7 +103,7 @@ export async function createServices(config: Config, fetchImpl?: typeof fetch, l
     audit: new AuditService(stores.audit),
     metrics,
     logger,
-    events,
+    events: stores.events,
     budgets: new BudgetService(stores.budgets),
     webhooks,
     forwarder,
@@ -120,6 +113,7 @@ export async function createServices(config: Config, fetchImpl?: typeof fetch, l
     startedAt: Date.now(),
     ping: () => stores.ping(),
     async close() {
+      clearInterval(pruneTimer);
       webhooks.stop();
       await retention.stop();
       await closeBackend(backend);

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { sha256Hex } from "../src/domain/crypto.ts";
-import { ADMIN_TOKEN, seedKeyBody, startKeybrake, type Running } from "./helpers.ts";
+import { ADMIN_TOKEN, seedKeyBody, startKeybrake, type Running, sqliteOf } from "./helpers.ts";
 
 /**
  * The admin pages over real HTTP: who may see them, what a session is, CSRF on
@@ -65,7 +65,7 @@ async function countElements(html: string, selector: string): Promise<number> {
 }
 
 const keyStatus = async (keyId: string) => (await kb.api("GET", `/vault/keys/${keyId}`)).json.status;
-const countKeys = () => (kb.services.db.sqlite.query("SELECT count(*) AS n FROM vault_keys").get() as { n: number }).n;
+const countKeys = () => (sqliteOf(kb.services).query("SELECT count(*) AS n FROM vault_keys").get() as { n: number }).n;
 
 /** Every admin route but login and the static assets. */
 const PROTECTED: [method: string, path: string][] = [
@@ -175,7 +175,7 @@ describe("login", () => {
     expect(cookie).not.toContain("Secure"); // plain http to loopback
 
     const id = cookie.slice("kb_session=".length, cookie.indexOf(";"));
-    const rows = kb.services.db.sqlite.query("SELECT * FROM admin_sessions").all() as Record<string, unknown>[];
+    const rows = sqliteOf(kb.services).query("SELECT * FROM admin_sessions").all() as Record<string, unknown>[];
     expect(rows.some((r) => r.id_hash === sha256Hex(id))).toBe(true);
     expect(JSON.stringify(rows)).not.toContain(id);
   });
@@ -487,7 +487,7 @@ describe("client-written text is escaped", () => {
   });
 
   test("the audit row's detail and the CSV export keep it as data", async () => {
-    const row = kb.services.db.sqlite.query("SELECT id FROM audit_log WHERE key_id = ? ORDER BY id DESC").get(keyId) as { id: number };
+    const row = sqliteOf(kb.services).query("SELECT id FROM audit_log WHERE key_id = ? ORDER BY id DESC").get(keyId) as { id: number };
     const detail = await (await get(`/admin/audit/${row.id}`, { headers: as(s, true, false) })).text();
     expect(await countElements(detail, "img")).toBe(0);
     expect(detail).toContain("&lt;img src=x onerror=alert(1)&gt;");
@@ -531,7 +531,7 @@ describe("audit, spend and vendor pages", () => {
     expect(emptyWindow).not.toContain("$0.000001");
     await kb.services.secrets.set("stripe", { secret_key: "sk_test_spend_chart_00000000" });
     const k = await kb.issueKey(seedKeyBody({ agent_run_label: "spend-chart" }));
-    kb.services.db.sqlite.run(
+    sqliteOf(kb.services).run(
       "INSERT INTO audit_log (ts, key_id, agent_run_label, vendor, method, path, outcome, vendor_status, estimated_micros, settled_micros, ledger_state) VALUES (?, ?, 'spend-chart', 'stripe', 'POST', '/v1/payment_intents', 'forwarded', 200, 29000000, 29000000, 'settled')",
       [Date.now(), k.key_id],
     );
@@ -641,7 +641,7 @@ describe("the issue form as people type it", () => {
 describe("admin bodies are bounded before they are read", () => {
   const big = "x".repeat(70 * 1024);
   test("a login POST over 64 KiB is refused with 413 and opens no session", async () => {
-    const sessions = () => (kb.services.db.sqlite.query("SELECT count(*) AS n FROM admin_sessions").get() as { n: number }).n;
+    const sessions = () => (sqliteOf(kb.services).query("SELECT count(*) AS n FROM admin_sessions").get() as { n: number }).n;
     const before = sessions();
     const res = await postForm("/admin/login", { token: ADMIN_TOKEN, pad: big });
     expect(res.status).toBe(413);

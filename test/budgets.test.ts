@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import Stripe from "stripe";
-import { ADMIN_TOKEN, apiCall, seedKeyBody, spawnKeybrake, tempDir } from "./helpers.ts";
+import { ADMIN_TOKEN, apiCall, seedKeyBody, spawnKeybrake, tempDir, sqliteOf } from "./helpers.ts";
 import { proxied, startProxyStack, stripeThrough, vendorEnv } from "./proxy-setup.ts";
 
 let stack: Awaited<ReturnType<typeof startProxyStack>>;
@@ -19,7 +19,7 @@ const pi = (stripe: Stripe, cents = 2900) => stripe.paymentIntents.create({ amou
 /** Settled and reserved micros of a budget today, straight from the ledger, once the calls answered so far have settled. */
 async function budgetLedger(budgetId: string) {
   await stack.kb.services.forwarder.settled();
-  const row = stack.kb.services.db.sqlite
+  const row = sqliteOf(stack.kb.services)
     .query("SELECT COALESCE(sum(spent_micros), 0) AS spent, COALESCE(sum(reserved_micros), 0) AS reserved FROM budget_spend_days WHERE budget_id = ?")
     .get(budgetId) as { spent: number; reserved: number };
   return row;
@@ -182,7 +182,7 @@ describe("zero overshoot for budgets", () => {
     }
     expect(await budgetLedger(budget.budget_id)).toEqual({ spent: 493_000_000, reserved: 0 });
     await kb.services.forwarder.settled();
-    const keySpent = kb.services.db.sqlite.query(`SELECT sum(spent_micros) AS s, sum(reserved_micros) AS r FROM key_spend_days WHERE key_id IN (${keys.map(() => "?").join(",")})`).get(...keys.map((k) => k.key_id)) as { s: number; r: number };
+    const keySpent = sqliteOf(kb.services).query(`SELECT sum(spent_micros) AS s, sum(reserved_micros) AS r FROM key_spend_days WHERE key_id IN (${keys.map(() => "?").join(",")})`).get(...keys.map((k) => k.key_id)) as { s: number; r: number };
     expect(keySpent).toEqual({ s: 493_000_000, r: 0 });
     expect((await kb.api("GET", `/budgets/${budget.budget_id}`)).json).toMatchObject({ spent_today_usd: 493, reserved_usd: 0, remaining_today_usd: 7 });
   }, 60_000);

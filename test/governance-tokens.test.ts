@@ -4,7 +4,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { openDatabase } from "../src/db/connection.ts";
 import { MIGRATIONS } from "../src/db/migrations.ts";
-import { ADMIN_TOKEN, apiCall, seedKeyBody, spawnKeybrake, startKeybrake, tempDir } from "./helpers.ts";
+import { ADMIN_TOKEN, apiCall, seedKeyBody, spawnKeybrake, startKeybrake, tempDir, sqliteOf } from "./helpers.ts";
 import { ledgerOf, proxied, startProxyStack, vendorEnv } from "./proxy-setup.ts";
 
 /**
@@ -19,8 +19,8 @@ beforeAll(async () => {
 afterAll(() => stack.stop());
 const kb = () => stack.kb;
 
-const countKeys = () => (kb().services.db.sqlite.query("SELECT count(*) AS n FROM vault_keys").get() as { n: number }).n;
-const countTokens = () => (kb().services.db.sqlite.query("SELECT count(*) AS n FROM management_tokens").get() as { n: number }).n;
+const countKeys = () => (sqliteOf(kb().services).query("SELECT count(*) AS n FROM vault_keys").get() as { n: number }).n;
+const countTokens = () => (sqliteOf(kb().services).query("SELECT count(*) AS n FROM management_tokens").get() as { n: number }).n;
 
 async function mintToken(body: Record<string, unknown>, via = ADMIN_TOKEN): Promise<{ token_id: string; token: string }> {
   const r = await kb().api("POST", "/tokens", body, via);
@@ -428,7 +428,7 @@ describe("token revocation", () => {
     expect(after.status).toBe(303);
     expect(after.headers.get("location")).toStartWith("/admin");
     expect((await page(other)).status).toBe(200);
-    const ended = kb().services.db.sqlite.query("SELECT count(*) AS n FROM admin_sessions WHERE token_id = ? AND ended_at IS NOT NULL").get(t.token_id) as { n: number };
+    const ended = sqliteOf(kb().services).query("SELECT count(*) AS n FROM admin_sessions WHERE token_id = ? AND ended_at IS NOT NULL").get(t.token_id) as { n: number };
     expect(ended.n).toBe(1);
   });
 
@@ -442,7 +442,7 @@ describe("token revocation", () => {
       body: new URLSearchParams({ token: ADMIN_TOKEN }).toString(),
     });
     const cookie = res.headers.get("set-cookie")!.split(";")[0]!;
-    const stored = JSON.stringify(first.services.db.sqlite.query("SELECT * FROM admin_sessions").all());
+    const stored = JSON.stringify(sqliteOf(first.services).query("SELECT * FROM admin_sessions").all());
     expect(stored).not.toContain(ADMIN_TOKEN);
     await first.stop();
     for (const [token, status] of [[ADMIN_TOKEN, 200], ["kbt_rotated_bootstrap_token_0123456789", 303]] as const) {

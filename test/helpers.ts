@@ -1,3 +1,4 @@
+import type { Database } from "bun:sqlite";
 import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -23,12 +24,31 @@ export interface Running {
   stop(): Promise<void>;
 }
 
+/**
+ * Which backend test servers run on: `KEYBRAKE_TEST_BACKEND=postgres` (npm test's second pass,
+ * test/run.sh) runs the same suites on PostgreSQL; unset, SQLite.
+ */
+export const TEST_BACKEND: "sqlite" | "postgres" = process.env.KEYBRAKE_TEST_BACKEND === "postgres" ? "postgres" : "sqlite";
+const TEST_MASTER_KEY = "kbm_test_master_key_0123456789abcdef0123456789";
+const databaseOfDataDir = new Map<string, Promise<string>>();
+
+/**
+ * The environment that puts a server on the test backend. On PostgreSQL, one database per data dir:
+ * servers started on the same data dir (two processes, a restart) share one database, as they
+ * would share one SQLite file; every replica gets the same master key, as a deployment must.
+ */
+export async function testBackendEnv(dataDir: string | undefined, backend = TEST_BACKEND): Promise<Record<string, string>> {
+  if (backend !== "postgres") return {};
+  const key = dataDir ?? `anonymous-${Math.random()}`;
+  if (!databaseOfDataDir.has(key)) databaseOfDataDir.set(key, freshDatabase("kb"));
+  return { KEYBRAKE_DATABASE_URL: await databaseOfDataDir.get(key)!, KEYBRAKE_MASTER_KEY: TEST_MASTER_KEY };
+}
+
 /** The real server, in this process, on a loopback port. */
 export async function startKeybrake(env: Record<string, string> = {}, opts: { dataDir?: string; keepData?: boolean; backend?: "sqlite" | "postgres" } = {}): Promise<Running> {
   const dataDir = opts.dataDir ?? tempDir();
-  // A fresh PostgreSQL database per server (test/backends.ts), unless the caller names one.
-  const pg = opts.backend === "postgres" && !env.KEYBRAKE_DATABASE_URL ? { KEYBRAKE_DATABASE_URL: await freshDatabase("kb") } : {};
-  const config = loadConfig({ KEYBRAKE_DATA_DIR: dataDir, KEYBRAKE_ADMIN_TOKEN: ADMIN_TOKEN, KEYBRAKE_HOST: "127.0.0.1", KEYBRAKE_PORT: "0", KEYBRAKE_LOG: "silent", ...pg, ...env });
+  const backend = await testBackendEnv(dataDir, opts.backend);
+  const config = loadConfig({ KEYBRAKE_DATA_DIR: dataDir, KEYBRAKE_ADMIN_TOKEN: ADMIN_TOKEN, KEYBRAKE_HOST: "127.0.0.1", KEYBRAKE_PORT: "0", KEYBRAKE_LOG: "silent", ...backend, ...env });
   const services = await createServices(config);
   services.retention.start();
   let port = 0;
@@ -54,6 +74,32 @@ export async function startKeybrake(env: Record<string, string> = {}, opts: { da
     },
   };
   return running;
+}
+
+/** The SQLite file of a server on the SQLite backend, for tests about SQLite itself. */
+export function sqliteOf(s: Services): Database {
+  if (s.backend.kind !== "sqlite") throw new Error("this test looks at the SQLite file; the server runs on PostgreSQL");
+  return s.backend.db.sqlite;
+}
+
+/**
+ * Rows of one raw query on whichever backend the server runs, for tests that check what was
+ * stored: `?` placeholders, BIGINT and NUMERIC columns read as numbers (as bun:sqlite reads INTEGER).
+ */
+export async function dbRows<T = Record<string, any>>(s: Services, query: string, ...args: unknown[]): Promise<T[]> {
+  if (s.backend.kind === "sqlite") return s.backend.db.sqlite.query(query).all(...(args as never[])) as T[];
+  let n = 0;
+  const rows = await s.backend.sql.unsafe(query.replace(/\?/g, () => `$${++n}`), args as never[]);
+  // int8 (20) and numeric (1700, what sum() of a BIGINT gives) arrive as strings.
+  const int8 = new Set((rows.columns as { name: string; type: number }[]).filter((c) => c.type === 20 || c.type === 1700).map((c) => c.name));
+  return [...rows].map((r: Record<string, unknown>) => {
+    for (const k of int8) if (r[k] !== null) r[k] = Number(r[k]);
+    return r as T;
+  });
+}
+
+export async function dbRow<T = Record<string, any>>(s: Services, query: string, ...args: unknown[]): Promise<T | undefined> {
+  return (await dbRows<T>(s, query, ...args))[0];
 }
 
 export async function apiCall(base: string, method: string, path: string, body?: unknown, token: string | null = ADMIN_TOKEN) {
@@ -139,7 +185,7 @@ export function spawnProcess(env: Record<string, string>, cmd: string[] = [proce
  * one; the port is read back from the process itself, so no two tests can race for a port.
  */
 export async function spawnKeybrake(env: Record<string, string>, cmd: string[] = [process.execPath, "src/main.ts", "serve"]): Promise<Spawned> {
-  const { proc, output, drained } = spawnProcess(env, cmd);
+  const { proc, output, drained } = spawnProcess({ ...(await testBackendEnv(env.KEYBRAKE_DATA_DIR)), ...env }, cmd);
   let port: number | null = null;
   for (let i = 0; i < 400 && port === null; i++) {
     if (proc.exitCode !== null) break;

@@ -9,7 +9,7 @@
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { WalSync } from "../src/db/wal-sync.ts";
-import { seedKeyBody } from "./helpers.ts";
+import { seedKeyBody, sqliteOf } from "./helpers.ts";
 import { proxied, startProxyStack } from "./proxy-setup.ts";
 
 let stack: Awaited<ReturnType<typeof startProxyStack>>;
@@ -17,7 +17,7 @@ beforeAll(async () => (stack = await startProxyStack()));
 afterAll(() => stack.stop());
 
 test("a reserving commit is on disk before the vendor sees its call; no commit fsyncs on the event loop; settlements and refusals wait for none", async () => {
-  const sqlite = stack.kb.services.db.sqlite;
+  const sqlite = sqliteOf(stack.kb.services);
   // The mode in force, read fresh (a cached PRAGMA statement can answer from before the change).
   const mode = () => (sqlite.prepare("PRAGMA synchronous").get() as { synchronous: number }).synchronous;
   const trail: string[] = [];

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { sha256Hex } from "../src/domain/crypto.ts";
-import { apiCall, seedKeyBody, startKeybrake, type Running } from "./helpers.ts";
+import { apiCall, seedKeyBody, startKeybrake, type Running, sqliteOf } from "./helpers.ts";
 
 let kb: Running;
 beforeAll(async () => {
@@ -8,7 +8,7 @@ beforeAll(async () => {
 });
 afterAll(() => kb.stop());
 
-const countKeys = () => (kb.services.db.sqlite.query("SELECT count(*) AS n FROM vault_keys").get() as { n: number }).n;
+const countKeys = () => (sqliteOf(kb.services).query("SELECT count(*) AS n FROM vault_keys").get() as { n: number }).n;
 
 describe("vault key lifecycle", () => {
   test("the seeds' body issues a key; the secret is shown once and stored only as a hash", async () => {
@@ -29,7 +29,7 @@ describe("vault key lifecycle", () => {
     const ttl = Date.parse(k.expires_at) - Date.parse(k.created_at);
     expect(ttl).toBe(6 * 3600 * 1000);
 
-    const stored = kb.services.db.sqlite.query("SELECT * FROM vault_keys WHERE id = ?").get(k.key_id) as Record<string, unknown>;
+    const stored = sqliteOf(kb.services).query("SELECT * FROM vault_keys WHERE id = ?").get(k.key_id) as Record<string, unknown>;
     expect(stored.key_hash).toBe(sha256Hex(k.vault_key));
     expect(JSON.stringify(stored)).not.toContain(k.vault_key);
 
@@ -55,7 +55,7 @@ describe("vault key lifecycle", () => {
     );
     expect(k.daily_usd_cap).toBe(0.000001);
     expect(k.total_usd_cap).toBe(1234.567891);
-    const row = kb.services.db.sqlite.query("SELECT daily_cap_micros, total_cap_micros FROM vault_keys WHERE id = ?").get(k.key_id) as any;
+    const row = sqliteOf(kb.services).query("SELECT daily_cap_micros, total_cap_micros FROM vault_keys WHERE id = ?").get(k.key_id) as any;
     expect(row).toEqual({ daily_cap_micros: 1, total_cap_micros: 1_234_567_891 });
     expect(k.metadata).toEqual({ team: "growth", attempt: 2, dry: false });
     expect(k.dedupe_window_seconds).toBe(600);
@@ -224,7 +224,7 @@ describe("the role matrix: every management route × admin / issuer / viewer / n
   ];
   let vaultKey = "";
   const tokens = {} as Record<Role | "revoked", string>;
-  const countTokens = () => (kb.services.db.sqlite.query("SELECT count(*) AS n FROM management_tokens").get() as { n: number }).n;
+  const countTokens = () => (sqliteOf(kb.services).query("SELECT count(*) AS n FROM management_tokens").get() as { n: number }).n;
   beforeAll(async () => {
     vaultKey = (await kb.issueKey(seedKeyBody())).vault_key;
     const mint = async (body: Record<string, unknown>) => (await kb.api("POST", "/tokens", body)).json;
@@ -259,7 +259,7 @@ describe("the role matrix: every management route × admin / issuer / viewer / n
   test("a token minted by the CLI store works, and is stored only as a hash", async () => {
     const { token } = await kb.services.tokens.createFromBody({ name: "ci" }, null);
     expect((await apiCall(kb.url, "GET", "/vault/keys", undefined, token)).status).toBe(200);
-    const rows = JSON.stringify(kb.services.db.sqlite.query("SELECT * FROM management_tokens").all());
+    const rows = JSON.stringify(sqliteOf(kb.services).query("SELECT * FROM management_tokens").all());
     expect(rows).not.toContain(token);
     expect(rows).toContain(sha256Hex(token));
   });
@@ -274,7 +274,7 @@ describe("vendor secrets are write-only", () => {
     const list = await kb.api("GET", "/vendors");
     expect(JSON.stringify(list.json)).not.toContain(secret);
     expect(list.json.data.find((v: any) => v.vendor === "twilio").configured).toBe(false);
-    const stored = JSON.stringify(kb.services.db.sqlite.query("SELECT * FROM vendor_secrets").all());
+    const stored = JSON.stringify(sqliteOf(kb.services).query("SELECT * FROM vendor_secrets").all());
     expect(stored).not.toContain(secret);
     expect(await kb.services.secrets.get("stripe")).toEqual({ secret_key: secret });
   });

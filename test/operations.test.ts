@@ -11,7 +11,7 @@ import { MasterKeyMismatch } from "../src/domain/secrets.ts";
 import { createLogger } from "../src/log.ts";
 import { SqliteVendorSecretStore } from "../src/store/sqlite/secrets.ts";
 import { startFakeVendor } from "./fake-vendor.ts";
-import { ADMIN_TOKEN, seedKeyBody, startKeybrake, tempDir } from "./helpers.ts";
+import { ADMIN_TOKEN, seedKeyBody, startKeybrake, tempDir, sqliteOf } from "./helpers.ts";
 import { proxied } from "./proxy-setup.ts";
 
 describe("flags and variables", () => {
@@ -92,7 +92,7 @@ describe("environment-managed vendor secrets", () => {
     await kb.stop();
     kb = await startKeybrake(urls, { dataDir });
     expect(await kb.services.secrets.get("stripe")).toEqual({ secret_key: "sk_test_rotated_by_api_3333" });
-    const events = kb.services.db.sqlite.query("SELECT actor_name, json_extract(data, '$.source') AS source FROM events WHERE type = 'vendor.secret_set' ORDER BY id").all();
+    const events = sqliteOf(kb.services).query("SELECT actor_name, json_extract(data, '$.source') AS source FROM events WHERE type = 'vendor.secret_set' ORDER BY id").all();
     expect(events).toEqual([
       { actor_name: null, source: "environment" },
       { actor_name: "KEYBRAKE_ADMIN_TOKEN", source: "api" },

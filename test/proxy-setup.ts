@@ -1,6 +1,6 @@
 import Stripe from "stripe";
 import { startFakeVendor, type FakeVendor } from "./fake-vendor.ts";
-import { startKeybrake, type Running } from "./helpers.ts";
+import { dbRow, dbRows, startKeybrake, type Running } from "./helpers.ts";
 
 /** Keybrake wired to a fresh fake vendor holding all three real secrets. */
 export async function startProxyStack(env: Record<string, string> = {}): Promise<{ kb: Running; fake: FakeVendor; stop(): Promise<void> }> {
@@ -56,16 +56,10 @@ export async function proxied(url: string, vaultKey: string, method: string, pat
 /** The key's ledger once every call answered so far has settled (settlements commit after their answers). */
 export async function ledgerOf(kb: Running, keyId: string) {
   await kb.services.forwarder.settled();
-  const db = kb.services.db.sqlite;
-  const key = db.query("SELECT spent_total_micros, reserved_total_micros FROM vault_keys WHERE id = ?").get(keyId) as {
-    spent_total_micros: number;
-    reserved_total_micros: number;
-  };
-  const days = db.query("SELECT sum(spent_micros) AS spent, sum(reserved_micros) AS reserved FROM key_spend_days WHERE key_id = ?").get(keyId) as {
-    spent: number | null;
-    reserved: number | null;
-  };
-  const audit = db.query("SELECT outcome, count(*) AS n FROM audit_log WHERE key_id = ? GROUP BY outcome").all(keyId) as { outcome: string; n: number }[];
+  const s = kb.services;
+  const key = (await dbRow<{ spent_total_micros: number; reserved_total_micros: number }>(s, "SELECT spent_total_micros, reserved_total_micros FROM vault_keys WHERE id = ?", keyId))!;
+  const days = (await dbRow<{ spent: number | null; reserved: number | null }>(s, "SELECT sum(spent_micros) AS spent, sum(reserved_micros) AS reserved FROM key_spend_days WHERE key_id = ?", keyId))!;
+  const audit = await dbRows<{ outcome: string; n: number }>(s, "SELECT outcome, count(*) AS n FROM audit_log WHERE key_id = ? GROUP BY outcome", keyId);
   return {
     spent: key.spent_total_micros,
     reserved: key.reserved_total_micros,

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import Stripe from "stripe";
 import { loadPricing } from "../src/vendors/pricing.ts";
-import { ADMIN_TOKEN, apiCall, seedKeyBody, spawnKeybrake, tempDir } from "./helpers.ts";
+import { ADMIN_TOKEN, apiCall, seedKeyBody, spawnKeybrake, tempDir, sqliteOf } from "./helpers.ts";
 import { ledgerOf, proxied, startProxyStack, stripeThrough, vendorEnv } from "./proxy-setup.ts";
 
 let stack: Awaited<ReturnType<typeof startProxyStack>>;
@@ -95,7 +95,7 @@ describe("revocation", () => {
     stop = true;
     expect(executedAtRevoke).toBeGreaterThan(0);
     // Every forwarded call was admitted before the revocation committed…
-    const late = kb.services.db.sqlite
+    const late = sqliteOf(kb.services)
       .query("SELECT count(*) AS n FROM audit_log WHERE key_id = ? AND outcome = 'forwarded' AND ts > ?")
       .get(key.key_id, revokedAt) as { n: number };
     expect(late.n).toBe(0);
@@ -341,7 +341,7 @@ describe("secrets stay secret", () => {
     const { kb, fake } = stack;
     const key = await kb.issueKey(seedKeyBody());
     await proxied(kb.url, key.vault_key, "POST", "/v1/payment_intents", { amount: "100", currency: "usd" });
-    kb.services.db.sqlite.exec("PRAGMA wal_checkpoint(TRUNCATE)");
+    sqliteOf(kb.services).exec("PRAGMA wal_checkpoint(TRUNCATE)");
     const { readdirSync, readFileSync } = await import("node:fs");
     for (const f of readdirSync(kb.dataDir)) {
       const bytes = readFileSync(`${kb.dataDir}/${f}`).toString("latin1");

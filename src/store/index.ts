@@ -8,6 +8,7 @@ import type { KeyStore } from "../domain/keys.ts";
 import type { RunStore } from "../domain/runs.ts";
 import type { BudgetStore } from "../domain/budgets.ts";
 import type { WebhookStore } from "../domain/webhooks.ts";
+import type { SpendLedger } from "../ledger/types.ts";
 import type { Logger } from "../log.ts";
 import type { Backend } from "./backend.ts";
 import { pgStores } from "./pg/index.ts";
@@ -27,6 +28,8 @@ export interface Stores {
   runs: RunStore;
   budgets: BudgetStore;
   webhooks: WebhookStore;
+  /** The spend ledger: the proxy's hot path (SQLite: src/domain/ledger.ts, PostgreSQL: src/ledger/pg.ts). */
+  ledger: SpendLedger;
   /** Resolves when the database answers (/healthz); throws when it cannot be reached. */
   ping(): Promise<void>;
 }

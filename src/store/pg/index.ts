@@ -1,5 +1,7 @@
 import type { PgBackend } from "../backend.ts";
 import type { StoreDeps, Stores } from "../index.ts";
+import { PgCapAlerts } from "../../ledger/pg-alerts.ts";
+import { PgLedger } from "../../ledger/pg.ts";
 import { PgAuditStore } from "./audit.ts";
 import { PgBudgetStore } from "./budgets.ts";
 import { PgEventLog } from "./events.ts";
@@ -13,6 +15,7 @@ import { PgWebhookStore } from "./webhooks.ts";
 /** The stores of a PostgreSQL database shared by replicas. Writes that record an event do it with `eventLog.record(tx, …)`, inside their own transaction. */
 export function pgStores(b: PgBackend, deps: StoreDeps): Stores & { eventLog: PgEventLog } {
   const eventLog = new PgEventLog(b.orm, deps.logger);
+  const webhooks = new PgWebhookStore(b.orm, eventLog);
   return {
     eventLog,
     audit: new PgAuditStore(b.orm, b.sql),
@@ -23,7 +26,8 @@ export function pgStores(b: PgBackend, deps: StoreDeps): Stores & { eventLog: Pg
     keys: new PgKeyStore(b.orm, eventLog),
     runs: new PgRunStore(b.orm),
     budgets: new PgBudgetStore(b.orm, eventLog),
-    webhooks: new PgWebhookStore(b.orm, eventLog),
+    webhooks,
+    ledger: new PgLedger(b.sql, new PgCapAlerts(() => webhooks.queued())),
     async ping() {
       await b.sql`SELECT 1`;
     },

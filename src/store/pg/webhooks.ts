@@ -31,6 +31,11 @@ export class PgWebhookStore implements WebhookStore {
     const rows = outboxRows(e, await subscribers(tx, e.type));
     if (rows.length === 0) return;
     await tx.insert(webhookDeliveries).values(rows).onConflictDoNothing();
+    this.queued();
+  }
+
+  /** Tells the sender a delivery was queued (the ledger's cap alerts call it after their commit). */
+  queued(): void {
     for (const l of this.listeners) l();
   }
 

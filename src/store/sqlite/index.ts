@@ -1,4 +1,6 @@
+import { CapAlerts } from "../../domain/alerts.ts";
 import { EventLog } from "../../domain/events.ts";
+import { Ledger } from "../../domain/ledger.ts";
 import type { SqliteBackend } from "../backend.ts";
 import type { StoreDeps, Stores } from "../index.ts";
 import { SqliteAuditStore } from "./audit.ts";
@@ -25,6 +27,7 @@ export function sqliteStores(b: SqliteBackend, deps: StoreDeps): Stores & { even
     runs: new SqliteRunStore(b.db),
     budgets: new SqliteBudgetStore(b.db, eventLog),
     webhooks: new SqliteWebhookStore(b.db, eventLog),
+    ledger: new Ledger(b.db.sqlite, new CapAlerts(b.db.sqlite, eventLog)),
     async ping() {
       ping.get();
     },
