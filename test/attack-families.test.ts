@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { loadPricing } from "../src/vendors/pricing.ts";
-import { seedKeyBody, tempDir, sqliteOf } from "./helpers.ts";
+import { seedKeyBody, tempDir, sqliteOf, dbRow } from "./helpers.ts";
 import { ledgerOf, proxied, startProxyStack } from "./proxy-setup.ts";
 
 let stack: Awaited<ReturnType<typeof startProxyStack>>;
@@ -277,7 +277,7 @@ describe("6. cheap denial of service", () => {
 
     const flood = await raw("vk_" + "z".repeat(40), "POST", "/v1/" + "a".repeat(2000), "x", { "idempotency-key": "k".repeat(255) });
     expect(flood.status).toBe(401);
-    const row = sqliteOf(stack.kb.services).query("SELECT path, idempotency_key FROM audit_log WHERE key_id IS NULL ORDER BY id DESC LIMIT 1").get() as { path: string; idempotency_key: string | null };
+    const row = (await dbRow<{ path: string; idempotency_key: string | null }>(stack.kb.services, "SELECT path, idempotency_key FROM audit_log WHERE key_id IS NULL ORDER BY id DESC LIMIT 1"))!;
     expect(row.path.length).toBeLessThanOrEqual(128);
     expect(row.idempotency_key).toBeNull();
 

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import Stripe from "stripe";
-import { ADMIN_TOKEN, apiCall, seedKeyBody, spawnKeybrake, tempDir, sqliteOf } from "./helpers.ts";
+import { ADMIN_TOKEN, apiCall, seedKeyBody, spawnKeybrake, tempDir, sqliteOf, dbRow } from "./helpers.ts";
 import { proxied, startProxyStack, stripeThrough, vendorEnv } from "./proxy-setup.ts";
 
 let stack: Awaited<ReturnType<typeof startProxyStack>>;
@@ -19,9 +19,7 @@ const pi = (stripe: Stripe, cents = 2900) => stripe.paymentIntents.create({ amou
 /** Settled and reserved micros of a budget today, straight from the ledger, once the calls answered so far have settled. */
 async function budgetLedger(budgetId: string) {
   await stack.kb.services.forwarder.settled();
-  const row = sqliteOf(stack.kb.services)
-    .query("SELECT COALESCE(sum(spent_micros), 0) AS spent, COALESCE(sum(reserved_micros), 0) AS reserved FROM budget_spend_days WHERE budget_id = ?")
-    .get(budgetId) as { spent: number; reserved: number };
+  const row = (await dbRow<{ spent: number; reserved: number }>(stack.kb.services, "SELECT COALESCE(sum(spent_micros), 0) AS spent, COALESCE(sum(reserved_micros), 0) AS reserved FROM budget_spend_days WHERE budget_id = ?", budgetId))!;
   return row;
 }
 
@@ -167,8 +165,9 @@ describe("zero overshoot for budgets", () => {
     const { kb, fake } = stack;
     const prefix = freshPrefix();
     const budget = await createBudget({ name: "fan-out", label_prefix: prefix, daily_usd_cap: 500 });
-    // Each key alone could do all 17 ($500): only the pooled budget stops four of them together at 17.
-    const keys = await Promise.all([0, 1, 2, 3].map((i) => kb.issueKey(seedKeyBody({ agent_run_label: `${prefix}run-${i}`, daily_usd_cap: 500 }))));
+    // Each key alone could do 34 ($1,000): only the pooled budget stops four of them together at 17,
+    // even when one key's calls happen to take all 17 (on PostgreSQL a key's calls commit in batches).
+    const keys = await Promise.all([0, 1, 2, 3].map((i) => kb.issueKey(seedKeyBody({ agent_run_label: `${prefix}run-${i}`, daily_usd_cap: 1000 }))));
     const clients = keys.map((k) => stripeThrough(kb.url, k.vault_key));
     const results = await Promise.allSettled(Array.from({ length: 300 }, (_, i) => pi(clients[i % 4]!)));
     const ok = results.filter((r) => r.status === "fulfilled");
@@ -182,7 +181,7 @@ describe("zero overshoot for budgets", () => {
     }
     expect(await budgetLedger(budget.budget_id)).toEqual({ spent: 493_000_000, reserved: 0 });
     await kb.services.forwarder.settled();
-    const keySpent = sqliteOf(kb.services).query(`SELECT sum(spent_micros) AS s, sum(reserved_micros) AS r FROM key_spend_days WHERE key_id IN (${keys.map(() => "?").join(",")})`).get(...keys.map((k) => k.key_id)) as { s: number; r: number };
+    const keySpent = (await dbRow<{ s: number; r: number }>(kb.services, `SELECT sum(spent_micros) AS s, sum(reserved_micros) AS r FROM key_spend_days WHERE key_id IN (${keys.map(() => "?").join(",")})`, ...keys.map((k) => k.key_id)))!;
     expect(keySpent).toEqual({ s: 493_000_000, r: 0 });
     expect((await kb.api("GET", `/budgets/${budget.budget_id}`)).json).toMatchObject({ spent_today_usd: 493, reserved_usd: 0, remaining_today_usd: 7 });
   }, 60_000);
@@ -195,7 +194,7 @@ describe("zero overshoot for budgets", () => {
     const b = await spawnKeybrake(env);
     try {
       const budget = (await apiCall(a.url, "POST", "/budgets", { name: "shared", label_prefix: "argo/", daily_usd_cap: 500 })).json;
-      const keys = await Promise.all([0, 1, 2, 3].map(async (i) => (await apiCall(b.url, "POST", "/vault/keys", seedKeyBody({ agent_run_label: `argo/wf-${i}`, daily_usd_cap: 500 }))).json));
+      const keys = await Promise.all([0, 1, 2, 3].map(async (i) => (await apiCall(b.url, "POST", "/vault/keys", seedKeyBody({ agent_run_label: `argo/wf-${i}`, daily_usd_cap: 1000 }))).json));
       const calls = Array.from({ length: 300 }, (_, i) => proxied(i % 2 ? a.url : b.url, keys[i % 4].vault_key, "POST", "/v1/payment_intents", { amount: "2900", currency: "usd" }));
       const responses = await Promise.all(calls);
       expect(responses.filter((r) => r.status === 200)).toHaveLength(17);
@@ -246,6 +245,7 @@ describe("cap alerts", () => {
     const stripe = stripeThrough(kb.url, key.vault_key, { maxNetworkRetries: 0 });
     // $1 each: the key reaches exactly $5 (50 %), $8 (80 %) and $10 (100 %); then two refusals.
     for (let i = 0; i < 12; i++) await pi(stripe, 100).catch(() => null);
+    await kb.services.forwarder.settled();
     const mine = async (type: "cap.threshold" | "cap.hit") => (await kb.services.events.list({ type, limit: 100 })).rows.filter((e) => e.target === key.key_id || e.target === budget.budget_id).reverse();
     const thresholds = (await mine("cap.threshold")).map((e) => `${e.data.scope}:${e.data.threshold}:${e.data.spent_usd}`);
     expect(thresholds).toEqual(["key:0.5:5", "key:0.8:8", "key:1:10", "budget:0.5:10"]);

@@ -4,7 +4,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { openDatabase } from "../src/db/connection.ts";
 import { MIGRATIONS } from "../src/db/migrations.ts";
-import { ADMIN_TOKEN, apiCall, seedKeyBody, spawnKeybrake, startKeybrake, tempDir, sqliteOf } from "./helpers.ts";
+import { ADMIN_TOKEN, apiCall, seedKeyBody, spawnKeybrake, startKeybrake, tempDir, sqliteOf, dbRow, dbRows, testBackendEnv } from "./helpers.ts";
 import { ledgerOf, proxied, startProxyStack, vendorEnv } from "./proxy-setup.ts";
 
 /**
@@ -19,8 +19,8 @@ beforeAll(async () => {
 afterAll(() => stack.stop());
 const kb = () => stack.kb;
 
-const countKeys = () => (sqliteOf(kb().services).query("SELECT count(*) AS n FROM vault_keys").get() as { n: number }).n;
-const countTokens = () => (sqliteOf(kb().services).query("SELECT count(*) AS n FROM management_tokens").get() as { n: number }).n;
+const countKeys = async () => (await dbRow<{ n: number }>(kb().services, "SELECT count(*) AS n FROM vault_keys"))!.n;
+const countTokens = async () => (await dbRow<{ n: number }>(kb().services, "SELECT count(*) AS n FROM management_tokens"))!.n;
 
 async function mintToken(body: Record<string, unknown>, via = ADMIN_TOKEN): Promise<{ token_id: string; token: string }> {
   const r = await kb().api("POST", "/tokens", body, via);
@@ -90,29 +90,29 @@ describe("an issuer's policy bounds every key it issues", () => {
   ];
   for (const [name, over, fields] of cases) {
     test(name, async () => {
-      const before = countKeys();
+      const before = await countKeys();
       const r = await kb().api("POST", "/vault/keys", { ...INSIDE, ...over }, issuer);
       if (fields.length === 0) {
         expect(r.status).toBe(201);
-        expect(countKeys()).toBe(before + 1);
+        expect(await countKeys()).toBe(before + 1);
         return;
       }
       expect(r.status).toBe(403);
       expect(r.json.error.code).toBe("policy_violation");
       expect(r.json.error.details.map((d: any) => d.field).sort()).toEqual([...fields].sort());
       for (const f of fields) expect(r.json.error.message).toContain(f);
-      expect(countKeys()).toBe(before);
+      expect(await countKeys()).toBe(before);
     });
   }
 
   test("a policy that lists no stripe_accounts lets its keys act on no connected account", async () => {
     const { stripe_accounts: _, ...withoutAccounts } = POLICY;
     const other = (await mintToken({ name: "kestra-no-connect", role: "issuer", policy: withoutAccounts })).token;
-    const before = countKeys();
+    const before = await countKeys();
     const r = await kb().api("POST", "/vault/keys", { ...INSIDE, stripe_accounts: ["acct_kestra1"] }, other);
     expect(r.status).toBe(403);
     expect(r.json.error.details).toEqual([{ field: "stripe_accounts.0", message: expect.stringContaining("lists no stripe_accounts") }]);
-    expect(countKeys()).toBe(before);
+    expect(await countKeys()).toBe(before);
     expect((await kb().api("POST", "/vault/keys", INSIDE, other)).status).toBe(201);
   });
 
@@ -176,12 +176,12 @@ describe("policies and token bodies are validated (400 naming each field, nothin
   ];
   for (const [name, body, fields] of cases) {
     test(name, async () => {
-      const before = countTokens();
+      const before = await countTokens();
       const r = await kb().api("POST", "/tokens", body);
       expect(r.status).toBe(400);
       expect(r.json.error.code).toBe("invalid_request");
       expect(r.json.error.details.map((d: any) => d.field).sort()).toEqual([...fields].sort());
-      expect(countTokens()).toBe(before);
+      expect(await countTokens()).toBe(before);
     });
   }
 
@@ -428,7 +428,7 @@ describe("token revocation", () => {
     expect(after.status).toBe(303);
     expect(after.headers.get("location")).toStartWith("/admin");
     expect((await page(other)).status).toBe(200);
-    const ended = sqliteOf(kb().services).query("SELECT count(*) AS n FROM admin_sessions WHERE token_id = ? AND ended_at IS NOT NULL").get(t.token_id) as { n: number };
+    const ended = (await dbRow<{ n: number }>(kb().services, "SELECT count(*) AS n FROM admin_sessions WHERE token_id = ? AND ended_at IS NOT NULL", t.token_id))!;
     expect(ended.n).toBe(1);
   });
 
@@ -442,7 +442,7 @@ describe("token revocation", () => {
       body: new URLSearchParams({ token: ADMIN_TOKEN }).toString(),
     });
     const cookie = res.headers.get("set-cookie")!.split(";")[0]!;
-    const stored = JSON.stringify(sqliteOf(first.services).query("SELECT * FROM admin_sessions").all());
+    const stored = JSON.stringify(await dbRows(first.services, "SELECT * FROM admin_sessions"));
     expect(stored).not.toContain(ADMIN_TOKEN);
     await first.stop();
     for (const [token, status] of [[ADMIN_TOKEN, 200], ["kbt_rotated_bootstrap_token_0123456789", 303]] as const) {
@@ -464,7 +464,7 @@ describe("token revocation", () => {
     ];
     const res = await loginForm(ADMIN_TOKEN);
     const cookie = res.headers.get("set-cookie")!.split(";")[0]!;
-    const tokensBefore = countTokens();
+    const tokensBefore = await countTokens();
     for (const [method, path, form] of routes) {
       const init = (headers: Record<string, string>) => ({
         method,
@@ -486,7 +486,7 @@ describe("token revocation", () => {
         expect(ok.headers.get("cache-control")).toBe("no-store");
       }
     }
-    expect(countTokens()).toBe(tokensBefore);
+    expect(await countTokens()).toBe(tokensBefore);
     expect((await kb().api("GET", `/vault/keys/${key.key_id}`)).json.daily_usd_cap).toBe(7);
     expect((await kb().api("GET", "/tokens")).json.data.find((t: any) => t.token_id === victim.token_id).status).toBe("active");
   });
@@ -577,22 +577,23 @@ describe("migration 0007", () => {
 });
 
 describe("keybrake token create | list | revoke", () => {
-  const cli = (dataDir: string, ...args: string[]) => {
+  const cli = async (dataDir: string, ...args: string[]) => {
     const r = Bun.spawnSync([process.execPath, "src/main.ts", "token", ...args], {
       cwd: join(import.meta.dir, ".."),
-      env: { PATH: process.env.PATH ?? "", KEYBRAKE_DATA_DIR: dataDir },
+      // On the PostgreSQL pass the CLI works on the database the server of this data dir uses.
+      env: { PATH: process.env.PATH ?? "", KEYBRAKE_DATA_DIR: dataDir, ...(await testBackendEnv(dataDir)) },
     });
     return { code: r.exitCode, out: r.stdout.toString(), err: r.stderr.toString() };
   };
 
   test("an issuer with a policy is minted, listed (never the token) and revoked; bad input exits 2 naming the field", async () => {
     const dir = tempDir();
-    const created = cli(dir, "create", "--name", "argo", "--role", "issuer", "--policy", '{"max_daily_usd_cap": 50, "label_prefix": "argo/"}');
+    const created = await cli(dir, "create", "--name", "argo", "--role", "issuer", "--policy", '{"max_daily_usd_cap": 50, "label_prefix": "argo/"}');
     expect(created.code).toBe(0);
     const token = created.out.trim();
     expect(token).toMatch(/^kbt_/);
 
-    const listed = cli(dir, "list");
+    const listed = await cli(dir, "list");
     expect(listed.out).not.toContain(token);
     const [id, role, status, , name, policy] = listed.out.trim().split("\t");
     expect([role, status, name, JSON.parse(policy!)]).toEqual(["issuer", "active", "argo", { max_daily_usd_cap: 50, label_prefix: "argo/" }]);
@@ -602,7 +603,7 @@ describe("keybrake token create | list | revoke", () => {
     try {
       expect((await apiCall(server.url, "POST", "/vault/keys", seedKeyBody({ agent_run_label: "argo/wf-1", daily_usd_cap: 50 }), token)).status).toBe(201);
       expect((await apiCall(server.url, "POST", "/vault/keys", seedKeyBody({ agent_run_label: "argo/wf-1", daily_usd_cap: 51 }), token)).status).toBe(403);
-      const revoked = cli(dir, "revoke", id!);
+      const revoked = await cli(dir, "revoke", id!);
       expect(revoked.code).toBe(0);
       expect(revoked.out).toContain(`revoked ${id}`);
       expect((await apiCall(server.url, "GET", "/vault/keys", undefined, token)).status).toBe(401); // seen by the running server at once
@@ -621,10 +622,10 @@ describe("keybrake token create | list | revoke", () => {
       [["revoke", "tok_nope"], "No management token tok_nope"],
       [["rotate"], 'unknown token command "rotate"'],
     ] as const) {
-      const r = cli(dir, ...args);
+      const r = await cli(dir, ...args);
       expect([args.join(" "), r.code]).toEqual([args.join(" "), 2]);
       expect(r.err).toContain(needle);
     }
-    expect(cli(dir, "list").out.trim().split("\n")).toHaveLength(1); // nothing was created by the refusals
+    expect((await cli(dir, "list")).out.trim().split("\n")).toHaveLength(1); // nothing was created by the refusals
   }, 30_000);
 });

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { sha256Hex } from "../src/domain/crypto.ts";
-import { apiCall, seedKeyBody, startKeybrake, type Running, sqliteOf } from "./helpers.ts";
+import { TEST_BACKEND, apiCall, seedKeyBody, startKeybrake, type Running, sqliteOf, dbRow, dbRows } from "./helpers.ts";
 
 let kb: Running;
 beforeAll(async () => {
@@ -8,7 +8,7 @@ beforeAll(async () => {
 });
 afterAll(() => kb.stop());
 
-const countKeys = () => (sqliteOf(kb.services).query("SELECT count(*) AS n FROM vault_keys").get() as { n: number }).n;
+const countKeys = async () => (await dbRow<{ n: number }>(kb.services, "SELECT count(*) AS n FROM vault_keys"))!.n;
 
 describe("vault key lifecycle", () => {
   test("the seeds' body issues a key; the secret is shown once and stored only as a hash", async () => {
@@ -29,7 +29,7 @@ describe("vault key lifecycle", () => {
     const ttl = Date.parse(k.expires_at) - Date.parse(k.created_at);
     expect(ttl).toBe(6 * 3600 * 1000);
 
-    const stored = sqliteOf(kb.services).query("SELECT * FROM vault_keys WHERE id = ?").get(k.key_id) as Record<string, unknown>;
+    const stored = (await dbRow(kb.services, "SELECT * FROM vault_keys WHERE id = ?", k.key_id))!;
     expect(stored.key_hash).toBe(sha256Hex(k.vault_key));
     expect(JSON.stringify(stored)).not.toContain(k.vault_key);
 
@@ -55,7 +55,7 @@ describe("vault key lifecycle", () => {
     );
     expect(k.daily_usd_cap).toBe(0.000001);
     expect(k.total_usd_cap).toBe(1234.567891);
-    const row = sqliteOf(kb.services).query("SELECT daily_cap_micros, total_cap_micros FROM vault_keys WHERE id = ?").get(k.key_id) as any;
+    const row = (await dbRow(kb.services, "SELECT daily_cap_micros, total_cap_micros FROM vault_keys WHERE id = ?", k.key_id))!;
     expect(row).toEqual({ daily_cap_micros: 1, total_cap_micros: 1_234_567_891 });
     expect(k.metadata).toEqual({ team: "growth", attempt: 2, dry: false });
     expect(k.dedupe_window_seconds).toBe(600);
@@ -161,23 +161,23 @@ describe("bad input is refused with the field named, and creates nothing", () =>
   ];
   for (const [name, body, field, status = 400] of cases) {
     test(name, async () => {
-      const before = countKeys();
+      const before = await countKeys();
       const r = await kb.api("POST", "/vault/keys", body);
       expect(r.status).toBe(status);
       expect(r.json.error.code).toMatch(/^invalid_(request|json)$/);
       expect(r.json.error.message.length).toBeGreaterThan(5);
       if (r.json.error.code === "invalid_request") expect(r.json.error.details.map((d: any) => d.field)).toContain(field);
-      expect(countKeys()).toBe(before);
+      expect(await countKeys()).toBe(before);
     });
   }
 
   test("a body over 1 MiB is 413 and creates nothing", async () => {
-    const before = countKeys();
+    const before = await countKeys();
     // Just over the management limit and within Bun's maxRequestBodySize (1 MiB + 1 KiB), so the API answers in its own shape.
     const r = await kb.api("POST", "/vault/keys", seedKeyBody({ metadata: { big: "x".repeat(1024 * 1024) } }));
     expect(r.status).toBe(413);
     expect(r.json.error.code).toBe("payload_too_large");
-    expect(countKeys()).toBe(before);
+    expect(await countKeys()).toBe(before);
   });
 
   test("a body that is not JSON-typed is 415", async () => {
@@ -224,7 +224,7 @@ describe("the role matrix: every management route × admin / issuer / viewer / n
   ];
   let vaultKey = "";
   const tokens = {} as Record<Role | "revoked", string>;
-  const countTokens = () => (sqliteOf(kb.services).query("SELECT count(*) AS n FROM management_tokens").get() as { n: number }).n;
+  const countTokens = async () => (await dbRow<{ n: number }>(kb.services, "SELECT count(*) AS n FROM management_tokens"))!.n;
   beforeAll(async () => {
     vaultKey = (await kb.issueKey(seedKeyBody())).vault_key;
     const mint = async (body: Record<string, unknown>) => (await kb.api("POST", "/tokens", body)).json;
@@ -237,7 +237,7 @@ describe("the role matrix: every management route × admin / issuer / viewer / n
   });
   for (const [method, path, body, allowed] of routes) {
     test(`${method} ${path}`, async () => {
-      const before = [countKeys(), countTokens()];
+      const before = [await countKeys(), await countTokens()];
       for (const token of [null, "wrong-token-0123456789", vaultKey, tokens.revoked]) {
         const r = await apiCall(kb.url, method, path, body, token);
         expect(r.status).toBe(401);
@@ -248,7 +248,7 @@ describe("the role matrix: every management route × admin / issuer / viewer / n
         expect([role, r.status, r.json.error?.code]).toEqual([role, 403, "forbidden"]);
         expect(r.json.error.message).toContain(`this token is ${role}`);
       }
-      expect([countKeys(), countTokens()]).toEqual(before);
+      expect([await countKeys(), await countTokens()]).toEqual(before);
       for (const role of allowed) {
         const ok = await apiCall(kb.url, method, path, body, tokens[role]);
         expect([200, 201, 404]).toContain(ok.status);
@@ -259,7 +259,7 @@ describe("the role matrix: every management route × admin / issuer / viewer / n
   test("a token minted by the CLI store works, and is stored only as a hash", async () => {
     const { token } = await kb.services.tokens.createFromBody({ name: "ci" }, null);
     expect((await apiCall(kb.url, "GET", "/vault/keys", undefined, token)).status).toBe(200);
-    const rows = JSON.stringify(sqliteOf(kb.services).query("SELECT * FROM management_tokens").all());
+    const rows = JSON.stringify(await dbRows(kb.services, "SELECT * FROM management_tokens"));
     expect(rows).not.toContain(token);
     expect(rows).toContain(sha256Hex(token));
   });
@@ -274,7 +274,7 @@ describe("vendor secrets are write-only", () => {
     const list = await kb.api("GET", "/vendors");
     expect(JSON.stringify(list.json)).not.toContain(secret);
     expect(list.json.data.find((v: any) => v.vendor === "twilio").configured).toBe(false);
-    const stored = JSON.stringify(sqliteOf(kb.services).query("SELECT * FROM vendor_secrets").all());
+    const stored = JSON.stringify(await dbRows(kb.services, "SELECT * FROM vendor_secrets"));
     expect(stored).not.toContain(secret);
     expect(await kb.services.secrets.get("stripe")).toEqual({ secret_key: secret });
   });
@@ -288,7 +288,7 @@ describe("vendor secrets are write-only", () => {
 
 describe("operations", () => {
   test("healthz and the OpenAPI document answer without a token", async () => {
-    expect((await apiCall(kb.url, "GET", "/healthz", undefined, null)).json).toMatchObject({ status: "ok", ledger: { backend: "sqlite", reachable: true } });
+    expect((await apiCall(kb.url, "GET", "/healthz", undefined, null)).json).toMatchObject({ status: "ok", ledger: { backend: TEST_BACKEND, reachable: true } });
     const doc = await apiCall(kb.url, "GET", "/openapi.json", undefined, null);
     expect(doc.json.openapi).toBe("3.1.0");
     expect(doc.json.components.schemas.IssueKey.required).toEqual(

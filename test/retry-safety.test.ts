@@ -2,7 +2,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:tes
 import { Resend } from "resend";
 import Stripe from "stripe";
 import twilio from "twilio";
-import { seedKeyBody, sqliteOf } from "./helpers.ts";
+import { seedKeyBody, sqliteOf, dbRow } from "./helpers.ts";
 import { ledgerOf, proxied, startProxyStack, stripeThrough } from "./proxy-setup.ts";
 
 let stack: Awaited<ReturnType<typeof startProxyStack>>;
@@ -143,12 +143,12 @@ describe("Idempotency-Key", () => {
     const { kb } = stack;
     const key = await kb.issueKey(seedKeyBody());
     await proxied(kb.url, key.vault_key, "POST", "/v1/payment_intents", PI, { "idempotency-key": "k-old" });
-    const count = () => (sqliteOf(kb.services).query("SELECT count(*) AS n FROM idempotency_records WHERE key_id = ?").get(key.key_id) as { n: number }).n;
-    expect(count()).toBe(1);
-    kb.services.ledger.pruneRepeats(Date.now() + 23 * 3600_000);
-    expect(count()).toBe(1);
-    kb.services.ledger.pruneRepeats(Date.now() + 24 * 3600_000 + 1000);
-    expect(count()).toBe(0);
+    const count = async () => (await dbRow<{ n: number }>(kb.services, "SELECT count(*) AS n FROM idempotency_records WHERE key_id = ?", key.key_id))!.n;
+    expect(await count()).toBe(1);
+    await kb.services.ledger.pruneRepeats(Date.now() + 23 * 3600_000);
+    expect(await count()).toBe(1);
+    await kb.services.ledger.pruneRepeats(Date.now() + 24 * 3600_000 + 1000);
+    expect(await count()).toBe(0);
   });
 });
 

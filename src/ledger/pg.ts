@@ -96,6 +96,8 @@ export class PgLedger implements SpendLedger {
    * commits after the answer has left (Forwarder.afterAnswer in src/proxy/forward.ts says why that is safe).
    */
   private pending = new Map<string, PendingWrite[]>();
+  /** The batch of each key now running (or queued behind one): the next batch of that key starts after it. */
+  private readonly running = new Map<string, Promise<void>>();
 
   private write<T>(keyId: string, work: (tx: Tx, queue: () => void) => Promise<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
@@ -108,9 +110,18 @@ export class PgLedger implements SpendLedger {
   }
 
   private flush(): void {
-    const groups = [...this.pending.values()];
+    const groups = [...this.pending];
     this.pending = new Map();
-    for (const group of groups) void this.runGroup(group);
+    for (const [keyId, group] of groups) {
+      // One key's batches run one after another, in the order their writes arrived (as every write
+      // does on SQLite): a call admitted after an answer always sees that answer's settlement, which
+      // was queued before it — two batches in flight at once could take the key's row lock in either order.
+      const before = this.running.get(keyId);
+      const run: Promise<void> = (before ? before.then(() => this.runGroup(group)) : this.runGroup(group)).finally(() => {
+        if (this.running.get(keyId) === run) this.running.delete(keyId);
+      });
+      this.running.set(keyId, run);
+    }
   }
 
   private async runGroup(group: PendingWrite[]): Promise<void> {

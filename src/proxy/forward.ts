@@ -79,6 +79,14 @@ export class Forwarder {
   }
 
   /**
+   * Waits for the settlements of the answers already returned, not for later ones (bounded under
+   * load): a management read made after an answer on this replica then includes that call.
+   */
+  async answeredSettled(): Promise<void> {
+    await Promise.all([...this.settling]);
+  }
+
+  /**
    * A call's settlement commits in the ledger's next group commit, after its answer is on its way
    * (issue 15): the commit is off the answer's critical path. Why that keeps every guarantee:
    * - The money: the reservation committed before forwarding. A settlement lost to a crash leaves
@@ -238,12 +246,22 @@ export class Forwarder {
     const body = wire.body;
     // Pricing is synchronous; a ledger that answers after a round trip (PostgreSQL) is asked first and
     // the (pure) estimate run again with its answers. SQLite answers at once: one pass, as before.
+    // An object record is written by the settlement of the call that made it, which commits just after
+    // that call's answer: a lookup first lets this replica's answered settlements commit, so a client
+    // that creates then confirms is priced on the record (a settlement still committing on another
+    // replica is not waited for: the record is missed and the call priced from the vendor, at full
+    // price — over-counted, never under).
     const known = new Map<string, PricedObject | null>();
     const asked: Promise<void>[] = [];
+    const settledFirst = this.settling.size > 0 ? this.answeredSettled() : null;
     const ctx: PricingContext = {
       pricing: this.deps.pricing,
       pricedObject: (id) => {
         if (known.has(id)) return known.get(id)!;
+        if (settledFirst) {
+          asked.push(settledFirst.then(async () => void known.set(id, await ledger.pricedObject(key.id, id))));
+          return null;
+        }
         const found = ledger.pricedObject(key.id, id);
         if (!(found instanceof Promise)) return found;
         asked.push(found.then((o) => void known.set(id, o)));
