@@ -8,7 +8,12 @@ import { Database } from "bun:sqlite";
 import { describe, expect, test } from "bun:test";
 import { readdirSync } from "node:fs";
 import { join } from "node:path";
+import { is } from "drizzle-orm";
+import { getTableConfig as pgTableConfig, PgTable } from "drizzle-orm/pg-core";
+import { getTableConfig as sqliteTableConfig, SQLiteTable } from "drizzle-orm/sqlite-core";
 import { migrate } from "../src/db/connection.ts";
+import * as pgSchema from "../src/db/pg-schema.ts";
+import * as sqliteSchema from "../src/db/schema.ts";
 import { PG_MIGRATIONS } from "../src/db/migrations.ts";
 import { migratePostgres, openPostgres } from "../src/db/pg.ts";
 import { freshDatabase, postgresAvailable } from "./pg.ts";
@@ -54,5 +59,38 @@ describe("PostgreSQL schema", () => {
     const lite = sqliteShape();
     expect(Object.keys(pg).sort()).toEqual(Object.keys(lite).sort());
     for (const table of Object.keys(lite)) expect({ table, columns: pg[table] }).toEqual({ table, columns: lite[table]! });
+  });
+});
+
+/** drizzle's two schemas (src/db/schema.ts, src/db/pg-schema.ts): what the stores query must be what the migrations made. */
+describe("drizzle schemas", () => {
+  const sqliteTables = () =>
+    (Object.values(sqliteSchema) as unknown[]).filter((t): t is SQLiteTable => is(t, SQLiteTable)).map((t) => sqliteTableConfig(t));
+  const pgTables = () =>
+    (Object.values(pgSchema) as unknown[]).filter((t): t is PgTable => is(t, PgTable)).map((t) => pgTableConfig(t));
+  const columnsOf = (configs: { name: string; columns: { name: string; notNull: boolean }[] }[]) =>
+    Object.fromEntries(configs.map((c) => [c.name, Object.fromEntries(c.columns.map((col) => [col.name, col.notNull]))]));
+
+  test("the PostgreSQL schema has every table of the SQLite one, with the same columns and nullability", () => {
+    const lite = columnsOf(sqliteTables());
+    const pg = columnsOf(pgTables());
+    expect(Object.keys(lite).length).toBeGreaterThan(10);
+    for (const [table, columns] of Object.entries(lite)) expect({ table, columns: pg[table] }).toEqual({ table, columns });
+  });
+
+  test("each describes its migrated database: every table and column exists there, nullability as migrated", async () => {
+    const lite = sqliteShape();
+    for (const [table, columns] of Object.entries(columnsOf(sqliteTables()))) {
+      for (const [column, notNull] of Object.entries(columns)) expect({ table, column, notNull: lite[table]?.[column]?.notNull }).toEqual({ table, column, notNull });
+    }
+    if (!postgresAvailable()) return;
+    const sql = openPostgres(await freshDatabase("drizzle"));
+    await migratePostgres(sql);
+    const rows = (await sql`SELECT table_name, column_name, is_nullable FROM information_schema.columns WHERE table_schema = 'public'`) as { table_name: string; column_name: string; is_nullable: string }[];
+    await sql.close();
+    const migrated = new Map(rows.map((r) => [`${r.table_name}.${r.column_name}`, r.is_nullable === "NO"]));
+    for (const [table, columns] of Object.entries(columnsOf(pgTables()))) {
+      for (const [column, notNull] of Object.entries(columns)) expect({ table, column, notNull: migrated.get(`${table}.${column}`) }).toEqual({ table, column, notNull });
+    }
   });
 });
