@@ -14,6 +14,17 @@ import { PG_MIGRATIONS } from "./migrations.ts";
  */
 export type Pg = SQL;
 
+/**
+ * The transaction-level advisory locks Keybrake takes, one place so no two collide: each makes
+ * replicas take turns where the rows a decision depends on may not exist yet (so FOR UPDATE could
+ * lock nothing). The audit log's ordering keys live far above these (src/store/pg/audit.ts).
+ */
+export const ADVISORY_LOCK = {
+  migrations: 7263541,
+  firstToken: 7263542,
+  secretWrites: 7263543,
+} as const;
+
 export function openPostgres(url: string, opts: { max?: number } = {}): Pg {
   return new SQL({
     url,
@@ -31,7 +42,7 @@ export function openPostgres(url: string, opts: { max?: number } = {}): Pg {
 export async function migratePostgres(sql: Pg): Promise<string[]> {
   const applied: string[] = [];
   await sql.begin(async (tx) => {
-    await tx`SELECT pg_advisory_xact_lock(7263541)`;
+    await tx`SELECT pg_advisory_xact_lock(${ADVISORY_LOCK.migrations})`;
     await tx`CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)`;
     for (const m of PG_MIGRATIONS) {
       const done = await tx`SELECT 1 FROM _migrations WHERE name = ${m.name}`;

@@ -2,6 +2,7 @@ import { eq, sql } from "drizzle-orm";
 import type { NewEvent } from "../../domain/events.ts";
 import type { SecretField, VendorSecretStorage } from "../../domain/secrets.ts";
 import type { VendorName } from "../../vendors/types.ts";
+import { ADVISORY_LOCK } from "../../db/pg.ts";
 import { pgSchema, type PgOrm } from "../backend.ts";
 import type { PgEventLog } from "./events.ts";
 
@@ -10,8 +11,8 @@ const { settings, vendorSecrets } = pgSchema;
 const MASTER_KEY_CHECK = "master_key_check";
 const field = { field: vendorSecrets.field, ciphertext: vendorSecrets.ciphertext, last4: vendorSecrets.last4, updatedAt: vendorSecrets.updatedAt };
 
-/** Makes writes of vendor secrets take turns across replicas (src/db/pg.ts locks 7263541, tokens 7263542). */
-const LOCK_SECRET_WRITES = sql`SELECT pg_advisory_xact_lock(7263543)`;
+/** Makes writes of vendor secrets take turns across replicas. */
+const LOCK_SECRET_WRITES = sql`SELECT pg_advisory_xact_lock(${ADVISORY_LOCK.secretWrites})`;
 
 /**
  * How long a replica's proxy reuses a read of a vendor secret: a rotation on one replica is used by

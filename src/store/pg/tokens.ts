@@ -1,6 +1,7 @@
 import { and, count, desc, eq, getTableColumns, isNull, sql } from "drizzle-orm";
 import type { NewEvent } from "../../domain/events.ts";
 import type { NewToken, TokenInfo, TokenStorage } from "../../domain/tokens.ts";
+import { ADVISORY_LOCK } from "../../db/pg.ts";
 import { pgSchema, type PgExec, type PgOrm } from "../backend.ts";
 import type { PgEventLog } from "./events.ts";
 
@@ -10,8 +11,8 @@ const { managementTokens, adminSessions } = pgSchema;
 const { tokenHash: _hash, ...info } = getTableColumns(managementTokens);
 const { createdAt: _created, revokedAt: _revoked, ...live } = info;
 
-/** Makes first starts take turns across replicas (src/db/pg.ts locks 7263541 for migrations). */
-const LOCK_FIRST_TOKEN = sql`SELECT pg_advisory_xact_lock(7263542)`;
+/** Makes first starts take turns across replicas. */
+const LOCK_FIRST_TOKEN = sql`SELECT pg_advisory_xact_lock(${ADVISORY_LOCK.firstToken})`;
 
 /** Management tokens in PostgreSQL: a token minted or revoked on one replica is seen by the next request on every other. */
 export class PgTokenStore implements TokenStorage {
