@@ -47,6 +47,9 @@ const nn = (v: unknown): number | null => (v === null || v === undefined ? null 
  * Anything else is a real error of the query and stays one.
  */
 export function isUnreachable(e: unknown): boolean {
+  // drizzle wraps the driver's error (DrizzleQueryError): judge what the driver said.
+  const cause = (e as { cause?: unknown })?.cause;
+  if (cause && cause !== e && isUnreachable(cause)) return true;
   const code = String((e as { code?: unknown })?.code ?? "");
   const state = String((e as { errno?: unknown })?.errno ?? "");
   if (/^(57P0[123]|08...|53300)$/.test(state)) return true;
