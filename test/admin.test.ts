@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { sha256Hex } from "../src/domain/crypto.ts";
-import { ADMIN_TOKEN, seedKeyBody, startKeybrake, type Running, sqliteOf } from "./helpers.ts";
+import { ADMIN_TOKEN, seedKeyBody, startKeybrake, type Running, dbRow, dbRows } from "./helpers.ts";
 
 /**
  * The admin pages over real HTTP: who may see them, what a session is, CSRF on
@@ -65,7 +65,7 @@ async function countElements(html: string, selector: string): Promise<number> {
 }
 
 const keyStatus = async (keyId: string) => (await kb.api("GET", `/vault/keys/${keyId}`)).json.status;
-const countKeys = () => (sqliteOf(kb.services).query("SELECT count(*) AS n FROM vault_keys").get() as { n: number }).n;
+const countKeys = async () => (await dbRow<{ n: number }>(kb.services, "SELECT count(*) AS n FROM vault_keys"))!.n;
 
 /** Every admin route but login and the static assets. */
 const PROTECTED: [method: string, path: string][] = [
@@ -175,7 +175,7 @@ describe("login", () => {
     expect(cookie).not.toContain("Secure"); // plain http to loopback
 
     const id = cookie.slice("kb_session=".length, cookie.indexOf(";"));
-    const rows = sqliteOf(kb.services).query("SELECT * FROM admin_sessions").all() as Record<string, unknown>[];
+    const rows = await dbRows(kb.services, "SELECT * FROM admin_sessions");
     expect(rows.some((r) => r.id_hash === sha256Hex(id))).toBe(true);
     expect(JSON.stringify(rows)).not.toContain(id);
   });
@@ -213,7 +213,7 @@ describe("CSRF: every change needs the session's token", () => {
   };
 
   test("issuing a key without (or with a wrong) token is 403 and issues nothing", async () => {
-    const before = countKeys();
+    const before = await countKeys();
     const form = { vendor: "stripe", agent_run_label: "csrf-test", daily_usd_cap: "5", allowed_endpoints: "POST /v1/payment_intents", expires_in: "1h" };
     for (const csrf of [undefined, "", "forged-token", s.csrf + "x"]) {
       const res = await withoutToken("POST", "/admin/keys", form, csrf);
@@ -223,7 +223,7 @@ describe("CSRF: every change needs the session's token", () => {
     // The token of another session does not count either.
     const other = await login();
     expect((await withoutToken("POST", "/admin/keys", form, other.csrf)).status).toBe(403);
-    expect(countKeys()).toBe(before);
+    expect(await countKeys()).toBe(before);
   });
 
   test("revoking a key or a run without the token is 403 and the keys stay active", async () => {
@@ -292,7 +292,7 @@ describe("keys page", () => {
   });
 
   test("the issue form goes through the API's validation, errors shown per field", async () => {
-    const before = countKeys();
+    const before = await countKeys();
     const res = await postForm(
       "/admin/keys",
       { vendor: "stripe", agent_run_label: "", daily_usd_cap: "lots", allowed_endpoints: "POST /v1/payment_intents\nFETCH", expires_in: "forever" },
@@ -306,7 +306,7 @@ describe("keys page", () => {
     expect(html).toContain("expires_in must be a positive duration");
     expect(await countElements(html, '[aria-invalid="true"]')).toBe(4);
     expect(html).not.toContain("vk_");
-    expect(countKeys()).toBe(before);
+    expect(await countKeys()).toBe(before);
   });
 
   test("a valid form issues a key and shows the vault key once", async () => {
@@ -487,7 +487,7 @@ describe("client-written text is escaped", () => {
   });
 
   test("the audit row's detail and the CSV export keep it as data", async () => {
-    const row = sqliteOf(kb.services).query("SELECT id FROM audit_log WHERE key_id = ? ORDER BY id DESC").get(keyId) as { id: number };
+    const row = (await dbRow<{ id: number }>(kb.services, "SELECT id FROM audit_log WHERE key_id = ? ORDER BY id DESC", keyId))!;
     const detail = await (await get(`/admin/audit/${row.id}`, { headers: as(s, true, false) })).text();
     expect(await countElements(detail, "img")).toBe(0);
     expect(detail).toContain("&lt;img src=x onerror=alert(1)&gt;");
@@ -531,9 +531,11 @@ describe("audit, spend and vendor pages", () => {
     expect(emptyWindow).not.toContain("$0.000001");
     await kb.services.secrets.set("stripe", { secret_key: "sk_test_spend_chart_00000000" });
     const k = await kb.issueKey(seedKeyBody({ agent_run_label: "spend-chart" }));
-    sqliteOf(kb.services).run(
+    await dbRows(
+      kb.services,
       "INSERT INTO audit_log (ts, key_id, agent_run_label, vendor, method, path, outcome, vendor_status, estimated_micros, settled_micros, ledger_state) VALUES (?, ?, 'spend-chart', 'stripe', 'POST', '/v1/payment_intents', 'forwarded', 200, 29000000, 29000000, 'settled')",
-      [Date.now(), k.key_id],
+      Date.now(),
+      k.key_id,
     );
     const html = await (await get("/admin/spend?label=spend-chart", { headers: { cookie: s.cookie } })).text();
     expect(await countElements(html, "svg[role=img]")).toBe(2);
@@ -609,12 +611,12 @@ describe("the issue form as people type it", () => {
   ];
   for (const [name, over, messages] of refused) {
     test(`refused, every message shown: ${name}`, async () => {
-      const before = countKeys();
+      const before = await countKeys();
       const res = await postForm("/admin/keys", { ...base, ...over }, as(s, true));
       expect(res.status).toBe(422);
       const html = (await res.text()).replaceAll("&quot;", '"');
       for (const m of messages) expect(html).toContain(m);
-      expect(countKeys()).toBe(before);
+      expect(await countKeys()).toBe(before);
     });
   }
 
@@ -641,24 +643,24 @@ describe("the issue form as people type it", () => {
 describe("admin bodies are bounded before they are read", () => {
   const big = "x".repeat(70 * 1024);
   test("a login POST over 64 KiB is refused with 413 and opens no session", async () => {
-    const sessions = () => (sqliteOf(kb.services).query("SELECT count(*) AS n FROM admin_sessions").get() as { n: number }).n;
-    const before = sessions();
+    const sessions = async () => (await dbRow<{ n: number }>(kb.services, "SELECT count(*) AS n FROM admin_sessions"))!.n;
+    const before = await sessions();
     const res = await postForm("/admin/login", { token: ADMIN_TOKEN, pad: big });
     expect(res.status).toBe(413);
     expect(res.headers.get("set-cookie")).toBeNull();
-    expect(sessions()).toBe(before);
+    expect(await sessions()).toBe(before);
   });
 
   test("every admin form route, the other admin plugins' included, refuses an oversized body with 413 and changes nothing", async () => {
     const s = await login();
     const k = await kb.issueKey(seedKeyBody({ agent_run_label: "bounded-body" }));
     const routes = ["/admin/keys", `/admin/keys/${k.key_id}/revoke`, "/admin/runs/revoke", "/admin/vendors/resend", "/admin/tokens", `/admin/keys/${k.key_id}/edit`, "/admin/budgets", "/admin/webhooks", "/admin/logout"];
-    const before = countKeys();
+    const before = await countKeys();
     for (const path of routes) {
       const res = await postForm(path, { _csrf: s.csrf, agent_run_label: "bounded-body", pad: big }, { cookie: s.cookie });
       expect(`${path} ${res.status}`).toBe(`${path} 413`);
     }
-    expect(countKeys()).toBe(before);
+    expect(await countKeys()).toBe(before);
     expect(await keyStatus(k.key_id)).toBe("active");
   });
 

@@ -1,10 +1,11 @@
-import type { Database } from "bun:sqlite";
+import { Database } from "bun:sqlite";
 import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createApp } from "../src/app.ts";
 import { loadConfig } from "../src/config.ts";
 import { createServices, MAX_PROXY_BODY_BYTES, type Services } from "../src/services.ts";
+import { openPostgres, type Pg } from "../src/db/pg.ts";
 import { freshDatabase } from "./pg.ts";
 
 export const ADMIN_TOKEN = "kbt_test_admin_token_0123456789abcdef";
@@ -88,8 +89,31 @@ export function sqliteOf(s: Services): Database {
  */
 export async function dbRows<T = Record<string, any>>(s: Services, query: string, ...args: unknown[]): Promise<T[]> {
   if (s.backend.kind === "sqlite") return s.backend.db.sqlite.query(query).all(...(args as never[])) as T[];
+  return pgRows<T>(s.backend.sql, query, args);
+}
+
+/** The same, on the database a server started on `dataDir` used (it may have exited): its SQLite file, or its PostgreSQL database on the PostgreSQL pass. */
+export async function storedRows<T = Record<string, any>>(dataDir: string, query: string, ...args: unknown[]): Promise<T[]> {
+  const url = (await testBackendEnv(dataDir)).KEYBRAKE_DATABASE_URL;
+  if (!url) {
+    const db = new Database(join(dataDir, "keybrake.db"), { readonly: true });
+    try {
+      return db.query(query).all(...(args as never[])) as T[];
+    } finally {
+      db.close();
+    }
+  }
+  const sql = openPostgres(url, { max: 1 });
+  try {
+    return await pgRows<T>(sql, query, args);
+  } finally {
+    await sql.close();
+  }
+}
+
+async function pgRows<T>(sql: Pg, query: string, args: unknown[]): Promise<T[]> {
   let n = 0;
-  const rows = await s.backend.sql.unsafe(query.replace(/\?/g, () => `$${++n}`), args as never[]);
+  const rows = await sql.unsafe(query.replace(/\?/g, () => `$${++n}`), args as never[]);
   // int8 (20) and numeric (1700, what sum() of a BIGINT gives) arrive as strings.
   const int8 = new Set((rows.columns as { name: string; type: number }[]).filter((c) => c.type === 20 || c.type === 1700).map((c) => c.name));
   return [...rows].map((r: Record<string, unknown>) => {

@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# npm test. First every test file on the default backend (the embedded SQLite file), then the
-# suites that speak to Keybrake over HTTP again, with every server they start on a fresh PostgreSQL
-# database (KEYBRAKE_TEST_BACKEND=postgres, test/helpers.ts): the same files, not copies. Store
-# tests and the replica tests run on both backends within the first pass (test/backends.ts).
+# npm test. First every test file on the default backend (the embedded SQLite file), then every
+# suite that speaks to Keybrake over HTTP or runs its process again, with every server it starts on
+# a fresh PostgreSQL database (KEYBRAKE_TEST_BACKEND=postgres, test/helpers.ts): the same files, not
+# copies. Store tests and the replica tests run on both backends within the first pass
+# (test/backends.ts). Not repeated: tests of SQLite itself (its file, checkpoints, fsyncs), of the
+# configuration, of pure functions, and the demo (which always runs on its own SQLite data dir).
 # Arguments go to the first pass only (`npm test -- test/x.test.ts` runs just that file, on SQLite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 POSTGRES_SUITES=(
+  test/admin.test.ts
+  test/admin-browser.test.ts
+  test/audit-spend.test.ts
+  test/budgets-browser.test.ts
+  test/governance-tokens-browser.test.ts
+  test/operations-process.test.ts
+  test/process.test.ts
   test/management.test.ts
   test/governance-tokens.test.ts
   test/proxy-stripe.test.ts

@@ -37,6 +37,8 @@ export function adminSession(s: Services) {
               return status(403, render(FlashMessage({ tone: "danger", text: "This form is out of date (missing or wrong CSRF token). Reload the page and try again." })));
             }
           }
+          // As authorize() does for the API: the page includes every call this replica has answered.
+          await s.forwarder.answeredSettled();
           return { session, sessionId };
         },
       },

@@ -13,7 +13,9 @@ export const OPERATOR_READERS: readonly Role[] = ["admin", "viewer"];
 
 /**
  * The management principal of a request, refused unless its role is one of `roles`
- * (SPEC §7: only admin manages tokens, budgets, webhooks and vendor secrets).
+ * (SPEC §7: only admin manages tokens, budgets, webhooks and vendor secrets). Resolves once the
+ * settlements of the calls this replica has already answered are committed (they commit just after
+ * their answers): whatever a request reads or changes next includes those calls.
  */
 export async function authorize(s: Services, request: Request, roles: readonly Role[]): Promise<Principal> {
   const principal = await s.tokens.authenticate(bearerToken(request));
@@ -23,5 +25,6 @@ export async function authorize(s: Services, request: Request, roles: readonly R
   if (!roles.includes(principal.role)) {
     throw new ApiError("forbidden", `This needs a token with role ${roles.join(" or ")}; this token is ${principal.role}.`);
   }
+  await s.forwarder.answeredSettled();
   return principal;
 }

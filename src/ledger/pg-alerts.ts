@@ -16,8 +16,12 @@ import { microsToUsd } from "../money.ts";
 const HIT_MARK = -1;
 
 export class PgCapAlerts {
-  /** Called after a commit that queued a delivery (the webhook sender polls the outbox). */
-  constructor(private readonly queued: () => void = () => {}) {}
+  constructor(
+    /** Called after a commit that queued a delivery (the webhook sender polls the outbox). */
+    private readonly queued: () => void = () => {},
+    /** Told of each alert raised, for the log's action line (as EventLog.record logs on SQLite). */
+    private readonly raised: (e: StoredEvent) => void = () => {},
+  ) {}
 
   async spent(tx: SQL, changes: readonly SpendChange[], day: string, now: number): Promise<boolean> {
     const moved = changes.filter((c) => c.capMicros > 0 && c.after > c.before);
@@ -53,6 +57,7 @@ export class PgCapAlerts {
     const won = await tx`INSERT INTO cap_alert_marks (scope_id, day, threshold, event_id) VALUES (${scopeId}, ${day}, ${threshold}, ${event.id})
                          ON CONFLICT DO NOTHING RETURNING 1`;
     if (won.length === 0) return false;
+    this.raised(event);
     await tx`INSERT INTO events (id, ts, type, actor_token_id, actor_name, target, data) VALUES (${event.id}, ${now}, ${type}, NULL, NULL, ${scopeId}, ${JSON.stringify(data)})`;
     // The outbox rows the stores' event sinks write (outboxRows), in this raw-SQL transaction.
     const subs = await tx`SELECT id, thresholds, format FROM webhooks WHERE deleted_at IS NULL AND events::jsonb ? ${type}`;

@@ -27,7 +27,7 @@ export function pgStores(b: PgBackend, deps: StoreDeps): Stores & { eventLog: Pg
     runs: new PgRunStore(b.orm),
     budgets: new PgBudgetStore(b.orm, eventLog),
     webhooks,
-    ledger: new PgLedger(b.sql, new PgCapAlerts(() => webhooks.queued())),
+    ledger: new PgLedger(b.sql, new PgCapAlerts(() => webhooks.queued(), (e) => deps.logger.action({ type: e.type, actor: null, target: e.target, data: e.data }))),
     async ping() {
       await b.sql`SELECT 1`;
     },
