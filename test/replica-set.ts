@@ -5,9 +5,10 @@
  * Deployment gives them. Used by test/pg-replicas.test.ts and test/pg-deploy.test.ts.
  */
 import { rmSync } from "node:fs";
+import type Stripe from "stripe";
 import type { FakeVendor } from "./fake-vendor.ts";
 import { ADMIN_TOKEN, apiCall, spawnKeybrake, tempDir, type Spawned } from "./helpers.ts";
-import { vendorEnv } from "./proxy-setup.ts";
+import { stripeThrough, vendorEnv } from "./proxy-setup.ts";
 
 export const REPLICA_MASTER_KEY = "kbm_replicas_master_key_0123456789abcdef012345";
 
@@ -39,4 +40,14 @@ export function startReplicas(count: number, env: Record<string, string>): Promi
       });
     }),
   );
+}
+
+/** One $1 PaymentIntent through the official stripe SDK (no retries): "ok", or the status and Keybrake's error code. */
+export function charge(baseUrl: string, vaultKey: string): Promise<string> {
+  return stripeThrough(baseUrl, vaultKey, { maxNetworkRetries: 0 })
+    .paymentIntents.create({ amount: 100, currency: "usd" })
+    .then(
+      () => "ok",
+      (e: Stripe.errors.StripeError) => `${e.statusCode} ${e.headers?.["x-keybrake-error"] ?? e.code}`,
+    );
 }
