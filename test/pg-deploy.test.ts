@@ -1,19 +1,19 @@
 /**
  * deploy/ (SPEC §8): the compose file and the Kubernetes manifests parse and reference what a
- * replicated Keybrake needs; the compose topology — PostgreSQL, two replicas, deploy/nginx.conf in
- * front — is reproduced with real processes (Docker is not available here): calls through the load
- * balancer reach both replicas and together spend exactly the cap.
+ * replicated Keybrake needs; the compose topology — PostgreSQL, two `keybrake serve` replicas with
+ * compose's environment, deploy/nginx.conf in front — is reproduced with real processes (Docker is
+ * not available here): calls through the load balancer reach both replicas and together spend
+ * exactly the cap, the admin token works through it, and an admin session is valid on both.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { spawn, type Subprocess } from "bun";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
-import { migratePostgres, openPostgres, type Pg } from "../src/db/pg.ts";
 import { startFakeVendor, type FakeVendor } from "./fake-vendor.ts";
-import { tempDir } from "./helpers.ts";
+import { ADMIN_TOKEN, apiCall, readSettled, seedKeyBody, tempDir } from "./helpers.ts";
 import { freshDatabase, postgresAvailable } from "./pg.ts";
-import { proxied } from "./proxy-setup.ts";
+import { charge, REPLICA_MASTER_KEY, startReplicas, type Replica } from "./replica-set.ts";
 
 const DEPLOY = join(import.meta.dir, "..", "deploy");
 const read = (f: string) => readFileSync(join(DEPLOY, f), "utf8");
@@ -73,64 +73,90 @@ async function freePort(): Promise<number> {
   });
 }
 
+/** compose's `${VAR}` / `${VAR:-default}` / `${VAR:?message}` substitution, from `vars`. */
+function interpolate(value: string, vars: Record<string, string>): string {
+  return value.replace(/\$\{(\w+)(?::[-?]([^}]*))?\}/g, (_, name: string, fallback?: string) => vars[name] ?? fallback ?? "");
+}
+
+/** Proxied calls this replica handled, by its own /metrics. */
+async function proxiedCalls(r: Replica): Promise<number> {
+  const text = (await apiCall(r.url, "GET", "/metrics")).json as string;
+  return text.split("\n").filter((l) => l.startsWith("keybrake_proxy_requests_total{")).reduce((n, l) => n + Number(l.split(" ").pop()), 0);
+}
+
 describe.skipIf(!postgresAvailable() || !nginxAvailable)("the compose topology with real processes", () => {
   let fake: FakeVendor;
-  let sql: Pg;
-  const procs: Subprocess[] = [];
+  let replicas: Replica[] = [];
+  let nginx: Subprocess | null = null;
+  let dir = "";
   let lb = "";
 
   beforeAll(async () => {
     fake = await startFakeVendor();
-    const url = await freshDatabase("deploy");
-    sql = openPostgres(url);
-    await migratePostgres(sql);
-    const replicaUrls: string[] = [];
-    for (let i = 0; i < 2; i++) {
-      const p = spawn([process.execPath, join(import.meta.dir, "pg-replica-server.ts"), url, fake.url, fake.credentials.stripe], { stdout: "pipe", stderr: "inherit" });
-      procs.push(p);
-      const reader = p.stdout.getReader();
-      let out = "";
-      while (!out.includes("\n")) {
-        const { value, done } = await reader.read();
-        if (done) throw new Error("replica exited before listening");
-        out += new TextDecoder().decode(value);
-      }
-      replicaUrls.push(out.trim());
-    }
-    // deploy/nginx.conf as compose runs it, with the service names resolved to these processes.
-    const dir = tempDir("keybrake-lb-");
-    mkdirSync(join(dir, "logs"));
     const port = await freePort();
+    lb = `http://127.0.0.1:${port}`;
+    // compose's replica environment as `docker compose up` resolves it, except what only the
+    // container network gives: the database host and a port per replica (here they share one host).
+    const composed = (Bun.YAML.parse(read("compose.yaml")) as any).services["keybrake-1"].environment as Record<string, string>;
+    const vars = { POSTGRES_PASSWORD: "unused-trust-auth", KEYBRAKE_ADMIN_TOKEN: ADMIN_TOKEN, KEYBRAKE_MASTER_KEY: REPLICA_MASTER_KEY, KEYBRAKE_PUBLIC_URL: lb };
+    const env = Object.fromEntries(Object.entries(composed).map(([k, v]) => [k, interpolate(String(v), vars)]));
+    Object.assign(env, { KEYBRAKE_DATABASE_URL: await freshDatabase("deploy"), KEYBRAKE_HOST: "127.0.0.1", KEYBRAKE_PORT: "0", KEYBRAKE_STRIPE_BASE_URL: fake.url });
+    replicas = await startReplicas(2, env);
+    // deploy/nginx.conf as compose runs it, with the service names resolved to these processes.
+    dir = tempDir("keybrake-lb-");
+    mkdirSync(join(dir, "logs"));
     const conf = read("nginx.conf")
-      .replace("keybrake-1:8080", new URL(replicaUrls[0]!).host)
-      .replace("keybrake-2:8080", new URL(replicaUrls[1]!).host)
+      .replace("keybrake-1:8080", new URL(replicas[0]!.url).host)
+      .replace("keybrake-2:8080", new URL(replicas[1]!.url).host)
       .replace("listen 8080;", `listen 127.0.0.1:${port};`)
       .replace("http {", `http {\n  client_body_temp_path ${dir}/body; proxy_temp_path ${dir}/proxy; fastcgi_temp_path ${dir}/fcgi; uwsgi_temp_path ${dir}/uwsgi; scgi_temp_path ${dir}/scgi;`);
     writeFileSync(join(dir, "nginx.conf"), conf);
-    const nginx = Bun.which("nginx") ?? "/usr/sbin/nginx";
-    procs.push(spawn([nginx, "-p", dir, "-c", join(dir, "nginx.conf"), "-g", `daemon off; pid ${dir}/nginx.pid; error_log ${dir}/logs/error.log warn;`], { stdout: "inherit", stderr: "inherit" }));
-    lb = `http://127.0.0.1:${port}`;
-    for (let i = 0; i < 200; i++) {
-      if (await fetch(lb + "/v1/charges", { method: "POST" }).then((r) => r.status !== 502, () => false)) break;
-      await Bun.sleep(10); // waiting for nginx to listen (a condition, bounded), not a timing assertion
-    }
-  });
+    const bin = Bun.which("nginx") ?? "/usr/sbin/nginx";
+    nginx = spawn([bin, "-p", dir, "-c", join(dir, "nginx.conf"), "-g", `daemon off; pid ${dir}/nginx.pid; error_log ${dir}/logs/error.log warn;`], { stdout: "ignore", stderr: "ignore" });
+    // Waiting for nginx to listen (a condition, bounded), not a timing assertion.
+    await readSettled(() => fetch(lb + "/healthz").then((r) => r.status, () => 0), (s) => s === 200);
+  }, 30_000);
   afterAll(async () => {
-    for (const p of procs) p.kill("SIGKILL");
-    await sql?.close();
+    // SIGTERM, not SIGKILL: nginx's master then stops its workers (a killed master orphans them).
+    nginx?.kill("SIGTERM");
+    await nginx?.exited;
+    await Promise.all(replicas.map((r) => r.kill()));
     await fake?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("the admin token works through the load balancer, whichever replica answers; the vendor secret set through it serves both", async () => {
+    expect((await apiCall(lb, "PUT", "/vendors/stripe", { secret_key: fake.credentials.stripe })).status).toBe(200);
+    const listed = await Promise.all([0, 1].map(() => apiCall(lb, "GET", "/vault/keys")));
+    expect(listed.map((r) => r.status)).toEqual([200, 200]);
+    expect((await apiCall(lb, "GET", "/vault/keys", undefined, "kbt_not_a_token_0123456789abcdef0123")).status).toBe(401);
   });
 
   test("calls through the load balancer reach both replicas and spend exactly the cap", async () => {
-    const id = `key_lb_${process.pid}`;
-    const vaultKey = `vk_${id}_0123456789abcdef0123456789abcdef`;
-    await sql`INSERT INTO vault_keys (id, key_hash, key_hint, vendor, daily_cap_micros, allowed_endpoints, agent_run_label, expires_at, created_at)
-              VALUES (${id}, ${new Bun.CryptoHasher("sha256").update(vaultKey).digest("hex")}, 'vk_', 'stripe', ${25_000_000}, '["POST /v1/payment_intents"]', 'deploy/lb',
-                      ${Date.now() + 3600_000}, ${Date.now()})`;
-    const results = await Promise.all(Array.from({ length: 40 }, () => proxied(lb, vaultKey, "POST", "/v1/payment_intents", { amount: "100", currency: "usd" })));
-    expect(results.filter((r) => r.status === 200).length).toBe(25);
-    expect(results.filter((r) => r.status === 429).length).toBe(15);
-    expect(new Set(results.map((r) => r.headers.get("x-test-replica"))).size).toBe(2);
+    const issued = await apiCall(lb, "POST", "/vault/keys", seedKeyBody({ daily_usd_cap: 25, agent_run_label: "deploy/lb" }));
+    expect([issued.status, issued.json.proxy_base_url]).toEqual([201, lb]); // KEYBRAKE_PUBLIC_URL from compose
+    const before = await Promise.all(replicas.map(proxiedCalls));
+    const results = await Promise.all(Array.from({ length: 40 }, () => charge(lb, issued.json.vault_key)));
+    expect(results.filter((r) => r === "ok").length).toBe(25);
+    expect(results.filter((r) => r === "429 cap_exceeded").length).toBe(15);
     expect(fake.executed.filter((c) => c.path === "/v1/payment_intents").length).toBe(25);
+    const handled = (await Promise.all(replicas.map(proxiedCalls))).map((n, i) => n - before[i]!);
+    expect(handled.every((n) => n > 0) && handled[0]! + handled[1]! === 40).toBe(true);
+    const settled = await readSettled(() => apiCall(lb, "GET", `/vault/keys/${issued.json.key_id}`).then((r) => r.json), (k) => k.reserved_usd === 0);
+    expect([settled.spent_today_usd, settled.remaining_today_usd]).toEqual([25, 0]);
   }, 30_000);
+
+  test("an admin session signed in through the load balancer is valid on both replicas", async () => {
+    const login = await fetch(lb + "/admin/login", {
+      method: "POST",
+      redirect: "manual",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+      body: new URLSearchParams({ token: ADMIN_TOKEN }).toString(),
+    });
+    expect(login.status).toBe(303);
+    const cookie = login.headers.get("set-cookie")!.split(";")[0]!;
+    const pages = await Promise.all(replicas.map((r) => fetch(r.url + "/admin/keys", { redirect: "manual", headers: { cookie } })));
+    expect(pages.map((p) => p.status)).toEqual([200, 200]);
+    expect((await fetch(replicas[0]!.url + "/admin/keys", { redirect: "manual", headers: { cookie: "kb_session=forged" } })).status).toBe(303);
+  });
 });
