@@ -23,6 +23,7 @@ Usage:
   keybrake token revoke TOKEN_ID       revoke a token at once (and end its admin sessions)
   keybrake secrets reset --confirm     forget the stored vendor secrets (after a lost master key)
   keybrake demo                        try it: Keybrake + a local fake Stripe/Twilio/Resend, with sample runs
+  keybrake healthcheck                 exit 0 if the server on KEYBRAKE_PORT answers /healthz with 200 (for container health checks)
   keybrake version                     print the version
   keybrake --help                      this text
 
@@ -210,6 +211,23 @@ async function tokenCommand(config: Config, args: string[]) {
   fail(`unknown token command "${args.join(" ")}"; one of create, list, revoke`);
 }
 
+/**
+ * For a container's health check without curl in the image: GET /healthz of the server this
+ * configuration describes; exit 0 on 200, 1 otherwise (draining, database unreachable, not up).
+ */
+async function healthcheck(config: Config) {
+  const url = `${localUrl(config, config.port)}/healthz`;
+  try {
+    const res = await fetch(url, { signal: AbortSignal.timeout(3_000) });
+    const body = await res.text();
+    if (res.status === 200) return void console.log(body);
+    console.error(`keybrake: ${url} answered ${res.status}: ${body.slice(0, 200)}`);
+  } catch (e) {
+    console.error(`keybrake: ${url}: ${(e as Error).message}`);
+  }
+  process.exit(1);
+}
+
 /** After a lost master key nothing stored can be decrypted: forget it so the secrets can be set again. */
 async function secretsReset(config: Config, args: string[]) {
   if (!args.includes("--confirm")) fail("secrets reset deletes every stored vendor secret; run it with --confirm");
@@ -233,6 +251,7 @@ function main(argv: string[]) {
   }
   if (serveArgs) return void serve(config).catch((e) => fail((e as Error).message));
   if (command === "token") return void tokenCommand(config, rest).catch((e) => fail((e as Error).message));
+  if (command === "healthcheck") return void healthcheck(config);
   if (command === "secrets" && rest[0] === "reset") return void secretsReset(config, rest.slice(1)).catch((e) => fail((e as Error).message));
   fail(`unknown command "${argv.join(" ")}"; see keybrake --help`);
 }

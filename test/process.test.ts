@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { ConfigError, loadConfig } from "../src/config.ts";
 import { migrate } from "../src/db/connection.ts";
 import { MIGRATIONS } from "../src/db/migrations.ts";
-import { apiCall, seedKeyBody, spawnKeybrake, tempDir, TEST_BACKEND, testBackendEnv } from "./helpers.ts";
+import { ADMIN_TOKEN, apiCall, seedKeyBody, spawnKeybrake, tempDir, TEST_BACKEND, testBackendEnv } from "./helpers.ts";
 
 describe("embedded migrations", () => {
   test("every file in migrations/ is embedded, in order", () => {
@@ -108,4 +108,21 @@ describe("the process", () => {
     expect((await run("version")).trim()).toMatch(/^\d+\.\d+\.\d+$/);
     expect(await run("--help")).toContain("keybrake token create --name NAME");
   });
+
+  test("healthcheck (the container's check, no curl in the image): 0 while the server is healthy, 1 once it is gone", async () => {
+    const dataDir = tempDir();
+    const server = await spawnKeybrake({ KEYBRAKE_DATA_DIR: dataDir, KEYBRAKE_ADMIN_TOKEN: ADMIN_TOKEN });
+    const check = () =>
+      Bun.spawnSync([process.execPath, "src/main.ts", "healthcheck"], {
+        cwd: join(import.meta.dir, ".."),
+        env: { PATH: process.env.PATH ?? "", KEYBRAKE_HOST: "127.0.0.1", KEYBRAKE_PORT: String(server.port) },
+      });
+    const up = check();
+    expect(up.exitCode).toBe(0);
+    expect(JSON.parse(up.stdout.toString())).toMatchObject({ status: "ok", ledger: { reachable: true } });
+    await server.stop();
+    const down = check();
+    expect(down.exitCode).toBe(1);
+    expect(down.stderr.toString()).toContain(`127.0.0.1:${server.port}/healthz`);
+  }, 30_000);
 });
