@@ -7,6 +7,7 @@
 # configuration, of pure functions, and the demo (which always runs on its own SQLite data dir).
 # Arguments go to the first pass only (`npm test -- test/x.test.ts` runs just that file, on SQLite).
 set -euo pipefail
+# --timeout: bunfig.toml sets it too, but the --parallel workers do not read it.
 cd "$(dirname "$0")/.."
 
 POSTGRES_SUITES=(
@@ -31,7 +32,7 @@ POSTGRES_SUITES=(
   test/recipes.test.ts
 )
 
-bun test --parallel "$@"
+bun test --parallel --timeout 60000 "$@"
 [ $# -eq 0 ] || exit 0
 
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "${KEYBRAKE_PG_BIN:-}" ]; then
@@ -44,4 +45,4 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "${KEYBRAKE_PG_
 fi
 echo
 echo "== the same suites on PostgreSQL"
-KEYBRAKE_TEST_BACKEND=postgres bun test --parallel "${POSTGRES_SUITES[@]}"
+KEYBRAKE_TEST_BACKEND=postgres bun test --parallel --timeout 60000 "${POSTGRES_SUITES[@]}"
