@@ -100,8 +100,10 @@ export function managementRoutes(s: Services, proxyBaseUrl: () => string) {
       { parse: "none" },
     )
     .get("/vault/keys/:key_id", async ({ params, request }) => {
-      const row = await s.keys.get(params.key_id, await authorize(s, request, KEY_READERS));
+      const by = await authorize(s, request, KEY_READERS);
+      // Before the key row is read: its total, like the day's, must include the calls this replica answered.
       await s.forwarder.answeredSettled();
+      const row = await s.keys.get(params.key_id, by);
       return { ...presentKey(row), ...(await s.keys.spend(row)) };
     })
     .patch(
