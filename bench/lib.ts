@@ -11,6 +11,8 @@ export const ROOT = join(import.meta.dir, "..");
 export const RESULTS_DIR = process.env.BENCH_RESULTS_DIR ?? join(ROOT, "bench", "results");
 export const ADMIN_TOKEN = process.env.BENCH_ADMIN_TOKEN ?? "kbt_bench_admin_token_0123456789abcdef";
 export const STRIPE_SECRET = "sk_test_bench_realsecret_51Hxxxxxxxxxxxxxxxxxx";
+/** KEYBRAKE_MASTER_KEY for Keybrake on PostgreSQL: every replica of one database needs the same (run.sh has its twin). */
+export const PG_MASTER_KEY = "kbm_bench_master_key_0123456789abcdef0123456789";
 export const SMOKE = process.env.BENCH_SMOKE === "1";
 /** Core for servers (Keybrake, nginx, Node, fakes) and core for load generators; see run.sh. */
 export const SERVER_CPU = process.env.BENCH_SERVER_CPU ?? "1";
