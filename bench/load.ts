@@ -20,7 +20,6 @@
  * bench/results/load.json; bench/report.ts turns them into the table.
  */
 import { join } from "node:path";
-import { openPostgres } from "../src/db/pg.ts";
 import {
   auditCounts,
   check,
@@ -28,6 +27,7 @@ import {
   issueKey,
   keyView,
   median,
+  pgAuditCounts,
   PI_MICROS,
   ROOT,
   runBounded,
@@ -35,16 +35,12 @@ import {
   SMOKE,
   usdToMicros,
   writeResult,
+  type AuditCounts,
   type Check,
 } from "./lib.ts";
 
 type TargetId = "direct" | "nginx" | "http-proxy" | "bun-floor" | "keybrake" | "keybrake-pg" | "keybrake-pg2";
 type VendorKind = "fast" | "slow";
-
-interface AuditCounts {
-  rows: number;
-  settled: number;
-}
 
 interface Target {
   id: TargetId;
@@ -56,15 +52,6 @@ interface Target {
 }
 
 const sqliteAudit = (dataDir: string) => async (keyId: string) => auditCounts(dataDir, keyId);
-
-/** The key's audit rows in a PostgreSQL database (the replicas' shared one). */
-function pgAudit(databaseUrl: string): (keyId: string) => Promise<AuditCounts> {
-  const sql = openPostgres(databaseUrl, { max: 1 });
-  return async (keyId) => {
-    const [r] = await sql`SELECT count(*)::int AS rows, count(*) FILTER (WHERE ledger_state = 'settled')::int AS settled FROM audit_log WHERE key_id = ${keyId}`;
-    return r as AuditCounts;
-  };
-}
 
 interface Scenario {
   id: string;
@@ -124,8 +111,8 @@ const TARGETS: Record<VendorKind, Target[]> = {
     { id: "http-proxy", url: env("HTTP_PROXY_URL") },
     { id: "bun-floor", url: env("BUN_PROXY_URL") },
     { id: "keybrake", url: env("KEYBRAKE_URL"), audit: sqliteAudit(env("KEYBRAKE_DATA_DIR")) },
-    { id: "keybrake-pg", url: env("KEYBRAKE_PG_URL"), audit: pgAudit(env("KEYBRAKE_PG_DATABASE_URL")) },
-    { id: "keybrake-pg2", url: env("KEYBRAKE_PG_PAIR_URL"), audit: pgAudit(env("KEYBRAKE_PG_PAIR_DATABASE_URL")), replicas: env("KEYBRAKE_PG_REPLICA_URLS").split(" ") },
+    { id: "keybrake-pg", url: env("KEYBRAKE_PG_URL"), audit: pgAuditCounts(env("KEYBRAKE_PG_DATABASE_URL")) },
+    { id: "keybrake-pg2", url: env("KEYBRAKE_PG_PAIR_URL"), audit: pgAuditCounts(env("KEYBRAKE_PG_PAIR_DATABASE_URL")), replicas: env("KEYBRAKE_PG_REPLICA_URLS").split(" ") },
   ],
   slow: [
     { id: "direct", url: env("SLOW_VENDOR_URL") },

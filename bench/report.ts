@@ -20,7 +20,7 @@ interface LoadResult {
   checks: Check[];
 }
 interface ContentionResult {
-  summary: { total: number; allowed: number; rounds: number; drainMs: { direct: number; one: number; two: number } };
+  summary: { total: number; allowed: number; rounds: number; drainMs: { direct: number; one: number; two: number; pgOne: number; pgTwo: number } };
   checks: Check[];
 }
 interface LedgerBackendsResult {
@@ -148,6 +148,8 @@ function contentionSection(c: ContentionResult): string[] {
     `| fake vendor directly (all ${s.total} executed) | ${s.drainMs.direct.toFixed(0)} ms | 1.00× |`,
     `| one Keybrake process | ${s.drainMs.one.toFixed(0)} ms | ${ratio(s.drainMs.one, s.drainMs.direct)} |`,
     `| two Keybrake processes, one data dir | ${s.drainMs.two.toFixed(0)} ms | ${ratio(s.drainMs.two, s.drainMs.direct)} |`,
+    `| Keybrake on PostgreSQL, one replica | ${s.drainMs.pgOne.toFixed(0)} ms | ${ratio(s.drainMs.pgOne, s.drainMs.direct)} |`,
+    `| Keybrake on PostgreSQL, two replicas, calls alternating | ${s.drainMs.pgTwo.toFixed(0)} ms | ${ratio(s.drainMs.pgTwo, s.drainMs.direct)} |`,
   ];
 }
 
