@@ -10,8 +10,8 @@
  *   keybrake-pg   the same on PostgreSQL, one replica
  *   keybrake-pg2  two replicas on one PostgreSQL database behind nginx (round robin)
  *
- * Scenarios: the nginx fake vendor at 1 and 32 connections (every target), and
- * the 50 ms Bun fake vendor at 32 connections (SQLite Keybrake only). After every
+ * Scenarios: the nginx fake vendor at 1 and 32 connections, and the 50 ms Bun
+ * fake vendor at 32 connections, every target in each. After every
  * Keybrake run the ledger is checked against what really reached the vendor
  * (see checkLedger).
  *
@@ -120,6 +120,9 @@ const TARGETS: Record<VendorKind, Target[]> = {
     { id: "http-proxy", url: env("HTTP_PROXY_SLOW_URL") },
     { id: "bun-floor", url: env("BUN_PROXY_SLOW_URL") },
     { id: "keybrake", url: env("KEYBRAKE_SLOW_URL"), audit: sqliteAudit(env("KEYBRAKE_SLOW_DATA_DIR")) },
+    // The same databases as the fast vendor's replicas (fresh keys per run keep the runs apart).
+    { id: "keybrake-pg", url: env("KEYBRAKE_PG_SLOW_URL"), audit: pgAuditCounts(env("KEYBRAKE_PG_DATABASE_URL")) },
+    { id: "keybrake-pg2", url: env("KEYBRAKE_PG_SLOW_PAIR_URL"), audit: pgAuditCounts(env("KEYBRAKE_PG_PAIR_DATABASE_URL")), replicas: env("KEYBRAKE_PG_SLOW_REPLICA_URLS").split(" ") },
   ],
 };
 

@@ -105,25 +105,23 @@ function loadSection(load: LoadResult): string[] {
 
 /**
  * Keybrake on each backend, side by side. The ratio to the Bun floor is taken within each round
- * (the floor ran minutes apart from nothing it is compared with), then the median over rounds.
+ * (on a shared machine only the floor's run of the same round is comparable), then the median over rounds.
  */
 function backendsSection(load: LoadResult): string[] {
   const lines = [
-    "## Keybrake on each backend: nginx fake vendor, medians over rounds",
+    "## Keybrake on each backend, side by side (medians over rounds)",
     "",
-    "| Keybrake on | 1 conn: RPS | ÷ Bun floor | p50 | p99 | 32 conns: RPS | ÷ Bun floor | p50 | p99 |",
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| Keybrake on | scenario | RPS | ÷ Bun floor | p50 | p99 |",
+    "|---|---|---:|---:|---:|---:|",
   ];
   const sameRound = (sc: string, t: string) => {
     const mine = load.runs.filter((r) => r.round > 0 && r.scenario === sc);
     return median(mine.filter((r) => r.target === t).map((r) => r.wrk.rps / mine.find((f) => f.round === r.round && f.target === "bun-floor")!.wrk.rps));
   };
   for (const [id, name] of BACKENDS) {
-    const cells = ["fast-c1", "fast-c32"].flatMap((sc) => {
-      const s = load.summary.find((x) => x.scenario === sc && x.target === id);
-      return s && s.rounds > 0 ? [int(s.rps), `${sameRound(sc, id).toFixed(2)}×`, `${ms(s.p50_us)} ms`, `${ms(s.p99_us)} ms`] : ["–", "–", "–", "–"];
-    });
-    lines.push(`| ${name} | ${cells.join(" | ")} |`);
+    for (const s of load.summary.filter((x) => x.target === id && x.rounds > 0)) {
+      lines.push(`| ${name} | ${SCENARIO_NAMES[s.scenario] ?? s.scenario} | ${int(s.rps)} | ${sameRound(s.scenario, id).toFixed(2)}× | ${ms(s.p50_us)} ms | ${ms(s.p99_us)} ms |`);
+    }
   }
   return lines;
 }

@@ -33,7 +33,11 @@ KEYBRAKE_PG_PORT=$((PORT_BASE + 15))      # Keybrake on PostgreSQL, one replica
 KEYBRAKE_PG_A_PORT=$((PORT_BASE + 16))    # two replicas on another database of the same cluster …
 KEYBRAKE_PG_B_PORT=$((PORT_BASE + 17))
 KEYBRAKE_PG_PAIR_PORT=$((PORT_BASE + 18)) # … behind nginx, round robin
-# contention.ts uses PORT_BASE+10..+12, audit-scale.ts PORT_BASE+20..+21.
+KEYBRAKE_PG_SLOW_PORT=$((PORT_BASE + 22))  # the same three in front of the 50 ms vendor
+KEYBRAKE_PG_SLOW_A_PORT=$((PORT_BASE + 23))
+KEYBRAKE_PG_SLOW_B_PORT=$((PORT_BASE + 24))
+KEYBRAKE_PG_SLOW_PAIR_PORT=$((PORT_BASE + 25))
+# contention.ts uses PORT_BASE+10..+13 and +19, audit-scale.ts PORT_BASE+20..+21.
 
 RUN_DIR=$(mktemp -d /tmp/keybrake-bench.XXXXXX)
 PIDS=()     # servers started by start()
@@ -128,12 +132,15 @@ render_nginx_conf() {
       -e "s#@KEYBRAKE_PG_A_PORT@#$KEYBRAKE_PG_A_PORT#g" \
       -e "s#@KEYBRAKE_PG_B_PORT@#$KEYBRAKE_PG_B_PORT#g" \
       -e "s#@KEYBRAKE_PG_PAIR_PORT@#$KEYBRAKE_PG_PAIR_PORT#g" \
+      -e "s#@KEYBRAKE_PG_SLOW_A_PORT@#$KEYBRAKE_PG_SLOW_A_PORT#g" \
+      -e "s#@KEYBRAKE_PG_SLOW_B_PORT@#$KEYBRAKE_PG_SLOW_B_PORT#g" \
+      -e "s#@KEYBRAKE_PG_SLOW_PAIR_PORT@#$KEYBRAKE_PG_SLOW_PAIR_PORT#g" \
       "bench/$1" >"$RUN_DIR/$1"
 }
 
 start_servers() {
   log "starting servers on core $SERVER_CPU (run dir $RUN_DIR)"
-  for p in $(seq $((PORT_BASE + 1)) $((PORT_BASE + 9))) $(seq "$BUN_PROXY_SLOW_PORT" "$KEYBRAKE_PG_PAIR_PORT"); do
+  for p in $(seq $((PORT_BASE + 1)) $((PORT_BASE + 9))) $(seq "$BUN_PROXY_SLOW_PORT" "$KEYBRAKE_PG_PAIR_PORT") $(seq "$KEYBRAKE_PG_SLOW_PORT" "$KEYBRAKE_PG_SLOW_PAIR_PORT"); do
     port_free "$p" || die "port $p is in use; set BENCH_PORT_BASE"
   done
   mkdir -p "$RUN_DIR"/nginx-vendor-tmp "$RUN_DIR"/nginx-proxy-tmp
@@ -166,11 +173,8 @@ start_servers() {
   grep -qx ready "$RUN_DIR/pg-cluster.log" || { cat "$RUN_DIR/pg-cluster.log" >&2; die "the PostgreSQL cluster did not start within 30 s"; }
   PG_URL_1=$(awk '$1 == "kb1" { print $2 }' "$RUN_DIR/pg-cluster.log")
   PG_URL_2=$(awk '$1 == "kb2" { print $2 }' "$RUN_DIR/pg-cluster.log")
-  local upstream="http://127.0.0.1:$VENDOR_PORT"
-  start_keybrake keybrake-pg "$KEYBRAKE_PG_PORT" "$RUN_DIR/kb-pg-data" "$upstream" KEYBRAKE_DATABASE_URL="$PG_URL_1" KEYBRAKE_MASTER_KEY="$PG_MASTER_KEY"
-  # Replicas migrate one at a time by themselves (an advisory lock), so both can start together.
-  start_keybrake keybrake-pg-a "$KEYBRAKE_PG_A_PORT" "$RUN_DIR/kb-pg-a-data" "$upstream" KEYBRAKE_DATABASE_URL="$PG_URL_2" KEYBRAKE_MASTER_KEY="$PG_MASTER_KEY"
-  start_keybrake keybrake-pg-b "$KEYBRAKE_PG_B_PORT" "$RUN_DIR/kb-pg-b-data" "$upstream" KEYBRAKE_DATABASE_URL="$PG_URL_2" KEYBRAKE_MASTER_KEY="$PG_MASTER_KEY"
+  start_pg_keybrakes pg "http://127.0.0.1:$VENDOR_PORT" "$KEYBRAKE_PG_PORT" "$KEYBRAKE_PG_A_PORT" "$KEYBRAKE_PG_B_PORT"
+  start_pg_keybrakes pg-slow "http://127.0.0.1:$SLOW_VENDOR_PORT" "$KEYBRAKE_PG_SLOW_PORT" "$KEYBRAKE_PG_SLOW_A_PORT" "$KEYBRAKE_PG_SLOW_B_PORT"
 
   wait_http nginx-proxy "http://127.0.0.1:$NGINX_PROXY_PORT/"
   wait_http http-proxy "http://127.0.0.1:$HTTP_PROXY_PORT/"
@@ -183,6 +187,19 @@ start_servers() {
   wait_http keybrake-pg-a "http://127.0.0.1:$KEYBRAKE_PG_A_PORT/healthz"
   wait_http keybrake-pg-b "http://127.0.0.1:$KEYBRAKE_PG_B_PORT/healthz"
   wait_http keybrake-pg-pair "http://127.0.0.1:$KEYBRAKE_PG_PAIR_PORT/healthz"
+  wait_http keybrake-pg-slow "http://127.0.0.1:$KEYBRAKE_PG_SLOW_PORT/healthz"
+  wait_http keybrake-pg-slow-a "http://127.0.0.1:$KEYBRAKE_PG_SLOW_A_PORT/healthz"
+  wait_http keybrake-pg-slow-b "http://127.0.0.1:$KEYBRAKE_PG_SLOW_B_PORT/healthz"
+  wait_http keybrake-pg-slow-pair "http://127.0.0.1:$KEYBRAKE_PG_SLOW_PAIR_PORT/healthz"
+}
+
+# start_pg_keybrakes NAME UPSTREAM PORT PORT_A PORT_B — one replica on database kb1 and a pair on kb2
+# (nginx balances the pair). Replicas migrate one at a time by themselves (an advisory lock).
+start_pg_keybrakes() {
+  local name=$1 upstream=$2
+  start_keybrake "keybrake-$name" "$3" "$RUN_DIR/kb-$name-data" "$upstream" KEYBRAKE_DATABASE_URL="$PG_URL_1" KEYBRAKE_MASTER_KEY="$PG_MASTER_KEY"
+  start_keybrake "keybrake-$name-a" "$4" "$RUN_DIR/kb-$name-a-data" "$upstream" KEYBRAKE_DATABASE_URL="$PG_URL_2" KEYBRAKE_MASTER_KEY="$PG_MASTER_KEY"
+  start_keybrake "keybrake-$name-b" "$5" "$RUN_DIR/kb-$name-b-data" "$upstream" KEYBRAKE_DATABASE_URL="$PG_URL_2" KEYBRAKE_MASTER_KEY="$PG_MASTER_KEY"
 }
 
 # start_keybrake NAME PORT DATA_DIR UPSTREAM [VAR=VALUE…] — the extra variables pick another backend.
@@ -234,6 +251,8 @@ main() {
   export KEYBRAKE_PG_URL=http://127.0.0.1:$KEYBRAKE_PG_PORT KEYBRAKE_PG_DATABASE_URL=$PG_URL_1
   export KEYBRAKE_PG_PAIR_URL=http://127.0.0.1:$KEYBRAKE_PG_PAIR_PORT KEYBRAKE_PG_PAIR_DATABASE_URL=$PG_URL_2
   export KEYBRAKE_PG_REPLICA_URLS="http://127.0.0.1:$KEYBRAKE_PG_A_PORT http://127.0.0.1:$KEYBRAKE_PG_B_PORT"
+  export KEYBRAKE_PG_SLOW_URL=http://127.0.0.1:$KEYBRAKE_PG_SLOW_PORT KEYBRAKE_PG_SLOW_PAIR_URL=http://127.0.0.1:$KEYBRAKE_PG_SLOW_PAIR_PORT
+  export KEYBRAKE_PG_SLOW_REPLICA_URLS="http://127.0.0.1:$KEYBRAKE_PG_SLOW_A_PORT http://127.0.0.1:$KEYBRAKE_PG_SLOW_B_PORT"
   export BENCH_RUN_DIR=$RUN_DIR
 
   part "load (interleaved wrk rounds)" $BUN bench/load.ts
