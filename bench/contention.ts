@@ -7,12 +7,15 @@
  * Measured: drain time (first send → last answer) through Keybrake, compared
  * with the same client sending the same 1,000 calls straight to the vendor;
  * once with one Keybrake process and once with two on one data dir (requests
- * alternate between them, so the cap is enforced across processes by SQLite).
+ * alternate between them, so the cap is enforced across processes by SQLite),
+ * then the same on PostgreSQL: one replica, and two replicas on one database
+ * (a throwaway cluster, test/pg.ts) with the calls alternating between them.
  *
  * The vendor is bench/fake-vendor.ts (Bun, no delay), which counts what it
  * executes. Servers are pinned to the server core; this client runs on the
  * load core (run.sh starts it with taskset). Results: bench/results/contention.json.
  */
+import { startCluster } from "../test/pg.ts";
 import {
   auditCounts,
   check,
@@ -21,12 +24,15 @@ import {
   keybrakeEnv,
   makeTempDir,
   median,
+  PG_MASTER_KEY,
+  pgAuditCounts,
   PI_MICROS,
   settledView,
   SMOKE,
   startServer,
   usdToMicros,
   writeResult,
+  type AuditCounts,
   type Check,
   type Server,
 } from "./lib.ts";
@@ -37,7 +43,7 @@ const ROUNDS = Number(process.env.BENCH_CONTENTION_ROUNDS ?? (SMOKE ? 1 : 3));
 const PORT_BASE = Number(process.env.BENCH_PORT_BASE ?? 18400);
 
 interface Burst {
-  mode: "direct" | "keybrake×1" | "keybrake×2";
+  mode: "direct" | "keybrake×1" | "keybrake×2" | "pg×1" | "pg×2";
   round: number;
   drainMs: number;
   statuses: Record<string, number>;
@@ -86,7 +92,7 @@ async function directBurst(vendor: Server, round: number, checks: Check[]): Prom
   return { mode: "direct", round, drainMs: b.drainMs, statuses, atVendor };
 }
 
-async function cappedBurst(mode: Burst["mode"], keybrakes: Server[], dataDir: string, vendor: Server, round: number, checks: Check[]): Promise<Burst> {
+async function cappedBurst(mode: Burst["mode"], keybrakes: Server[], auditOf: (keyId: string) => Promise<AuditCounts>, vendor: Server, round: number, checks: Check[]): Promise<Burst> {
   const key = await issueKey(keybrakes[0]!.url, (ALLOWED * PI_MICROS) / 1e6, `bench/contention/${mode}/round-${round}`);
   await resetVendor(vendor);
   const b = await burst(
@@ -95,7 +101,7 @@ async function cappedBurst(mode: Burst["mode"], keybrakes: Server[], dataDir: st
   );
   const atVendor = await vendorCount(vendor);
   const view = await settledView(keybrakes[keybrakes.length - 1]!.url, key.key_id);
-  const audit = auditCounts(dataDir, key.key_id);
+  const audit = await auditOf(key.key_id);
   const statuses = tally(b.statuses);
   const what = `${mode} round ${round}`;
   const refused = TOTAL - ALLOWED;
@@ -126,7 +132,8 @@ async function main() {
   const bursts: Burst[] = [];
   const dataDir = makeTempDir("keybrake-bench-contention-");
   const servers: Server[] = [];
-  const ports = { vendor: PORT_BASE + 10, a: PORT_BASE + 11, b: PORT_BASE + 12 };
+  const ports = { vendor: PORT_BASE + 10, a: PORT_BASE + 11, b: PORT_BASE + 12, pgA: PORT_BASE + 13, pgB: PORT_BASE + 19 };
+  const sqliteAudit = async (keyId: string) => auditCounts(dataDir, keyId);
   const log = (x: Burst) => console.log(`[${x.mode} round ${x.round}] drain ${x.drainMs.toFixed(0)} ms, ${JSON.stringify(x.statuses)}, ${x.atVendor} at the vendor`);
   try {
     const vendor = await startServer("counting-vendor", [process.execPath, "bench/fake-vendor.ts", String(ports.vendor), "0"], ports.vendor, {}, "/__count");
@@ -136,7 +143,7 @@ async function main() {
     console.log(`contention: ${TOTAL} concurrent calls, cap allows ${ALLOWED}; ${ROUNDS} round(s)`);
 
     for (let round = 1; round <= ROUNDS; round++) {
-      for (const run of [() => directBurst(vendor, round, checks), () => cappedBurst("keybrake×1", [a], dataDir, vendor, round, checks)]) {
+      for (const run of [() => directBurst(vendor, round, checks), () => cappedBurst("keybrake×1", [a], sqliteAudit, vendor, round, checks)]) {
         const x = await run();
         bursts.push(x);
         log(x);
@@ -145,20 +152,44 @@ async function main() {
     const b = await startServer("keybrake-b", keybrakeCommand(), ports.b, keybrakeEnv(ports.b, dataDir, vendor.url), "/healthz");
     servers.push(b);
     for (let round = 1; round <= ROUNDS; round++) {
-      const x = await cappedBurst("keybrake×2", [a, b], dataDir, vendor, round, checks);
+      const x = await cappedBurst("keybrake×2", [a, b], sqliteAudit, vendor, round, checks);
       bursts.push(x);
       log(x);
+    }
+    await b.stop();
+    await a.stop();
+
+    // PostgreSQL: the replicas share one database; the same calls, one replica then two.
+    const cluster = await startCluster();
+    const databaseUrl = cluster.createDatabase("contention");
+    const pgEnv = (port: number) => ({ ...keybrakeEnv(port, makeTempDir("keybrake-bench-contention-pg-"), vendor.url), KEYBRAKE_DATABASE_URL: databaseUrl, KEYBRAKE_MASTER_KEY: PG_MASTER_KEY });
+    const pgAudit = pgAuditCounts(databaseUrl);
+    const pgA = await startServer("keybrake-pg-a", keybrakeCommand(), ports.pgA, pgEnv(ports.pgA), "/healthz");
+    servers.push(pgA);
+    const pgB = await startServer("keybrake-pg-b", keybrakeCommand(), ports.pgB, pgEnv(ports.pgB), "/healthz");
+    servers.push(pgB);
+    for (let round = 1; round <= ROUNDS; round++) {
+      for (const [mode, replicas] of [["pg×1", [pgA]], ["pg×2", [pgA, pgB]]] as const) {
+        const x = await cappedBurst(mode, [...replicas], pgAudit, vendor, round, checks);
+        bursts.push(x);
+        log(x);
+      }
     }
   } finally {
     for (const s of servers.reverse()) await s.stop();
   }
 
   const drain = (mode: Burst["mode"]) => median(bursts.filter((x) => x.mode === mode).map((x) => x.drainMs));
-  const summary = { total: TOTAL, allowed: ALLOWED, rounds: ROUNDS, drainMs: { direct: drain("direct"), one: drain("keybrake×1"), two: drain("keybrake×2") } };
+  const summary = {
+    total: TOTAL,
+    allowed: ALLOWED,
+    rounds: ROUNDS,
+    drainMs: { direct: drain("direct"), one: drain("keybrake×1"), two: drain("keybrake×2"), pgOne: drain("pg×1"), pgTwo: drain("pg×2") },
+  };
   writeResult("contention", { summary, bursts, checks });
   const failed = checks.filter((c) => !c.ok).length;
   console.log(
-    `contention: median drain direct ${summary.drainMs.direct.toFixed(0)} ms, keybrake×1 ${summary.drainMs.one.toFixed(0)} ms, keybrake×2 ${summary.drainMs.two.toFixed(0)} ms; ${checks.length - failed}/${checks.length} checks passed`,
+    `contention: median drain direct ${summary.drainMs.direct.toFixed(0)} ms, keybrake×1 ${summary.drainMs.one.toFixed(0)} ms, keybrake×2 ${summary.drainMs.two.toFixed(0)} ms, pg×1 ${summary.drainMs.pgOne.toFixed(0)} ms, pg×2 ${summary.drainMs.pgTwo.toFixed(0)} ms; ${checks.length - failed}/${checks.length} checks passed`,
   );
   process.exit(failed ? 1 : 0);
 }

@@ -6,11 +6,14 @@ import { Database } from "bun:sqlite";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { openPostgres } from "../src/db/pg.ts";
 
 export const ROOT = join(import.meta.dir, "..");
 export const RESULTS_DIR = process.env.BENCH_RESULTS_DIR ?? join(ROOT, "bench", "results");
 export const ADMIN_TOKEN = process.env.BENCH_ADMIN_TOKEN ?? "kbt_bench_admin_token_0123456789abcdef";
 export const STRIPE_SECRET = "sk_test_bench_realsecret_51Hxxxxxxxxxxxxxxxxxx";
+/** KEYBRAKE_MASTER_KEY for Keybrake on PostgreSQL: every replica of one database needs the same (run.sh has its twin). */
+export const PG_MASTER_KEY = "kbm_bench_master_key_0123456789abcdef0123456789";
 export const SMOKE = process.env.BENCH_SMOKE === "1";
 /** Core for servers (Keybrake, nginx, Node, fakes) and core for load generators; see run.sh. */
 export const SERVER_CPU = process.env.BENCH_SERVER_CPU ?? "1";
@@ -124,8 +127,15 @@ export async function settledView(base: string, keyId: string, timeoutMs = 5000)
 /** USD as returned by the API → integer micro-dollars (the API rounds to 6 decimals). */
 export const usdToMicros = (usd: number) => Math.round(usd * 1e6);
 
+export interface AuditCounts {
+  rows: number;
+  settled: number;
+  forwarded: number;
+  capHit: number;
+}
+
 /** Audit rows of one key, read straight from the SQLite file (WAL lets us read while Keybrake writes). */
-export function auditCounts(dataDir: string, keyId: string): { rows: number; settled: number; forwarded: number; capHit: number } {
+export function auditCounts(dataDir: string, keyId: string): AuditCounts {
   const db = new Database(join(dataDir, "keybrake.db"), { readonly: true });
   try {
     const r = db
@@ -136,11 +146,24 @@ export function auditCounts(dataDir: string, keyId: string): { rows: number; set
                 coalesce(sum(outcome = 'cap_hit'), 0) AS capHit
            FROM audit_log WHERE key_id = ?`,
       )
-      .get(keyId) as { rows: number; settled: number; forwarded: number; capHit: number };
+      .get(keyId) as AuditCounts;
     return r;
   } finally {
     db.close();
   }
+}
+
+/** The same counts from a PostgreSQL database (the one Keybrake's KEYBRAKE_DATABASE_URL names). */
+export function pgAuditCounts(databaseUrl: string): (keyId: string) => Promise<AuditCounts> {
+  const sql = openPostgres(databaseUrl, { max: 1 });
+  return async (keyId) => {
+    const [r] = await sql`SELECT count(*)::int AS rows,
+                                 count(*) FILTER (WHERE ledger_state = 'settled')::int AS settled,
+                                 count(*) FILTER (WHERE outcome = 'forwarded')::int AS forwarded,
+                                 count(*) FILTER (WHERE outcome = 'cap_hit')::int AS "capHit"
+                            FROM audit_log WHERE key_id = ${keyId}`;
+    return r as AuditCounts;
+  };
 }
 
 // ---------------------------------------------------------------------------

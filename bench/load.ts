@@ -6,11 +6,14 @@
  *   nginx       wrk → nginx reverse proxy → fake vendor  (a C proxy, no ledger)
  *   http-proxy  wrk → http-proxy on Node → fake vendor   (a JS proxy, no ledger)
  *   bun-floor   wrk → Bun.serve + fetch → fake vendor    (the thinnest Bun proxy: Keybrake's ceiling)
- *   keybrake    wrk → dist/keybrake → fake vendor        (ledger + audit on every call)
+ *   keybrake    wrk → dist/keybrake → fake vendor        (ledger + audit on every call, SQLite)
+ *   keybrake-pg   the same on PostgreSQL, one replica
+ *   keybrake-pg2  two replicas on one PostgreSQL database behind nginx (round robin)
  *
  * Scenarios: the nginx fake vendor at 1 and 32 connections, and the 50 ms Bun
- * fake vendor at 32 connections. After every Keybrake run the ledger is
- * checked against what really reached the vendor (see checkLedger).
+ * fake vendor at 32 connections, every target in each. After every
+ * Keybrake run the ledger is checked against what really reached the vendor
+ * (see checkLedger).
  *
  * The servers are started by bench/run.sh, which passes their URLs in the
  * environment; this script only drives wrk and checks. Results go to
@@ -22,7 +25,9 @@ import {
   check,
   env,
   issueKey,
+  keyView,
   median,
+  pgAuditCounts,
   PI_MICROS,
   ROOT,
   runBounded,
@@ -30,18 +35,23 @@ import {
   SMOKE,
   usdToMicros,
   writeResult,
+  type AuditCounts,
   type Check,
 } from "./lib.ts";
 
-type TargetId = "direct" | "nginx" | "http-proxy" | "bun-floor" | "keybrake";
+type TargetId = "direct" | "nginx" | "http-proxy" | "bun-floor" | "keybrake" | "keybrake-pg" | "keybrake-pg2";
 type VendorKind = "fast" | "slow";
 
 interface Target {
   id: TargetId;
   url: string;
-  /** Set for Keybrake: where its SQLite file lives, for the audit count. */
-  dataDir?: string;
+  /** Set for Keybrake: the key's audit rows, read from its backend's storage. */
+  audit?: (keyId: string) => Promise<AuditCounts>;
+  /** Set when `url` balances over several replicas: each one's own API, to read the spend back through every one. */
+  replicas?: string[];
 }
+
+const sqliteAudit = (dataDir: string) => async (keyId: string) => auditCounts(dataDir, keyId);
 
 interface Scenario {
   id: string;
@@ -82,6 +92,8 @@ interface LedgerSnapshot {
   reservedMicros: number;
   auditRows: number;
   auditSettled: number;
+  /** Several replicas: the key's spend as each one's API reads it back. */
+  replicaSpentMicros?: number[];
 }
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? (SMOKE ? 1 : 3));
@@ -98,14 +110,19 @@ const TARGETS: Record<VendorKind, Target[]> = {
     { id: "nginx", url: env("NGINX_PROXY_URL") },
     { id: "http-proxy", url: env("HTTP_PROXY_URL") },
     { id: "bun-floor", url: env("BUN_PROXY_URL") },
-    { id: "keybrake", url: env("KEYBRAKE_URL"), dataDir: env("KEYBRAKE_DATA_DIR") },
+    { id: "keybrake", url: env("KEYBRAKE_URL"), audit: sqliteAudit(env("KEYBRAKE_DATA_DIR")) },
+    { id: "keybrake-pg", url: env("KEYBRAKE_PG_URL"), audit: pgAuditCounts(env("KEYBRAKE_PG_DATABASE_URL")) },
+    { id: "keybrake-pg2", url: env("KEYBRAKE_PG_PAIR_URL"), audit: pgAuditCounts(env("KEYBRAKE_PG_PAIR_DATABASE_URL")), replicas: env("KEYBRAKE_PG_REPLICA_URLS").split(" ") },
   ],
   slow: [
     { id: "direct", url: env("SLOW_VENDOR_URL") },
     { id: "nginx", url: env("NGINX_PROXY_SLOW_URL") },
     { id: "http-proxy", url: env("HTTP_PROXY_SLOW_URL") },
     { id: "bun-floor", url: env("BUN_PROXY_SLOW_URL") },
-    { id: "keybrake", url: env("KEYBRAKE_SLOW_URL"), dataDir: env("KEYBRAKE_SLOW_DATA_DIR") },
+    { id: "keybrake", url: env("KEYBRAKE_SLOW_URL"), audit: sqliteAudit(env("KEYBRAKE_SLOW_DATA_DIR")) },
+    // The same databases as the fast vendor's replicas (fresh keys per run keep the runs apart).
+    { id: "keybrake-pg", url: env("KEYBRAKE_PG_SLOW_URL"), audit: pgAuditCounts(env("KEYBRAKE_PG_DATABASE_URL")) },
+    { id: "keybrake-pg2", url: env("KEYBRAKE_PG_SLOW_PAIR_URL"), audit: pgAuditCounts(env("KEYBRAKE_PG_PAIR_DATABASE_URL")), replicas: env("KEYBRAKE_PG_SLOW_REPLICA_URLS").split(" ") },
   ],
 };
 
@@ -189,7 +206,7 @@ async function vendorCounter(kind: VendorKind): Promise<() => Promise<number>> {
 // ---------------------------------------------------------------------------
 
 async function runTarget(t: Target, sc: Scenario, round: number, seconds: number, checks: Check[]): Promise<Run> {
-  if (t.id !== "keybrake") {
+  if (!t.audit) {
     const wrk = await runWrk(t.url, sc.conns, seconds, "vk_unused_by_plain_proxies");
     return { round, scenario: sc.id, target: t.id, wrk };
   }
@@ -198,7 +215,8 @@ async function runTarget(t: Target, sc: Scenario, round: number, seconds: number
   const reachedVendor = await vendorCounter(sc.vendor);
   const wrk = await runWrk(t.url, sc.conns, seconds, key.vault_key);
   const view = await settledView(t.url, key.key_id);
-  const audit = auditCounts(t.dataDir!, key.key_id);
+  const audit = await t.audit(key.key_id);
+  const replicaViews = t.replicas && (await Promise.all(t.replicas.map((url) => keyView(url, key.key_id))));
   const ledger: LedgerSnapshot = {
     keyId: key.key_id,
     atVendor: await reachedVendor(),
@@ -206,8 +224,9 @@ async function runTarget(t: Target, sc: Scenario, round: number, seconds: number
     reservedMicros: usdToMicros(view.reserved_usd),
     auditRows: audit.rows,
     auditSettled: audit.settled,
+    replicaSpentMicros: replicaViews?.map((v) => usdToMicros(v.spent_total_usd)),
   };
-  checkLedger(`${sc.id} round ${round}`, sc.conns, wrk, ledger, checks);
+  checkLedger(`${t.id} ${sc.id} round ${round}`, sc.conns, wrk, ledger, checks);
   return { round, scenario: sc.id, target: t.id, wrk, ledger };
 }
 
@@ -234,6 +253,14 @@ function checkLedger(what: string, conns: number, wrk: WrkResult, l: LedgerSnaps
     l.auditRows === l.atVendor && l.auditSettled === l.auditRows,
     `${l.auditRows} audit rows (${l.auditSettled} settled) for ${l.atVendor} calls at the vendor, ${wrk.requests} completed in wrk`,
   );
+  if (l.replicaSpentMicros) {
+    check(
+      checks,
+      `${what}: every replica reads back the same spend`,
+      l.replicaSpentMicros.every((m) => m === l.spentMicros),
+      `spent $${l.replicaSpentMicros.map((m) => m / 1e6).join(" / $")} through each replica's API`,
+    );
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -270,7 +297,7 @@ function summarise(runs: Run[]): Summary[] {
 }
 
 const fmtRun = (r: Run) =>
-  `${r.scenario.padEnd(11)} ${r.target.padEnd(10)} ${Math.round(r.wrk.rps).toString().padStart(7)} rps  p50 ${(r.wrk.p50_us / 1000).toFixed(2).padStart(6)} ms  p99 ${(r.wrk.p99_us / 1000).toFixed(2).padStart(7)} ms  errors ${r.wrk.non2xx + socketErrors(r.wrk)}`;
+  `${r.scenario.padEnd(11)} ${r.target.padEnd(12)} ${Math.round(r.wrk.rps).toString().padStart(7)} rps  p50 ${(r.wrk.p50_us / 1000).toFixed(2).padStart(6)} ms  p99 ${(r.wrk.p99_us / 1000).toFixed(2).padStart(7)} ms  errors ${r.wrk.non2xx + socketErrors(r.wrk)}`;
 
 /** Each round starts one target later, so no target always runs first (or right after Keybrake's writes). */
 const rotate = <T>(xs: T[], by: number) => xs.slice(by % xs.length).concat(xs.slice(0, by % xs.length));

@@ -1,5 +1,5 @@
 /**
- * Turns bench/results/{load,contention,audit-scale}.json into one Markdown
+ * Turns bench/results/{load,contention,audit-scale,ledger-backends}.json into one Markdown
  * report: printed to stdout and saved as bench/results/latest.md.
  *
  * Exit status: 1 if any correctness check failed or a part left no results;
@@ -9,7 +9,7 @@
 import { writeFileSync } from "node:fs";
 import { cpus, release } from "node:os";
 import { join } from "node:path";
-import { keybrakeCommand, readResult, RESULTS_DIR, SMOKE, type Check } from "./lib.ts";
+import { keybrakeCommand, median, readResult, RESULTS_DIR, SMOKE, type Check } from "./lib.ts";
 import type { Run, Summary } from "./load.ts";
 
 interface LoadResult {
@@ -20,7 +20,11 @@ interface LoadResult {
   checks: Check[];
 }
 interface ContentionResult {
-  summary: { total: number; allowed: number; rounds: number; drainMs: { direct: number; one: number; two: number } };
+  summary: { total: number; allowed: number; rounds: number; drainMs: { direct: number; one: number; two: number; pgOne: number; pgTwo: number } };
+  checks: Check[];
+}
+interface LedgerBackendsResult {
+  results: { target: string; contention: { calls: number; drainMs: number }; throughput: { calls: number; callsPerSec: number; p50Ms: number; p99Ms: number } }[];
   checks: Check[];
 }
 interface AuditResult {
@@ -42,7 +46,15 @@ const TARGET_NAMES: Record<string, string> = {
   "http-proxy": "http-proxy on Node",
   "bun-floor": "Bun floor (Bun.serve + fetch only)",
   keybrake: "**Keybrake** (ledger + audit)",
+  "keybrake-pg": "**Keybrake on PostgreSQL**, 1 replica",
+  "keybrake-pg2": "**Keybrake on PostgreSQL**, 2 replicas behind nginx",
 };
+/** The Keybrake targets, one per backend, in the order of the side-by-side table. */
+const BACKENDS: [string, string][] = [
+  ["keybrake", "SQLite (one process)"],
+  ["keybrake-pg", "PostgreSQL, 1 replica"],
+  ["keybrake-pg2", "PostgreSQL, 2 replicas behind nginx"],
+];
 const SCENARIO_NAMES: Record<string, string> = {
   "fast-c1": "nginx fake vendor, 1 connection",
   "fast-c32": "nginx fake vendor, 32 connections",
@@ -88,7 +100,40 @@ function loadSection(load: LoadResult): string[] {
   row("http-proxy p50 − direct p50", (sc) => `+${int(get(sc, "http-proxy").p50_us - get(sc, "direct").p50_us)} µs`);
   row("Bun floor p50 − direct p50", (sc) => `+${int(get(sc, "bun-floor").p50_us - get(sc, "direct").p50_us)} µs`);
   row("Keybrake RPS / Bun floor RPS", (sc) => ratio(get(sc, "keybrake").rps, get(sc, "bun-floor").rps));
+  return [...lines, "", ...backendsSection(load)];
+}
+
+/**
+ * Keybrake on each backend, side by side. The ratio to the Bun floor is taken within each round
+ * (on a shared machine only the floor's run of the same round is comparable), then the median over rounds.
+ */
+function backendsSection(load: LoadResult): string[] {
+  const lines = [
+    "## Keybrake on each backend, side by side (medians over rounds)",
+    "",
+    "| Keybrake on | scenario | RPS | ÷ Bun floor | p50 | p99 |",
+    "|---|---|---:|---:|---:|---:|",
+  ];
+  const sameRound = (sc: string, t: string) => {
+    const mine = load.runs.filter((r) => r.round > 0 && r.scenario === sc);
+    return median(mine.filter((r) => r.target === t).map((r) => r.wrk.rps / mine.find((f) => f.round === r.round && f.target === "bun-floor")!.wrk.rps));
+  };
+  for (const [id, name] of BACKENDS) {
+    for (const s of load.summary.filter((x) => x.target === id && x.rounds > 0)) {
+      lines.push(`| ${name} | ${SCENARIO_NAMES[s.scenario] ?? s.scenario} | ${int(s.rps)} | ${sameRound(s.scenario, id).toFixed(2)}× | ${ms(s.p50_us)} ms | ${ms(s.p99_us)} ms |`);
+    }
+  }
   return lines;
+}
+
+function ledgerBackendsSection(l: LedgerBackendsResult): string[] {
+  return [
+    "## The ledger alone on each backend (admit + settle, 64 at a time per replica, no HTTP)",
+    "",
+    "| ledger | calls/s | p50 | p99 | contention drain |",
+    "|---|---:|---:|---:|---:|",
+    ...l.results.map((r) => `| ${r.target} | ${int(r.throughput.callsPerSec)} | ${r.throughput.p50Ms} ms | ${r.throughput.p99Ms} ms | ${r.contention.drainMs} ms (${r.contention.calls} calls) |`),
+  ];
 }
 
 function contentionSection(c: ContentionResult): string[] {
@@ -101,6 +146,8 @@ function contentionSection(c: ContentionResult): string[] {
     `| fake vendor directly (all ${s.total} executed) | ${s.drainMs.direct.toFixed(0)} ms | 1.00× |`,
     `| one Keybrake process | ${s.drainMs.one.toFixed(0)} ms | ${ratio(s.drainMs.one, s.drainMs.direct)} |`,
     `| two Keybrake processes, one data dir | ${s.drainMs.two.toFixed(0)} ms | ${ratio(s.drainMs.two, s.drainMs.direct)} |`,
+    `| Keybrake on PostgreSQL, one replica | ${s.drainMs.pgOne.toFixed(0)} ms | ${ratio(s.drainMs.pgOne, s.drainMs.direct)} |`,
+    `| Keybrake on PostgreSQL, two replicas, calls alternating | ${s.drainMs.pgTwo.toFixed(0)} ms | ${ratio(s.drainMs.pgTwo, s.drainMs.direct)} |`,
   ];
 }
 
@@ -167,12 +214,14 @@ async function main() {
   const load = readResult<LoadResult>("load");
   const contention = readResult<ContentionResult>("contention");
   const audit = readResult<AuditResult>("audit-scale");
+  const ledgerBackends = readResult<LedgerBackendsResult>("ledger-backends");
   const lines = [`# Keybrake bench — ${new Date().toISOString()}${SMOKE ? " (smoke mode: short runs, indicative only)" : ""}`, "", await versions(), ""];
   const missing: string[] = [];
   for (const [name, part, section] of [
     ["load", load, loadSection],
     ["contention", contention, contentionSection],
     ["audit-scale", audit, auditSection],
+    ["ledger-backends", ledgerBackends, ledgerBackendsSection],
   ] as const) {
     if (part) lines.push(...(section as (x: unknown) => string[])(part), "");
     else missing.push(name);
@@ -183,7 +232,7 @@ async function main() {
   for (const x of t) lines.push(`| ${x.name} | ${x.measured} | ${x.met ? "met" : "**not met**"} |`);
   if (load) lines.push("", floorNote(load));
 
-  const checks = [...(load?.checks ?? []), ...(contention?.checks ?? []), ...(audit?.checks ?? [])];
+  const checks = [...(load?.checks ?? []), ...(contention?.checks ?? []), ...(audit?.checks ?? []), ...(ledgerBackends?.checks ?? [])];
   const failed = checks.filter((c) => !c.ok);
   lines.push("", "## Correctness checks", "", `${checks.length - failed.length}/${checks.length} PASS${failed.length ? `, ${failed.length} FAIL:` : ""}`);
   for (const c of failed) lines.push(`- FAIL ${c.name}: ${c.detail}`);

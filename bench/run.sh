@@ -29,7 +29,15 @@ KEYBRAKE_PORT=$((PORT_BASE + 7))
 KEYBRAKE_SLOW_PORT=$((PORT_BASE + 8))
 BUN_PROXY_PORT=$((PORT_BASE + 9))
 BUN_PROXY_SLOW_PORT=$((PORT_BASE + 14))
-# contention.ts uses PORT_BASE+10..+12, audit-scale.ts PORT_BASE+20..+21.
+KEYBRAKE_PG_PORT=$((PORT_BASE + 15))      # Keybrake on PostgreSQL, one replica
+KEYBRAKE_PG_A_PORT=$((PORT_BASE + 16))    # two replicas on another database of the same cluster …
+KEYBRAKE_PG_B_PORT=$((PORT_BASE + 17))
+KEYBRAKE_PG_PAIR_PORT=$((PORT_BASE + 18)) # … behind nginx, round robin
+KEYBRAKE_PG_SLOW_PORT=$((PORT_BASE + 22))  # the same three in front of the 50 ms vendor
+KEYBRAKE_PG_SLOW_A_PORT=$((PORT_BASE + 23))
+KEYBRAKE_PG_SLOW_B_PORT=$((PORT_BASE + 24))
+KEYBRAKE_PG_SLOW_PAIR_PORT=$((PORT_BASE + 25))
+# contention.ts uses PORT_BASE+10..+13 and +19, audit-scale.ts PORT_BASE+20..+21.
 
 RUN_DIR=$(mktemp -d /tmp/keybrake-bench.XXXXXX)
 PIDS=()     # servers started by start()
@@ -76,6 +84,7 @@ require_tools() {
   local missing=()
   for t in nginx wrk taskset curl; do command -v "$t" >/dev/null || missing+=("$t"); done
   [ ${#missing[@]} -eq 0 ] || die "missing ${missing[*]}: apt-get install -y nginx wrk util-linux curl"
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ -n "${KEYBRAKE_PG_BIN:-}" ] || die "PostgreSQL server binaries are missing: apt-get install -y postgresql"
   [ -f node_modules/http-proxy/package.json ] || die "http-proxy is not installed: npm install"
   [ "$(nproc)" -ge 2 ] || echo "bench: warning: fewer than 2 cores; servers and wrk will share one" >&2
 }
@@ -120,12 +129,18 @@ render_nginx_conf() {
       -e "s#@SLOW_VENDOR_PORT@#$SLOW_VENDOR_PORT#g" \
       -e "s#@NGINX_PROXY_PORT@#$NGINX_PROXY_PORT#g" \
       -e "s#@NGINX_PROXY_SLOW_PORT@#$NGINX_PROXY_SLOW_PORT#g" \
+      -e "s#@KEYBRAKE_PG_A_PORT@#$KEYBRAKE_PG_A_PORT#g" \
+      -e "s#@KEYBRAKE_PG_B_PORT@#$KEYBRAKE_PG_B_PORT#g" \
+      -e "s#@KEYBRAKE_PG_PAIR_PORT@#$KEYBRAKE_PG_PAIR_PORT#g" \
+      -e "s#@KEYBRAKE_PG_SLOW_A_PORT@#$KEYBRAKE_PG_SLOW_A_PORT#g" \
+      -e "s#@KEYBRAKE_PG_SLOW_B_PORT@#$KEYBRAKE_PG_SLOW_B_PORT#g" \
+      -e "s#@KEYBRAKE_PG_SLOW_PAIR_PORT@#$KEYBRAKE_PG_SLOW_PAIR_PORT#g" \
       "bench/$1" >"$RUN_DIR/$1"
 }
 
 start_servers() {
   log "starting servers on core $SERVER_CPU (run dir $RUN_DIR)"
-  for p in $(seq $((PORT_BASE + 1)) $((PORT_BASE + 9))) "$BUN_PROXY_SLOW_PORT"; do
+  for p in $(seq $((PORT_BASE + 1)) $((PORT_BASE + 9))) $(seq "$BUN_PROXY_SLOW_PORT" "$KEYBRAKE_PG_PAIR_PORT") $(seq "$KEYBRAKE_PG_SLOW_PORT" "$KEYBRAKE_PG_SLOW_PAIR_PORT"); do
     port_free "$p" || die "port $p is in use; set BENCH_PORT_BASE"
   done
   mkdir -p "$RUN_DIR"/nginx-vendor-tmp "$RUN_DIR"/nginx-proxy-tmp
@@ -151,6 +166,16 @@ start_servers() {
   start_keybrake keybrake "$KEYBRAKE_PORT" "$RUN_DIR/kb-data" "http://127.0.0.1:$VENDOR_PORT"
   start_keybrake keybrake-slow "$KEYBRAKE_SLOW_PORT" "$RUN_DIR/kb-slow-data" "http://127.0.0.1:$SLOW_VENDOR_PORT"
 
+  # Keybrake on PostgreSQL: a throwaway cluster on the server core (it is a server, as SQLite is
+  # inside the SQLite Keybrake), one database for the single replica and one for the pair.
+  start pg-cluster $BUN bench/pg-cluster.ts kb1 kb2
+  for _ in $(seq 300); do grep -qx ready "$RUN_DIR/pg-cluster.log" && break; sleep 0.1; done
+  grep -qx ready "$RUN_DIR/pg-cluster.log" || { cat "$RUN_DIR/pg-cluster.log" >&2; die "the PostgreSQL cluster did not start within 30 s"; }
+  PG_URL_1=$(awk '$1 == "kb1" { print $2 }' "$RUN_DIR/pg-cluster.log")
+  PG_URL_2=$(awk '$1 == "kb2" { print $2 }' "$RUN_DIR/pg-cluster.log")
+  start_pg_keybrakes pg "http://127.0.0.1:$VENDOR_PORT" "$KEYBRAKE_PG_PORT" "$KEYBRAKE_PG_A_PORT" "$KEYBRAKE_PG_B_PORT"
+  start_pg_keybrakes pg-slow "http://127.0.0.1:$SLOW_VENDOR_PORT" "$KEYBRAKE_PG_SLOW_PORT" "$KEYBRAKE_PG_SLOW_A_PORT" "$KEYBRAKE_PG_SLOW_B_PORT"
+
   wait_http nginx-proxy "http://127.0.0.1:$NGINX_PROXY_PORT/"
   wait_http http-proxy "http://127.0.0.1:$HTTP_PROXY_PORT/"
   wait_http http-proxy-slow "http://127.0.0.1:$HTTP_PROXY_SLOW_PORT/"
@@ -158,18 +183,39 @@ start_servers() {
   wait_http bun-proxy-slow "http://127.0.0.1:$BUN_PROXY_SLOW_PORT/"
   wait_http keybrake "http://127.0.0.1:$KEYBRAKE_PORT/healthz"
   wait_http keybrake-slow "http://127.0.0.1:$KEYBRAKE_SLOW_PORT/healthz"
+  wait_http keybrake-pg "http://127.0.0.1:$KEYBRAKE_PG_PORT/healthz"
+  wait_http keybrake-pg-a "http://127.0.0.1:$KEYBRAKE_PG_A_PORT/healthz"
+  wait_http keybrake-pg-b "http://127.0.0.1:$KEYBRAKE_PG_B_PORT/healthz"
+  wait_http keybrake-pg-pair "http://127.0.0.1:$KEYBRAKE_PG_PAIR_PORT/healthz"
+  wait_http keybrake-pg-slow "http://127.0.0.1:$KEYBRAKE_PG_SLOW_PORT/healthz"
+  wait_http keybrake-pg-slow-a "http://127.0.0.1:$KEYBRAKE_PG_SLOW_A_PORT/healthz"
+  wait_http keybrake-pg-slow-b "http://127.0.0.1:$KEYBRAKE_PG_SLOW_B_PORT/healthz"
+  wait_http keybrake-pg-slow-pair "http://127.0.0.1:$KEYBRAKE_PG_SLOW_PAIR_PORT/healthz"
 }
 
+# start_pg_keybrakes NAME UPSTREAM PORT PORT_A PORT_B — one replica on database kb1 and a pair on kb2
+# (nginx balances the pair). Replicas migrate one at a time by themselves (an advisory lock).
+start_pg_keybrakes() {
+  local name=$1 upstream=$2
+  start_keybrake "keybrake-$name" "$3" "$RUN_DIR/kb-$name-data" "$upstream" KEYBRAKE_DATABASE_URL="$PG_URL_1" KEYBRAKE_MASTER_KEY="$PG_MASTER_KEY"
+  start_keybrake "keybrake-$name-a" "$4" "$RUN_DIR/kb-$name-a-data" "$upstream" KEYBRAKE_DATABASE_URL="$PG_URL_2" KEYBRAKE_MASTER_KEY="$PG_MASTER_KEY"
+  start_keybrake "keybrake-$name-b" "$5" "$RUN_DIR/kb-$name-b-data" "$upstream" KEYBRAKE_DATABASE_URL="$PG_URL_2" KEYBRAKE_MASTER_KEY="$PG_MASTER_KEY"
+}
+
+# start_keybrake NAME PORT DATA_DIR UPSTREAM [VAR=VALUE…] — the extra variables pick another backend.
 start_keybrake() {
   local name=$1 port=$2 data=$3 upstream=$4
+  shift 4
   local cmd
   read -r -a cmd <<<"${BENCH_KEYBRAKE_CMD:-$ROOT/dist/keybrake serve}"
   start "$name" env \
     KEYBRAKE_PORT="$port" KEYBRAKE_HOST=127.0.0.1 KEYBRAKE_DATA_DIR="$data" \
     KEYBRAKE_ADMIN_TOKEN=kbt_bench_admin_token_0123456789abcdef \
     KEYBRAKE_STRIPE_BASE_URL="$upstream" KEYBRAKE_STRIPE_SECRET_KEY=sk_test_bench_realsecret_51Hxxxxxxxxxxxxxxxxxx \
-    KEYBRAKE_LOG=silent "${cmd[@]}"
+    KEYBRAKE_LOG=silent "$@" "${cmd[@]}"
 }
+# Every replica of one database needs the same master key (it encrypts the stored vendor secrets).
+PG_MASTER_KEY=kbm_bench_master_key_0123456789abcdef0123456789
 
 # Runs one bench part on the load core; remembers a failure but carries on, so
 # one failing part still leaves the others' numbers in the report.
@@ -202,6 +248,11 @@ main() {
   export BUN_PROXY_SLOW_URL=http://127.0.0.1:$BUN_PROXY_SLOW_PORT
   export KEYBRAKE_URL=http://127.0.0.1:$KEYBRAKE_PORT KEYBRAKE_DATA_DIR=$RUN_DIR/kb-data
   export KEYBRAKE_SLOW_URL=http://127.0.0.1:$KEYBRAKE_SLOW_PORT KEYBRAKE_SLOW_DATA_DIR=$RUN_DIR/kb-slow-data
+  export KEYBRAKE_PG_URL=http://127.0.0.1:$KEYBRAKE_PG_PORT KEYBRAKE_PG_DATABASE_URL=$PG_URL_1
+  export KEYBRAKE_PG_PAIR_URL=http://127.0.0.1:$KEYBRAKE_PG_PAIR_PORT KEYBRAKE_PG_PAIR_DATABASE_URL=$PG_URL_2
+  export KEYBRAKE_PG_REPLICA_URLS="http://127.0.0.1:$KEYBRAKE_PG_A_PORT http://127.0.0.1:$KEYBRAKE_PG_B_PORT"
+  export KEYBRAKE_PG_SLOW_URL=http://127.0.0.1:$KEYBRAKE_PG_SLOW_PORT KEYBRAKE_PG_SLOW_PAIR_URL=http://127.0.0.1:$KEYBRAKE_PG_SLOW_PAIR_PORT
+  export KEYBRAKE_PG_SLOW_REPLICA_URLS="http://127.0.0.1:$KEYBRAKE_PG_SLOW_A_PORT http://127.0.0.1:$KEYBRAKE_PG_SLOW_B_PORT"
   export BENCH_RUN_DIR=$RUN_DIR
 
   part "load (interleaved wrk rounds)" $BUN bench/load.ts
