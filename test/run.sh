@@ -4,7 +4,9 @@
 # a fresh PostgreSQL database (KEYBRAKE_TEST_BACKEND=postgres, test/helpers.ts): the same files, not
 # copies. Store tests and the replica tests run on both backends within the first pass
 # (test/backends.ts). Not repeated: tests of SQLite itself (its file, checkpoints, fsyncs), of the
-# configuration, of pure functions, and the demo (which always runs on its own SQLite data dir).
+# configuration, of pure functions, and the demo (which always runs on its own SQLite data dir);
+# the long Chromium walk-through (admin-browser) runs once: its pages are checked on PostgreSQL by
+# admin.test.ts and the budgets and governance browser tests.
 # Arguments go to the first pass only (`npm test -- test/x.test.ts` runs just that file, on SQLite).
 set -euo pipefail
 # --timeout: bunfig.toml sets it too, but the --parallel workers do not read it.
@@ -12,7 +14,6 @@ cd "$(dirname "$0")/.."
 
 POSTGRES_SUITES=(
   test/admin.test.ts
-  test/admin-browser.test.ts
   test/audit-spend.test.ts
   test/budgets-browser.test.ts
   test/governance-tokens-browser.test.ts
