@@ -1,6 +1,6 @@
 import type { presentBudget } from "../src/domain/budgets.ts";
 import type { FieldErrors, FormValues } from "../src/http/admin-forms.ts";
-import { Badge, Notice, SelectField, TextField } from "./components.tsx";
+import { Badge, FormError, Notice, SelectField, TextField } from "./components.tsx";
 import { usd, utc } from "./format.ts";
 import { CsrfField, Layout } from "./layout.tsx";
 
@@ -51,13 +51,7 @@ export function BudgetsSection({ csrf, budgets, form }: { csrf: string; budgets:
         <summary>New budget</summary>
         <form class="stack" method="post" action="/admin/budgets" hx-post="/admin/budgets" hx-target="#budgets" hx-swap="outerHTML" novalidate>
           <CsrfField token={csrf} />
-          {e["(body)"] ? (
-            <Notice tone="danger">
-              <p safe>{e["(body)"]}</p>
-            </Notice>
-          ) : (
-            ""
-          )}
+          <FormError text={e["(body)"]} />
           <div class="grid">
             <TextField name="name" label="Name" value={form.values.name} error={e.name} placeholder="Kestra, all flows" idPrefix="nb" />
             <TextField name="label_prefix" label="Run label prefix" value={form.values.label_prefix} error={e.label_prefix} placeholder="kestra/" idPrefix="nb" />

@@ -161,6 +161,17 @@ export function Notice({ tone, title, children }: PropsWithChildren<{ tone: "ok"
   );
 }
 
+/** A form's error that belongs to no one field (the `(body)` entry of its field errors), or nothing. */
+export function FormError({ text }: { text: string | undefined }) {
+  return text ? (
+    <Notice tone="danger">
+      <p safe>{text}</p>
+    </Notice>
+  ) : (
+    ""
+  );
+}
+
 /** A one-line message for the flash area. */
 export function FlashMessage({ tone, text }: { tone: "ok" | "danger"; text: string }) {
   return (

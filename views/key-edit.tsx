@@ -1,5 +1,5 @@
 import type { FieldErrors, FormValues } from "../src/http/admin-forms.ts";
-import { Badge, Notice, TextField } from "./components.tsx";
+import { Badge, FormError, Notice, TextField } from "./components.tsx";
 import { href, usd, utc } from "./format.ts";
 import type { KeyView } from "./keys.tsx";
 import { CsrfField, Layout } from "./layout.tsx";
@@ -37,13 +37,7 @@ export function KeyEditPage(p: { csrf: string; k: KeyView; runActiveKeys: number
       ) : (
         ""
       )}
-      {e["(body)"] ? (
-        <Notice tone="danger">
-          <p safe>{e["(body)"]}</p>
-        </Notice>
-      ) : (
-        ""
-      )}
+      <FormError text={e["(body)"]} />
       <section class="card" aria-labelledby="now-h">
         <h2 id="now-h">Now</h2>
         <dl class="facts">

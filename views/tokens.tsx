@@ -1,6 +1,6 @@
 import type { presentToken } from "../src/domain/tokens.ts";
 import type { FieldErrors, FormValues } from "../src/http/admin-forms.ts";
-import { Badge, Notice, SelectField, TextArea, TextField, type Tone } from "./components.tsx";
+import { Badge, FormError, SelectField, TextArea, TextField, type Tone } from "./components.tsx";
 import { relative, utc } from "./format.ts";
 import { CsrfField, Layout } from "./layout.tsx";
 
@@ -81,13 +81,7 @@ function TokenForm({ csrf, state }: { csrf: string; state: TokenFormState }) {
       {state.created ? <CreatedToken created={state.created} /> : ""}
       <form class="token-form" method="post" action="/admin/tokens" novalidate>
         <CsrfField token={csrf} />
-        {e["(body)"] ? (
-          <Notice tone="danger">
-            <p safe>{e["(body)"]}</p>
-          </Notice>
-        ) : (
-          ""
-        )}
+        <FormError text={e["(body)"]} />
         <div class="grid">
           <TextField name="name" label="Name" value={v.name} error={e.name} placeholder="kestra-prod" required idPrefix="tok" />
           <SelectField name="role" label="Role" value={v.role ?? "issuer"} error={e.role} options={["issuer", "viewer", "admin"]} idPrefix="tok" />

@@ -2,7 +2,7 @@ import type { VendorStatus } from "../src/domain/secrets.ts";
 import type { ConnectionCheck } from "../src/domain/vendor-check.ts";
 import type { FieldErrors } from "../src/http/admin-forms.ts";
 import type { VendorName } from "../src/vendors/types.ts";
-import { Badge, Notice, TextField } from "./components.tsx";
+import { Badge, FormError, Notice, TextField } from "./components.tsx";
 import { utc } from "./format.ts";
 import { CsrfField, Layout } from "./layout.tsx";
 
@@ -114,13 +114,7 @@ export function VendorCard({ csrf, status, baseUrl, errors = {}, saved }: Vendor
             novalidate
           >
             <CsrfField token={csrf} />
-            {errors["(body)"] ? (
-              <Notice tone="danger">
-                <p safe>{errors["(body)"]}</p>
-              </Notice>
-            ) : (
-              ""
-            )}
+            <FormError text={errors["(body)"]} />
             {Object.keys(status.fields).map((name) => (
               <TextField
                 name={name}

@@ -1,7 +1,7 @@
 import { EVENT_TYPES } from "../src/domain/events.ts";
 import type { presentDelivery, presentWebhook } from "../src/domain/webhooks.ts";
 import type { FieldErrors, FormValues } from "../src/http/admin-forms.ts";
-import { Badge, Notice, SelectField, TextField, type Tone } from "./components.tsx";
+import { Badge, FormError, SelectField, TextField, type Tone } from "./components.tsx";
 import { href, utc } from "./format.ts";
 import { CsrfField, Layout } from "./layout.tsx";
 
@@ -60,13 +60,7 @@ export function WebhookForm({ csrf, form }: { csrf: string; form: WebhookFormSta
       )}
       <form class="stack" method="post" action="/admin/webhooks" novalidate>
         <CsrfField token={csrf} />
-        {e["(body)"] ? (
-          <Notice tone="danger">
-            <p safe>{e["(body)"]}</p>
-          </Notice>
-        ) : (
-          ""
-        )}
+        <FormError text={e["(body)"]} />
         <div class="grid">
           <TextField name="url" label="URL" value={form.values.url} error={e.url} placeholder="https://hooks.example.com/keybrake" idPrefix="wh" class="span-2" />
           <TextField name="thresholds" label="Thresholds (fractions of a daily cap)" value={form.values.thresholds} error={e.thresholds} placeholder="0.5, 0.8, 1" idPrefix="wh" />
