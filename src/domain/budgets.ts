@@ -201,6 +201,11 @@ export interface LiveBudget {
   reserved_micros: number;
 }
 
+/** What a budget can still take today (both ledgers decide with it, as keys with remainingMicros). */
+export function budgetLeft(b: LiveBudget): number {
+  return Math.max(0, b.daily_cap_micros - b.spent_micros - b.reserved_micros);
+}
+
 /** What one call holds on one budget; settlement and release undo exactly these. */
 export interface BudgetHold {
   budgetId: string;

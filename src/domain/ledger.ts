@@ -2,7 +2,7 @@ import type { Database, Statement } from "bun:sqlite";
 import { WalSync } from "../db/wal-sync.ts";
 import type { PricedObject } from "../vendors/types.ts";
 import type { CapAlerts } from "./alerts.ts";
-import { BudgetLedger, type BudgetHold, type LiveBudget } from "./budgets.ts";
+import { BudgetLedger, budgetLeft, type BudgetHold } from "./budgets.ts";
 import { remainingMicros } from "./keys.ts";
 import { utcDay } from "./time.ts";
 import type { SpendLedger } from "../ledger/types.ts";
@@ -486,9 +486,4 @@ export class Ledger implements SpendLedger {
     );
     return Number(res.lastInsertRowid);
   }
-}
-
-/** What a budget can still take today. */
-function budgetLeft(b: LiveBudget): number {
-  return Math.max(0, b.daily_cap_micros - b.spent_micros - b.reserved_micros);
 }

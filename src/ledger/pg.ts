@@ -1,7 +1,7 @@
 import type { SQL } from "bun";
 import type { Admission, AuditOutcome, CallFacts, CapScope, LiveKey, RepeatGuard, Reservation, Settlement, StoredAnswer } from "../domain/ledger.ts";
 import type { SpendChange } from "../domain/alerts.ts";
-import type { BudgetHold } from "../domain/budgets.ts";
+import { budgetLeft, type BudgetHold, type LiveBudget } from "../domain/budgets.ts";
 import { remainingMicros } from "../domain/keys.ts";
 import { utcDay } from "../domain/time.ts";
 import type { PricedObject } from "../vendors/types.ts";
@@ -61,15 +61,6 @@ interface PendingWrite {
   work: (tx: Tx, queue: () => void) => Promise<any>;
   resolve: (value: any) => void;
   reject: (error: unknown) => void;
-}
-
-interface LockedBudget {
-  id: string;
-  name: string;
-  label_prefix: string;
-  daily_cap_micros: number;
-  spent_micros: number;
-  reserved_micros: number;
 }
 
 export class PgLedger implements SpendLedger {
@@ -362,7 +353,7 @@ export class PgLedger implements SpendLedger {
  * The day rows of these (share-locked) budgets, locked in id order. The rows are created first
  * (a no-op once they exist) so that there is a row to lock even on a budget's first call today.
  */
-async function lockBudgets(tx: Tx, ids: string[], day: string): Promise<LockedBudget[]> {
+async function lockBudgets(tx: Tx, ids: string[], day: string): Promise<LiveBudget[]> {
   if (ids.length === 0) return [];
   await tx`INSERT INTO budget_spend_days (budget_id, day) SELECT unnest(${ids}::text[]), ${day} ORDER BY 1 ON CONFLICT DO NOTHING`;
   const rows = await tx`
@@ -447,8 +438,4 @@ async function insertAudit(
             ${estimateMicros}, ${ledgerState}, ${day}, ${call.idempotencyKey}, ${vendorStatus}, ${replayOf})
     RETURNING id`;
   return Number(row.id);
-}
-
-function budgetLeft(b: LockedBudget): number {
-  return Math.max(0, b.daily_cap_micros - b.spent_micros - b.reserved_micros);
 }
