@@ -7,7 +7,7 @@
  *   describe.each(BACKENDS)("keys on %s", (backend) => { … startKeybrake({}, { backend }) … });
  */
 import { rmSync } from "node:fs";
-import { openBackend, type Backend } from "../src/store/backend.ts";
+import { closeBackend, openBackend, type Backend } from "../src/store/backend.ts";
 import { tempDir } from "./helpers.ts";
 import { freshDatabase, postgresAvailable } from "./pg.ts";
 
@@ -15,19 +15,13 @@ export type BackendKind = Backend["kind"];
 
 export const BACKENDS: BackendKind[] = postgresAvailable() ? ["sqlite", "postgres"] : ["sqlite"];
 
-/** What a test needs to point Keybrake at a fresh backend: KEYBRAKE_DATABASE_URL for PostgreSQL, nothing for SQLite. */
-export async function backendEnv(kind: BackendKind, name = "kb"): Promise<Record<string, string>> {
-  return kind === "postgres" ? { KEYBRAKE_DATABASE_URL: await freshDatabase(name) } : {};
-}
-
 /** A fresh, migrated backend for store-level tests; `close()` also removes a SQLite temp dir. */
 export async function openTestBackend(kind: BackendKind, name = "store"): Promise<Backend & { close(): Promise<void> }> {
   const dataDir = tempDir(`keybrake-${name}-`);
   const b = await openBackend({ dataDir, databaseUrl: kind === "postgres" ? await freshDatabase(name) : undefined });
   return Object.assign(b, {
     async close() {
-      if (b.kind === "sqlite") b.db.sqlite.close();
-      else await b.sql.close();
+      await closeBackend(b);
       rmSync(dataDir, { recursive: true, force: true });
     },
   });
