@@ -253,11 +253,12 @@ export class Forwarder {
     // price — over-counted, never under).
     const known = new Map<string, PricedObject | null>();
     const asked: Promise<void>[] = [];
-    const settledFirst = this.settling.size > 0 ? this.answeredSettled() : null;
+    let settledFirst: Promise<void> | null = null; // taken at a lookup, not per call: most calls make none
     const ctx: PricingContext = {
       pricing: this.deps.pricing,
       pricedObject: (id) => {
         if (known.has(id)) return known.get(id)!;
+        settledFirst ??= this.settling.size > 0 ? this.answeredSettled() : null;
         if (settledFirst) {
           asked.push(settledFirst.then(async () => void known.set(id, await ledger.pricedObject(key.id, id))));
           return null;
