@@ -5,7 +5,7 @@ import { governanceRoutes } from "./http/governance.ts";
 import { managementRoutes } from "./http/management.ts";
 import { opsRoutes } from "./http/ops.ts";
 import { dispatchVendorFirst, proxyRoutes } from "./http/proxy.ts";
-import { isUnreachable } from "./ledger/pg.ts";
+import { isUnreachable } from "./db/pg.ts";
 import { LedgerUnavailable } from "./ledger/types.ts";
 import type { Services } from "./services.ts";
 

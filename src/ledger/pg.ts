@@ -7,6 +7,7 @@ import { utcDay } from "../domain/time.ts";
 import type { PricedObject } from "../vendors/types.ts";
 import type { PgCapAlerts } from "./pg-alerts.ts";
 import { AUDIT_ORDER_LOCK } from "../store/pg/audit.ts";
+import { isUnreachable } from "../db/pg.ts";
 import { LedgerUnavailable, type SpendLedger } from "./types.ts";
 
 /**
@@ -39,23 +40,6 @@ type Tx = SQL;
 
 const n = (v: unknown): number => (v === null || v === undefined ? 0 : Number(v));
 const nn = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
-
-/**
- * Connection-level failures: the database is unreachable (refused, reset, timed out, closed by
- * Bun's client — codes ERR_POSTGRES_CONNECTION_*, …), shutting down or restarting (SQLSTATE
- * 57P01–57P03, as `errno`), a connection exception (class 08), or out of connection slots (53300).
- * Anything else is a real error of the query and stays one.
- */
-export function isUnreachable(e: unknown): boolean {
-  // drizzle wraps the driver's error (DrizzleQueryError): judge what the driver said.
-  const cause = (e as { cause?: unknown })?.cause;
-  if (cause && cause !== e && isUnreachable(cause)) return true;
-  const code = String((e as { code?: unknown })?.code ?? "");
-  const state = String((e as { errno?: unknown })?.errno ?? "");
-  if (/^(57P0[123]|08...|53300)$/.test(state)) return true;
-  if (/CONNECTION|CONNECT|CLOSED|TIMEOUT|ECONN|SOCKET/i.test(code) && code !== "ERR_POSTGRES_SERVER_ERROR") return true;
-  return code === "" && /connection (closed|refused|reset)|failed to connect|socket/i.test((e as Error)?.message ?? "");
-}
 
 interface PendingWrite {
   work: (tx: Tx, queue: () => void) => Promise<any>;
