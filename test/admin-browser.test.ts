@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { chromium, type Browser, type Page } from "playwright-core";
+import type { Browser, Page } from "playwright-core";
+import { ARTIFACTS, launchChromium, WAIT } from "./browser.ts";
 import { startFakeVendor, type FakeVendor } from "./fake-vendor.ts";
 import { ADMIN_TOKEN, seedKeyBody, startKeybrake, type Running } from "./helpers.ts";
 
@@ -10,10 +10,6 @@ import { ADMIN_TOKEN, seedKeyBody, startKeybrake, type Running } from "./helpers
  * the strict CSP, live spend, revocation, the audit filter, and escaping as a
  * browser sees it. Screenshots of each page go to test-artifacts/.
  */
-
-const CHROMIUM = "/usr/bin/chromium";
-const ARTIFACTS = join(import.meta.dir, "..", "test-artifacts");
-const WAIT = { timeout: 10_000 };
 
 let fake: FakeVendor;
 let kb: Running;
@@ -24,18 +20,9 @@ const problems: string[] = [];
 const alerts: string[] = [];
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) {
-    throw new Error(
-      `admin-browser.test.ts needs Chromium at ${CHROMIUM}. Install it with: apt-get update && apt-get install -y --no-install-recommends chromium`,
-    );
-  }
-  mkdirSync(ARTIFACTS, { recursive: true });
   fake = await startFakeVendor();
   kb = await startKeybrake({ KEYBRAKE_STRIPE_BASE_URL: fake.url, KEYBRAKE_STRIPE_SECRET_KEY: fake.credentials.stripe });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
-  });
+  browser = await launchChromium();
   const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
   await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: kb.url });
   page = await context.newPage();

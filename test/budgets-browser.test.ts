@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { chromium, type Browser, type Page } from "playwright-core";
+import type { Browser, Page } from "playwright-core";
+import { ARTIFACTS, launchChromium, WAIT } from "./browser.ts";
 import { startFakeVendor, type FakeVendor } from "./fake-vendor.ts";
 import { ADMIN_TOKEN, seedKeyBody, startKeybrake, type Running } from "./helpers.ts";
 
@@ -10,10 +10,6 @@ import { ADMIN_TOKEN, seedKeyBody, startKeybrake, type Running } from "./helpers
  * CSP: spend against cap, create/edit/delete, a webhook secret shown once, deliveries with
  * their attempts, the event trail with filters and paging, and client text escaped.
  */
-
-const CHROMIUM = "/usr/bin/chromium";
-const ARTIFACTS = join(import.meta.dir, "..", "test-artifacts");
-const WAIT = { timeout: 10_000 };
 
 let fake: FakeVendor;
 let kb: Running;
@@ -27,12 +23,10 @@ const alerts: string[] = [];
 const XSS = `<img src=x onerror="alert('xss')">`;
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`budgets-browser.test.ts needs Chromium at ${CHROMIUM}: apt-get install -y --no-install-recommends chromium`);
-  mkdirSync(ARTIFACTS, { recursive: true });
   fake = await startFakeVendor();
   kb = await startKeybrake({ KEYBRAKE_STRIPE_BASE_URL: fake.url, KEYBRAKE_STRIPE_SECRET_KEY: fake.credentials.stripe, KEYBRAKE_LOG: "silent" });
   receiver = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: async (req) => (received.push(await req.text()), new Response("ok")) });
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"] });
+  browser = await launchChromium();
   page = await (await browser.newContext({ viewport: { width: 1280, height: 860 } })).newPage();
   page.on("console", (m) => {
     if (m.type() === "error" && !/status of (401|422)\b/.test(m.text())) problems.push(m.text());

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { chromium, type Browser, type Page } from "playwright-core";
+import type { Browser, Page } from "playwright-core";
+import { ARTIFACTS, launchChromium, WAIT } from "./browser.ts";
 import { startFakeVendor, type FakeVendor } from "./fake-vendor.ts";
 import { ADMIN_TOKEN, apiCall, seedKeyBody, startKeybrake, type Running } from "./helpers.ts";
 
@@ -11,10 +11,6 @@ import { ADMIN_TOKEN, apiCall, seedKeyBody, startKeybrake, type Running } from "
  * an issuer at the login, and raise a capped run's caps in one action so its next call passes.
  */
 
-const CHROMIUM = "/usr/bin/chromium";
-const ARTIFACTS = join(import.meta.dir, "..", "test-artifacts");
-const WAIT = { timeout: 10_000 };
-
 let fake: FakeVendor;
 let kb: Running;
 let browser: Browser;
@@ -22,14 +18,9 @@ let page: Page;
 const problems: string[] = [];
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`this test needs Chromium at ${CHROMIUM} (apt-get install -y chromium)`);
-  mkdirSync(ARTIFACTS, { recursive: true });
   fake = await startFakeVendor();
   kb = await startKeybrake({ KEYBRAKE_STRIPE_BASE_URL: fake.url, KEYBRAKE_STRIPE_SECRET_KEY: fake.credentials.stripe, KEYBRAKE_LOG: "silent" });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
-  });
+  browser = await launchChromium();
   page = await (await browser.newContext({ viewport: { width: 1280, height: 900 } })).newPage();
   page.on("console", (m) => {
     // Refused logins (401/403), forms sent back with errors (422) and the missing key (404) are answers the steps expect.
