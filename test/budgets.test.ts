@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import Stripe from "stripe";
-import { ADMIN_TOKEN, apiCall, seedKeyBody, spawnKeybrake, tempDir, sqliteOf, dbRow } from "./helpers.ts";
+import { ADMIN_TOKEN, apiCall, seedKeyBody, spawnKeybrake, tempDir, sqliteOf, dbRow, readSettled } from "./helpers.ts";
 import { proxied, startProxyStack, stripeThrough, vendorEnv } from "./proxy-setup.ts";
 
 let stack: Awaited<ReturnType<typeof startProxyStack>>;
@@ -202,7 +202,8 @@ describe("zero overshoot for budgets", () => {
       expect(refused).toHaveLength(283);
       for (const r of refused) expect(r.headers.get("x-keybrake-cap-scope")).toBe("budget");
       expect(fake.executed).toHaveLength(17);
-      const view = (await apiCall(b.url, "GET", `/budgets/${budget.budget_id}`)).json;
+      // b includes what b answered; a's last settlements commit just after a's answers (bounded wait).
+      const view = await readSettled(() => apiCall(b.url, "GET", `/budgets/${budget.budget_id}`).then((r) => r.json), (v) => v.reserved_usd === 0);
       expect(view).toMatchObject({ spent_today_usd: 493, reserved_usd: 0, remaining_today_usd: 7 });
     } finally {
       await a.stop();

@@ -4,7 +4,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { openDatabase } from "../src/db/connection.ts";
 import { MIGRATIONS } from "../src/db/migrations.ts";
-import { ADMIN_TOKEN, apiCall, seedKeyBody, spawnKeybrake, startKeybrake, tempDir, sqliteOf, dbRow, dbRows, testBackendEnv } from "./helpers.ts";
+import { ADMIN_TOKEN, apiCall, seedKeyBody, spawnKeybrake, startKeybrake, tempDir, sqliteOf, dbRow, dbRows, testBackendEnv, readSettled } from "./helpers.ts";
 import { ledgerOf, proxied, startProxyStack, vendorEnv } from "./proxy-setup.ts";
 
 /**
@@ -375,7 +375,8 @@ describe("across processes on one data dir", () => {
       const okFirst = first.filter((r) => r.status === 200).length;
       const okSecond = (await Promise.all(wave())).filter((r) => r.status === 200).length;
       expect(okFirst + okSecond).toBe(25);
-      const view = (await apiCall(a.url, "GET", `/vault/keys/${fan.key_id}`)).json;
+      // a includes what a answered; b's last settlements commit just after b's answers (bounded wait).
+      const view = await readSettled(() => apiCall(a.url, "GET", `/vault/keys/${fan.key_id}`).then((r) => r.json), (k) => k.reserved_usd === 0);
       expect(view).toMatchObject({ spent_today_usd: 250, reserved_usd: 0, remaining_today_usd: 0 });
 
       const minted = (await apiCall(a.url, "POST", "/tokens", { name: "worker", role: "viewer" })).json;

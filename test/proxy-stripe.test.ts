@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import Stripe from "stripe";
 import { loadPricing } from "../src/vendors/pricing.ts";
-import { ADMIN_TOKEN, apiCall, seedKeyBody, spawnKeybrake, tempDir, sqliteOf, dbRow, dbRows } from "./helpers.ts";
+import { ADMIN_TOKEN, apiCall, seedKeyBody, spawnKeybrake, tempDir, sqliteOf, dbRow, dbRows, readSettled } from "./helpers.ts";
 import { ledgerOf, proxied, startProxyStack, stripeThrough, vendorEnv } from "./proxy-setup.ts";
 
 let stack: Awaited<ReturnType<typeof startProxyStack>>;
@@ -59,7 +59,8 @@ describe("the seeds' fan-out", () => {
       expect(statuses.filter((s) => s === 200)).toHaveLength(17);
       expect(statuses.filter((s) => s === 429)).toHaveLength(283);
       expect(fake.executed).toHaveLength(17);
-      const view = (await apiCall(b.url, "GET", `/vault/keys/${key.key_id}`)).json;
+      // b includes what b answered; a's last settlements commit just after a's answers (bounded wait).
+      const view = await readSettled(() => apiCall(b.url, "GET", `/vault/keys/${key.key_id}`).then((r) => r.json), (k) => k.reserved_usd === 0);
       expect(view).toMatchObject({ spent_today_usd: 493, reserved_usd: 0 });
     } finally {
       await a.stop();
