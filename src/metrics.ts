@@ -28,7 +28,7 @@ export class Metrics {
     h.count++;
   }
 
-  render(gauges: Record<string, number>): string {
+  render(gauges: Record<string, number>, counters: Record<string, number> = {}): string {
     const lines: string[] = [];
     lines.push("# HELP keybrake_proxy_requests_total Proxied requests by vendor and outcome.", "# TYPE keybrake_proxy_requests_total counter");
     for (const [labels, n] of this.requests) lines.push(`keybrake_proxy_requests_total{${labels}} ${n}`);
@@ -46,6 +46,7 @@ export class Metrics {
       lines.push(`keybrake_upstream_duration_seconds_count{vendor="${vendor}"} ${h.count}`);
     }
     for (const [name, value] of Object.entries(gauges)) lines.push(`# TYPE ${name} gauge`, `${name} ${value}`);
+    for (const [name, value] of Object.entries(counters)) lines.push(`# TYPE ${name} counter`, `${name} ${value}`);
     return lines.join("\n") + "\n";
   }
 }

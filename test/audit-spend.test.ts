@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { ADMIN_TOKEN, apiCall, seedKeyBody, spawnKeybrake, tempDir } from "./helpers.ts";
+import { ADMIN_TOKEN, apiCall, seedKeyBody, spawnKeybrake, tempDir, TEST_BACKEND } from "./helpers.ts";
 import { proxied, startProxyStack, vendorEnv } from "./proxy-setup.ts";
 
 let stack: Awaited<ReturnType<typeof startProxyStack>>;
@@ -108,6 +108,35 @@ describe("GET /metrics", () => {
     expect(text).toContain('keybrake_spend_usd_total{vendor="stripe"} 68');
     expect(text).toMatch(/keybrake_upstream_duration_seconds_count\{vendor="stripe"\} 3/);
     expect(text).toContain("keybrake_vault_keys_active 2");
+  });
+});
+
+describe("GET /metrics: the ledger's group commit", () => {
+  test("40 concurrent calls are 80 ledger writes sharing fewer commits; SQLite fsyncs once per commit that reserves at most", async () => {
+    const { kb } = stack;
+    const read = async () => {
+      const text = await (await fetch(`${kb.url}/metrics`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).text();
+      const counter = (name: string) => {
+        expect(text).toContain(`# TYPE ${name} counter`);
+        return Number(new RegExp(`^${name} (\\d+)$`, "m").exec(text)![1]);
+      };
+      return { commits: counter("keybrake_ledger_commits_total"), writes: counter("keybrake_ledger_writes_total"), fsyncs: counter("keybrake_ledger_fsyncs_total") };
+    };
+    const key = await kb.issueKey(seedKeyBody({ agent_run_label: `${label}-metrics`, daily_usd_cap: 10_000 }));
+    const before = await read();
+    const answers = await Promise.all(Array.from({ length: 40 }, () => proxied(kb.url, key.vault_key, "POST", "/v1/payment_intents", { amount: "100", currency: "usd" })));
+    expect(answers.every((r) => r.status === 200)).toBe(true);
+    const after = await read();
+    const commits = after.commits - before.commits;
+    expect(after.writes - before.writes).toBe(80); // an admission and a settlement per call
+    expect(commits).toBeGreaterThan(0);
+    expect(commits).toBeLessThan(80);
+    const fsyncs = after.fsyncs - before.fsyncs;
+    if (TEST_BACKEND === "postgres") expect(fsyncs).toBe(0);
+    else {
+      expect(fsyncs).toBeGreaterThan(0);
+      expect(fsyncs).toBeLessThanOrEqual(commits);
+    }
   });
 });
 

@@ -8,6 +8,9 @@
  * reservation's commit.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
+import { mkdtempSync, readdirSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { WalSync } from "../src/db/wal-sync.ts";
 import { seedKeyBody, sqliteOf } from "./helpers.ts";
 import { proxied, startProxyStack } from "./proxy-setup.ts";
@@ -78,4 +81,29 @@ test("WalSync: a sync asked for while one runs waits for the next, which begins 
   expect(begun[1]!).toBeGreaterThanOrEqual(askedAt);
   release.shift()!();
   await second;
+});
+
+test("WalSync: the WAL stays open once across syncs (a worker thread holds it), a failure rejects its sync, and the next sync starts afresh", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "kb-walsync-"));
+  const db = join(dir, "keybrake.db");
+  const missing = new WalSync(join(dir, "absent", "keybrake.db"));
+  await expect(missing.sync()).rejects.toThrow(/WAL fsync failed: .*ENOENT/);
+  await expect(missing.sync()).rejects.toThrow(/WAL fsync failed/); // not stuck behind the failed one
+  missing.close();
+
+  writeFileSync(`${db}-wal`, "frames");
+  const openWal = () => readdirSync("/proc/self/fd").filter((fd) => {
+    try {
+      return readlinkSync(`/proc/self/fd/${fd}`) === `${db}-wal`;
+    } catch {
+      return false; // closed meanwhile
+    }
+  }).length;
+  const w = new WalSync(db);
+  for (let i = 0; i < 3; i++) await w.sync();
+  expect(openWal()).toBe(1);
+  w.close();
+  for (let i = 0; i < 100 && openWal() > 0; i++) await Bun.sleep(10);
+  expect(openWal()).toBe(0);
+  rmSync(dir, { recursive: true, force: true });
 });

@@ -48,8 +48,23 @@ export class CapAlerts {
     };
   }
 
+  /** The thresholds read in this ledger transaction (`newTransaction` forgets them). */
+  private cached: number[] | null = null;
+
+  /**
+   * Called by the ledger as each of its transactions begins. Within one, the thresholds are read
+   * once: it holds the write lock, so no webhook can change until it commits.
+   */
+  newTransaction(): void {
+    this.cached = null;
+  }
+
   /** The thresholds in force: every live subscribed webhook's, else the defaults. */
   thresholds(): number[] {
+    return (this.cached ??= this.read());
+  }
+
+  private read(): number[] {
     const rows = this.q.subscribed!.all() as { thresholds: string }[];
     if (rows.length === 0) return [...DEFAULT_THRESHOLDS];
     const all = new Set<number>();
@@ -61,7 +76,7 @@ export class CapAlerts {
   spent(changes: readonly SpendChange[], day: string, now: number): void {
     const moved = changes.filter((c) => c.capMicros > 0 && c.after > c.before);
     if (moved.length === 0) return;
-    const thresholds = this.thresholds(); // once per settlement, not per scope
+    const thresholds = this.thresholds(); // once per transaction, not per settlement or scope
     for (const { scope, before, after, capMicros } of moved) {
       for (const t of thresholds) {
         const line = thresholdMicros(t, capMicros);

@@ -5,7 +5,7 @@ import type { CapAlerts } from "./alerts.ts";
 import { BudgetLedger, budgetLeft, type BudgetHold } from "./budgets.ts";
 import { remainingMicros } from "./keys.ts";
 import { utcDay } from "./time.ts";
-import type { SpendLedger } from "../ledger/types.ts";
+import type { LedgerStats, SpendLedger } from "../ledger/types.ts";
 
 /**
  * The spend ledger. Every proxied call is admitted by one IMMEDIATE SQLite
@@ -121,6 +121,14 @@ interface CapRow {
   total_cap_micros: number | null;
   spent_total_micros: number;
   reserved_total_micros: number;
+  /** Today's row of the key (0 before its first call of the day). */
+  spent_today: number;
+  reserved_today: number;
+}
+
+interface KeyAfterSettle {
+  daily_cap_micros: number;
+  agent_run_label: string;
 }
 
 interface RepeatRow {
@@ -150,6 +158,7 @@ export class Ledger implements SpendLedger {
   private readonly commitBatch: (batch: PendingWrite[], results: { ok: boolean; value: unknown }[]) => void;
   private readonly budgets: BudgetLedger;
   private readonly walSync: WalSync;
+  private readonly counts: LedgerStats = { commits: 0, writes: 0, fsyncs: 0 };
 
   /** `alerts` raises cap.threshold and cap.hit inside the transaction that moved the money. */
   constructor(
@@ -158,31 +167,38 @@ export class Ledger implements SpendLedger {
   ) {
     this.budgets = new BudgetLedger(sqlite);
     this.walSync = new WalSync(sqlite.filename);
+    const close = sqlite.close.bind(sqlite);
+    sqlite.close = (throwOnError?: boolean) => {
+      close(throwOnError);
+      this.walSync.close(); // after the database: its last commit may still be syncing
+    };
     const p = (s: string) => sqlite.prepare(s);
     this.q = {
-      keyForAlerts: p(`SELECT daily_cap_micros, agent_run_label FROM vault_keys WHERE id = ?`),
       keyByHash: p(
         `SELECT id, vendor, daily_cap_micros, total_cap_micros, allowed_endpoints, agent_run_label, dedupe_window_ms,
                 require_idempotency_key, allow_unpriced, stripe_accounts, expires_at, revoked_at
            FROM vault_keys WHERE key_hash = ?`,
       ),
+      // The key's caps and totals with today's row, in one statement.
       capRow: p(
-        `SELECT revoked_at, expires_at, daily_cap_micros, total_cap_micros, spent_total_micros, reserved_total_micros
-           FROM vault_keys WHERE id = ?`,
+        `SELECT k.revoked_at, k.expires_at, k.daily_cap_micros, k.total_cap_micros, k.spent_total_micros, k.reserved_total_micros,
+                coalesce(d.spent_micros, 0) AS spent_today, coalesce(d.reserved_micros, 0) AS reserved_today
+           FROM vault_keys k LEFT JOIN key_spend_days d ON d.key_id = k.id AND d.day = ?
+          WHERE k.id = ?`,
       ),
-      day: p(`SELECT spent_micros, reserved_micros FROM key_spend_days WHERE key_id = ? AND day = ?`),
       reserveDay: p(
         `INSERT INTO key_spend_days (key_id, day, reserved_micros) VALUES (?, ?, ?)
          ON CONFLICT (key_id, day) DO UPDATE SET reserved_micros = reserved_micros + excluded.reserved_micros`,
       ),
       reserveTotal: p(`UPDATE vault_keys SET reserved_total_micros = reserved_total_micros + ? WHERE id = ?`),
+      // RETURNING what the cap alerts need, so a settlement reads nothing back.
       settleDay: p(
         `UPDATE key_spend_days SET reserved_micros = reserved_micros - ?, spent_micros = spent_micros + ?
-          WHERE key_id = ? AND day = ?`,
+          WHERE key_id = ? AND day = ? RETURNING spent_micros`,
       ),
       settleTotal: p(
         `UPDATE vault_keys SET reserved_total_micros = reserved_total_micros - ?, spent_total_micros = spent_total_micros + ?
-          WHERE id = ?`,
+          WHERE id = ? RETURNING daily_cap_micros, agent_run_label`,
       ),
       insertAudit: p(
         `INSERT INTO audit_log (ts, key_id, agent_run_label, vendor, method, path, outcome, error_code,
@@ -230,6 +246,7 @@ export class Ledger implements SpendLedger {
     // One savepoint per write: a write that throws is undone alone; the rest of the batch commits.
     const savepoint = sqlite.transaction((write: () => unknown) => write());
     const batchTx = sqlite.transaction((batch: PendingWrite[], results: { ok: boolean; value: unknown }[]) => {
+      this.alerts?.newTransaction();
       for (const w of batch) {
         try {
           results.push({ ok: true, value: savepoint(w.write) });
@@ -307,12 +324,18 @@ export class Ledger implements SpendLedger {
       else if (w.durable) durable.push([w, r.value]);
       else w.resolve(r.value);
     });
+    this.counts.commits++;
+    this.counts.writes += batch.length;
     if (durable.length === 0) return;
     this.walSync.sync().then(
       () => durable.forEach(([w, value]) => w.resolve(value)),
       // Committed but maybe not durable: refused, so nothing is forwarded on it (its reservation stays held).
       (error) => durable.forEach(([w]) => w.reject(error)),
     );
+  }
+
+  stats(): LedgerStats {
+    return { ...this.counts, fsyncs: this.walSync.syncs };
   }
 
   findKeyByHash(hash: string): LiveKey | null {
@@ -330,14 +353,18 @@ export class Ledger implements SpendLedger {
   }
 
   private admitInTransaction(key: LiveKey, call: CallFacts, micros: number, now: number, guard: RepeatGuard | null): Admission {
-    const cap = this.q.capRow!.get(key.id) as CapRow;
+    const day = utcDay(now);
+    const cap = this.q.capRow!.get(day, key.id) as CapRow;
     if (cap.revoked_at !== null || cap.expires_at <= now) {
       const outcome = cap.revoked_at !== null ? "revoked" : "expired";
       const auditId = this.insertAudit(now, key, call, outcome, outcome === "revoked" ? "key_revoked" : "key_expired", micros, "none", null, null, null);
       return { kind: "refused", outcome, auditId, remainingMicros: 0 };
     }
-    const day = utcDay(now);
-    const left = this.remaining(key.id, cap, day);
+    const left = remainingMicros(
+      { dailyCapMicros: cap.daily_cap_micros, totalCapMicros: cap.total_cap_micros, spentTotalMicros: cap.spent_total_micros, reservedTotalMicros: cap.reserved_total_micros },
+      cap.spent_today,
+      cap.reserved_today,
+    );
 
     let carried: RepeatRow | null = null;
     if (guard) {
@@ -400,12 +427,13 @@ export class Ledger implements SpendLedger {
     return { kind: "reserved", reservation: { auditId, keyId: key.id, day, micros, remainingMicros: pooled - micros, retryAuditId: null, guard, budgets: holds } };
   }
 
-  /** Settles the call's budget holds, then raises the thresholds this spend reached on its key and budgets. */
-  private settleBudgetsAndAlert(r: Reservation, actual: number, now: number): void {
+  /**
+   * Settles the call's budget holds, then raises the thresholds this spend reached on its key and
+   * budgets. `key` and `today` are what the key's settlement updates returned (null: no money moved).
+   */
+  private settleBudgetsAndAlert(r: Reservation, actual: number, now: number, key: KeyAfterSettle | null, today: { spent_micros: number } | null): void {
     const settled = this.budgets.settle(r.budgets, actual);
-    if (!this.alerts || actual <= 0) return;
-    const key = this.q.keyForAlerts!.get(r.keyId) as { daily_cap_micros: number; agent_run_label: string };
-    const today = this.q.day!.get(r.keyId, r.day) as { spent_micros: number } | null;
+    if (!this.alerts || actual <= 0 || !key) return;
     const after = today?.spent_micros ?? 0;
     this.alerts.spent(
       [
@@ -418,31 +446,17 @@ export class Ledger implements SpendLedger {
   }
 
   private keyCapHit(key: LiveKey, cap: CapRow, micros: number, day: string, now: number): void {
-    if (!this.alerts) return;
-    const today = this.q.day!.get(key.id, day) as { spent_micros: number; reserved_micros: number } | null;
-    this.alerts.hit({ kind: "key", id: key.id, label: key.agent_run_label }, (today?.spent_micros ?? 0) + (today?.reserved_micros ?? 0), micros, cap.daily_cap_micros, day, now);
-  }
-
-  private remaining(keyId: string, cap: CapRow, day: string): number {
-    const today = this.q.day!.get(keyId, day) as { spent_micros: number; reserved_micros: number } | null;
-    return remainingMicros(
-      {
-        dailyCapMicros: cap.daily_cap_micros,
-        totalCapMicros: cap.total_cap_micros,
-        spentTotalMicros: cap.spent_total_micros,
-        reservedTotalMicros: cap.reserved_total_micros,
-      },
-      today?.spent_micros ?? 0,
-      today?.reserved_micros ?? 0,
-    );
+    this.alerts?.hit({ kind: "key", id: key.id, label: key.agent_run_label }, cap.spent_today + cap.reserved_today, micros, cap.daily_cap_micros, day, now);
   }
 
   private finish(r: Reservation, s: Settlement, actual: number, state: "settled" | "released", answer: StoredAnswer | null): void {
+    let key: KeyAfterSettle | null = null;
+    let today: { spent_micros: number } | null = null;
     if (r.micros > 0 || actual > 0) {
-      this.q.settleDay!.run(r.micros, actual, r.keyId, r.day);
-      this.q.settleTotal!.run(r.micros, actual, r.keyId);
+      today = this.q.settleDay!.get(r.micros, actual, r.keyId, r.day) as { spent_micros: number } | null;
+      key = this.q.settleTotal!.get(r.micros, actual, r.keyId) as KeyAfterSettle;
     }
-    this.settleBudgetsAndAlert(r, actual, Date.now());
+    this.settleBudgetsAndAlert(r, actual, Date.now(), key, today);
     if (r.retryAuditId === null) this.q.settleAudit!.run(state, actual, s.vendorStatus, s.vendorRequestId, s.vendorObjectId, s.latencyMs, r.auditId);
     // A carried-over reservation's row said upstream_error until now: this retry's answer makes it forwarded.
     else this.q.finishAudit!.run("forwarded", state, actual, s.vendorStatus, s.vendorRequestId, s.vendorObjectId, s.latencyMs, null, r.auditId);

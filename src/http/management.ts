@@ -178,12 +178,20 @@ export function managementRoutes(s: Services, proxyBaseUrl: () => string) {
     .get("/metrics", async ({ request }) => {
       await authorize(s, request, OPERATOR_READERS);
       const counts = await s.keys.countByStatus();
-      const body = s.metrics.render({
-        keybrake_vault_keys_active: counts.active,
-        keybrake_vault_keys_revoked: counts.revoked,
-        keybrake_vault_keys_expired: counts.expired,
-        keybrake_uptime_seconds: Math.round((Date.now() - s.startedAt) / 1000),
-      });
+      const ledger = s.ledger.stats();
+      const body = s.metrics.render(
+        {
+          keybrake_vault_keys_active: counts.active,
+          keybrake_vault_keys_revoked: counts.revoked,
+          keybrake_vault_keys_expired: counts.expired,
+          keybrake_uptime_seconds: Math.round((Date.now() - s.startedAt) / 1000),
+        },
+        {
+          keybrake_ledger_commits_total: ledger.commits,
+          keybrake_ledger_writes_total: ledger.writes,
+          keybrake_ledger_fsyncs_total: ledger.fsyncs,
+        },
+      );
       return new Response(body, { headers: { "content-type": "text/plain; version=0.0.4" } });
     });
 }

@@ -8,7 +8,7 @@ import type { PricedObject } from "../vendors/types.ts";
 import type { PgCapAlerts } from "./pg-alerts.ts";
 import { AUDIT_ORDER_LOCK } from "../store/pg/audit.ts";
 import { isUnreachable } from "../db/pg.ts";
-import { LedgerUnavailable, type SpendLedger } from "./types.ts";
+import { LedgerUnavailable, type LedgerStats, type SpendLedger } from "./types.ts";
 
 /**
  * The spend ledger on PostgreSQL (SPEC §8): any number of replicas share it, and every guarantee
@@ -54,10 +54,17 @@ export class PgLedger implements SpendLedger {
     private readonly alerts: PgCapAlerts | null = null,
   ) {}
 
+  private readonly counts: LedgerStats = { commits: 0, writes: 0, fsyncs: 0 };
+
+  stats(): LedgerStats {
+    return { ...this.counts };
+  }
+
   /** Set by a transaction that queued a webhook delivery: the sender is kicked once it has committed. */
   private async committed<T>(work: (tx: Tx, queue: () => void) => Promise<T>): Promise<T> {
     let queued = false;
     const out = await this.tx((tx) => work(tx, () => (queued = true)));
+    this.counts.commits++;
     if (queued) this.alerts?.kick();
     return out;
   }
@@ -78,6 +85,7 @@ export class PgLedger implements SpendLedger {
   private readonly running = new Map<string, Promise<void>>();
 
   private write<T>(keyId: string, work: (tx: Tx, queue: () => void) => Promise<T>): Promise<T> {
+    this.counts.writes++;
     return new Promise<T>((resolve, reject) => {
       if (this.pending.size === 0) setImmediate(() => this.flush());
       const group = this.pending.get(keyId);

@@ -24,6 +24,17 @@ export interface SpendLedger {
   findKeyByHash(hash: string): LiveKey | null | Promise<LiveKey | null>;
   pricedObject(keyId: string, objectId: string): PricedObject | null | Promise<PricedObject | null>;
   pruneRepeats(now: number): number | Promise<number>;
+  /** Counters since start, for /metrics: how well writes share commits (group commit) and fsyncs. */
+  stats(): LedgerStats;
+}
+
+export interface LedgerStats {
+  /** Ledger transactions committed (each carries one or more writes). */
+  commits: number;
+  /** Admissions, settlements and refusals written. */
+  writes: number;
+  /** WAL fsyncs made for reservations (SQLite; 0 on PostgreSQL, whose server syncs its own log). */
+  fsyncs: number;
 }
 
 /**

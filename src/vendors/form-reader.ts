@@ -42,6 +42,7 @@ const RAW_ALLOWED = /^[A-Za-z0-9\-._~*!'()%+=&\[\]:@/?$,]*$/;
 const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 function unescape(s: string): string | null {
+  if (!s.includes("%") && !s.includes("+")) return s; // nothing escaped: the text is already what it means (checked raw ASCII)
   const bytes: number[] = [];
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i);
@@ -113,15 +114,21 @@ export function readForm(body: Uint8Array, opts: FormOptions): FormRead {
   return { ok: true, pairs };
 }
 
+/** What encodeURIComponent leaves as it is, minus the characters encodePart escapes anyway. */
+const NEEDS_NO_ESCAPE = /^[A-Za-z0-9\-_.~]*$/;
+const NEEDS_NO_ESCAPE_KEY = /^[A-Za-z0-9\-_.~\[\]]*$/;
+const utf8Out = new TextEncoder();
+
 /** Percent-encodes a form key or value; brackets stay raw in keys, as stripe-node sends them. */
 function encodePart(s: string, brackets: boolean): string {
+  if ((brackets ? NEEDS_NO_ESCAPE_KEY : NEEDS_NO_ESCAPE).test(s)) return s; // most keys and values: no escape to make
   const e = encodeURIComponent(s).replace(/[!'()*]/g, (c) => "%" + c.charCodeAt(0).toString(16).toUpperCase());
   return brackets ? e.replace(/%5B/g, "[").replace(/%5D/g, "]") : e;
 }
 
 /** The canonical body of exactly these pairs: what is priced is what is forwarded. */
 export function encodeForm(pairs: readonly [string, string][]): Uint8Array {
-  return new TextEncoder().encode(pairs.map(([k, v]) => `${encodePart(k, true)}=${encodePart(v, false)}`).join("&"));
+  return utf8Out.encode(pairs.map(([k, v]) => `${encodePart(k, true)}=${encodePart(v, false)}`).join("&"));
 }
 
 /** The single value of a scalar parameter, or undefined when absent. */
