@@ -25,6 +25,7 @@ import {
   check,
   env,
   issueKey,
+  ledgerCounters,
   keyView,
   median,
   pgAuditCounts,
@@ -94,6 +95,9 @@ interface LedgerSnapshot {
   auditSettled: number;
   /** Several replicas: the key's spend as each one's API reads it back. */
   replicaSpentMicros?: number[];
+  /** Group commit during the run (GET /metrics, every replica): ledger writes per commit, and per WAL fsync (SQLite). */
+  writesPerCommit: number;
+  writesPerFsync: number | null;
 }
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? (SMOKE ? 1 : 3));
@@ -213,8 +217,13 @@ async function runTarget(t: Target, sc: Scenario, round: number, seconds: number
   // A fresh key per run, so each run's ledger can be checked on its own.
   const key = await issueKey(t.url, BIG_CAP_USD, `bench/${sc.id}/round-${round}`);
   const reachedVendor = await vendorCounter(sc.vendor);
+  const counted = t.replicas ?? [t.url];
+  const countersBefore = await ledgerCounters(counted);
   const wrk = await runWrk(t.url, sc.conns, seconds, key.vault_key);
   const view = await settledView(t.url, key.key_id);
+  const countersAfter = await ledgerCounters(counted);
+  const writes = countersAfter.writes - countersBefore.writes;
+  const fsyncs = countersAfter.fsyncs - countersBefore.fsyncs;
   const audit = await t.audit(key.key_id);
   const replicaViews = t.replicas && (await Promise.all(t.replicas.map((url) => keyView(url, key.key_id))));
   const ledger: LedgerSnapshot = {
@@ -225,6 +234,8 @@ async function runTarget(t: Target, sc: Scenario, round: number, seconds: number
     auditRows: audit.rows,
     auditSettled: audit.settled,
     replicaSpentMicros: replicaViews?.map((v) => usdToMicros(v.spent_total_usd)),
+    writesPerCommit: writes / (countersAfter.commits - countersBefore.commits),
+    writesPerFsync: fsyncs > 0 ? writes / fsyncs : null,
   };
   checkLedger(`${t.id} ${sc.id} round ${round}`, sc.conns, wrk, ledger, checks);
   return { round, scenario: sc.id, target: t.id, wrk, ledger };

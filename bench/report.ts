@@ -111,16 +111,23 @@ function backendsSection(load: LoadResult): string[] {
   const lines = [
     "## Keybrake on each backend, side by side (medians over rounds)",
     "",
-    "| Keybrake on | scenario | RPS | ÷ Bun floor | p50 | p99 |",
-    "|---|---|---:|---:|---:|---:|",
+    "| Keybrake on | scenario | RPS | ÷ Bun floor | p50 | p99 | p99 ÷ floor's | writes per commit | writes per fsync |",
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|",
   ];
+  const batching = (sc: string, t: string, f: (l: NonNullable<Run["ledger"]>) => number | null) => {
+    const xs = load.runs.filter((r) => r.round > 0 && r.scenario === sc && r.target === t && r.ledger).map((r) => f(r.ledger!)).filter((x): x is number => x !== null && Number.isFinite(x));
+    return xs.length ? median(xs).toFixed(1) : "–";
+  };
+  const floorP99 = (sc: string) => load.summary.find((x) => x.scenario === sc && x.target === "bun-floor")!.p99_us;
   const sameRound = (sc: string, t: string) => {
     const mine = load.runs.filter((r) => r.round > 0 && r.scenario === sc);
     return median(mine.filter((r) => r.target === t).map((r) => r.wrk.rps / mine.find((f) => f.round === r.round && f.target === "bun-floor")!.wrk.rps));
   };
   for (const [id, name] of BACKENDS) {
     for (const s of load.summary.filter((x) => x.target === id && x.rounds > 0)) {
-      lines.push(`| ${name} | ${SCENARIO_NAMES[s.scenario] ?? s.scenario} | ${int(s.rps)} | ${sameRound(s.scenario, id).toFixed(2)}× | ${ms(s.p50_us)} ms | ${ms(s.p99_us)} ms |`);
+      lines.push(
+        `| ${name} | ${SCENARIO_NAMES[s.scenario] ?? s.scenario} | ${int(s.rps)} | ${sameRound(s.scenario, id).toFixed(2)}× | ${ms(s.p50_us)} ms | ${ms(s.p99_us)} ms | ${ratio(s.p99_us, floorP99(s.scenario))} | ${batching(s.scenario, id, (l) => l.writesPerCommit)} | ${batching(s.scenario, id, (l) => l.writesPerFsync)} |`,
+      );
     }
   }
   return lines;
