@@ -111,8 +111,10 @@ export async function runBatch(tx: SQL, queue: () => void, keyId: string, ops: r
   const inserts: NewAudit[] = [];
   const finished: FinishedAudit[] = [];
   const priced = new Map<string, PricedObject>();
-  const hits: { admit: Extract<LedgerOp, { kind: "admit" }>; heldMicros: number; day: string }[] = [];
-  const spent: { changes: SpendChange[]; day: string }[] = [];
+  // Alerts cost round trips only where one may be raised (a day's first refusal, a settlement's spend):
+  // raised after the writes, in arrival order; a threshold costs one only when crossed (thresholds read above).
+  const alertsDue: (() => Promise<boolean>)[] = [];
+  const hitDays = new Set<string>();
 
   const audit = (now: number, k: Pick<LiveKey, "id" | "agent_run_label"> | null, call: CallFacts, outcome: string, errorCode: string | null, estimate: number, state: string, d: string | null): number => {
     const id = idList[inserts.length]!;
@@ -138,8 +140,12 @@ export async function runBatch(tx: SQL, queue: () => void, keyId: string, ops: r
     }
     if (decided.kind === "cap_hit") {
       const auditId = audit(op.now, op.key, op.call, "cap_hit", "cap_exceeded", op.micros, "none", today);
-      // The first refusal of a day raises cap.hit; the mark makes later ones of this batch no-ops anyway.
-      if (!hits.some((h) => h.day === today)) hits.push({ admit: op, heldMicros: decided.heldMicros, day: today });
+      // Only a day's first refusal can raise cap.hit: its mark makes later ones of this batch no-ops anyway.
+      if (alerts && !hitDays.has(today)) {
+        hitDays.add(today);
+        const scope = { kind: "key" as const, id: keyId, label: op.key.agent_run_label };
+        alertsDue.push(() => alerts.hit(tx, scope, decided.heldMicros, op.micros, k.dailyCapMicros, today, op.now));
+      }
       return { kind: "refused", outcome: "cap_hit", auditId, remainingMicros: decided.left, capScope: { kind: "key" } };
     }
     const auditId = audit(op.now, op.key, op.call, "forwarded", null, op.micros, op.micros > 0 ? "reserved" : "none", today);
@@ -170,7 +176,10 @@ export async function runBatch(tx: SQL, queue: () => void, keyId: string, ops: r
     row.reserved -= r.micros;
     row.spent += actual;
     row.touched = true;
-    if (actual > 0) spent.push({ changes: [{ scope: { kind: "key", id: keyId, label: k!.label }, before: row.spent - actual, after: row.spent, capMicros: k!.dailyCapMicros }], day: r.day });
+    if (alerts && actual > 0) {
+      const changes: SpendChange[] = [{ scope: { kind: "key", id: keyId, label: k!.label }, before: row.spent - actual, after: row.spent, capMicros: k!.dailyCapMicros }];
+      alertsDue.push(() => alerts.spent(tx, changes, r.day, Date.now(), thresholds));
+    }
   }
 
   // Second round trip: everything decided, pipelined; each money statement returns what it wrote.
@@ -223,13 +232,7 @@ export async function runBatch(tx: SQL, queue: () => void, keyId: string, ops: r
   }
   await Promise.all(writes);
 
-  // Alerts cost round trips only where one may be raised: a threshold crossed, a day's first refusal.
-  if (alerts) {
-    for (const { admit: op, heldMicros, day: d } of hits) {
-      if (await alerts.hit(tx, { kind: "key", id: keyId, label: op.key.agent_run_label }, heldMicros, op.micros, key!.dailyCapMicros, d, op.now)) queue();
-    }
-    for (const { changes, day: d } of spent) if (await alerts.spent(tx, changes, d, Date.now(), thresholds)) queue();
-  }
+  for (const raise of alertsDue) if (await raise()) queue();
   return results;
 }
 

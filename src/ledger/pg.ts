@@ -30,7 +30,15 @@ import { budgetIdsOver, dayState, decideOnKey, lockKey, n, nn } from "./pg-rows.
  * a replica's decision is only ever taken on rows it holds locked.
  *
  * Writes of one key that arrive together share one such transaction (group commit, below); the
- * checks of each still run on the locked rows, after the writes before it.
+ * checks of each still run on the locked rows, after the writes before it. In the common case
+ * (no repeat guard, no budgets, no carried-over retry) the batch reads the key row FOR UPDATE and
+ * its day rows once, decides every write in arrival order in memory on that state with the same
+ * decision function as admitIn (src/ledger/pg-rows.ts), and writes the net result (pg-batch.ts).
+ * That is as exact as one transaction per write: the key row lock is held from the first read to
+ * the commit, so nothing else can change what was decided on in between; the day rows are written
+ * only under that lock; the rows written are checked to hold exactly what was decided (else the
+ * batch rolls back); and the batch takes no budget lock, so the lock order stays key row → budget
+ * day rows.
  *
  * A transaction that cannot reach the database throws LedgerUnavailable: the proxy answers 503
  * and forwards nothing. A replica that dies mid-call leaves its committed reservation held
@@ -79,6 +87,8 @@ export class PgLedger implements SpendLedger {
   batchedWrites = 0;
   /** The batch of each key now running (or queued behind one): the next batch of that key starts after it. */
   private readonly running = new Map<string, Promise<void>>();
+  /** The batch of each key queued behind its running one, still open to new writes until it starts. */
+  private readonly waiting = new Map<string, PendingWrite[]>();
 
   private write<T>(keyId: string, op: LedgerOp | null, work: (tx: Tx, queue: () => void) => Promise<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
@@ -97,8 +107,20 @@ export class PgLedger implements SpendLedger {
       // One key's batches run one after another, in the order their writes arrived (as every write
       // does on SQLite): a call admitted after an answer always sees that answer's settlement, which
       // was queued before it — two batches in flight at once could take the key's row lock in either order.
+      // Writes that arrive while the key's batch runs all join the one batch waiting behind it, not a batch
+      // per event-loop turn: under load a key's batches grow with its arrival rate instead of queuing up.
+      const waiting = this.waiting.get(keyId);
+      if (waiting) {
+        waiting.push(...group);
+        continue;
+      }
       const before = this.running.get(keyId);
-      const run: Promise<void> = (before ? before.then(() => this.runGroup(keyId, group)) : this.runGroup(keyId, group)).finally(() => {
+      if (before) this.waiting.set(keyId, group);
+      const start = (): Promise<void> => {
+        if (this.waiting.get(keyId) === group) this.waiting.delete(keyId); // started: later writes wait for the next one
+        return this.runGroup(keyId, group);
+      };
+      const run: Promise<void> = (before ? before.then(start) : start()).finally(() => {
         if (this.running.get(keyId) === run) this.running.delete(keyId);
       });
       this.running.set(keyId, run);
