@@ -69,7 +69,6 @@ interface FinishedAudit {
 
 interface Day extends DayState {
   /** The row exists in the database (read in the first round trip) or is created by this batch. */
-  existed: boolean;
   exists: boolean;
   touched: boolean;
 }
@@ -104,8 +103,8 @@ export async function runBatch(tx: SQL, queue: () => void, keyId: string, ops: r
   if (!key && (admission || days.size)) throw new Error(`ledger: key ${keyId} vanished`);
 
   const dayOf = new Map<string, Day>();
-  for (const r of dayRows) dayOf.set(r.day, { ...dayState(r), existed: true, exists: true, touched: false });
-  const day = (d: string): Day => dayOf.get(d) ?? dayOf.set(d, { spent: 0, reserved: 0, existed: false, exists: false, touched: false }).get(d)!;
+  for (const r of dayRows) dayOf.set(r.day, { ...dayState(r), exists: true, touched: false });
+  const day = (d: string): Day => dayOf.get(d) ?? dayOf.set(d, { spent: 0, reserved: 0, exists: false, touched: false }).get(d)!;
   const start = key ? { spent: key.spentTotalMicros, reserved: key.reservedTotalMicros } : null;
   const idList = (ids as { id: unknown }[]).map((r) => Number(r.id));
   const inserts: NewAudit[] = [];
