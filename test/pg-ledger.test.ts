@@ -10,7 +10,7 @@ import { spawn } from "bun";
 import { join } from "node:path";
 import { PG_MIGRATIONS } from "../src/db/migrations.ts";
 import { migratePostgres, openPostgres, type Pg } from "../src/db/pg.ts";
-import type { CallFacts, RepeatGuard } from "../src/domain/ledger.ts";
+import type { CallFacts, LiveKey, RepeatGuard, Reservation } from "../src/domain/ledger.ts";
 import { PgLedger } from "../src/ledger/pg.ts";
 import { PgCapAlerts } from "../src/ledger/pg-alerts.ts";
 import { LedgerUnavailable } from "../src/ledger/types.ts";
@@ -183,6 +183,130 @@ describe.skipIf(!postgresAvailable())("PostgreSQL ledger across replicas", () =>
     const [rows] = await sql`SELECT count(*)::int AS n FROM audit_log WHERE key_id = ${k.id}`;
     expect(rows.n).toBe(2);
   });
+
+  // The batched path (src/ledger/pg-batch.ts) against the one-at-a-time path: the same calls, the same rows.
+  /** A key's audit rows in decision order (ids are taken under the key's lock), without what differs between two keys. */
+  async function auditRows(keyId: string): Promise<Record<string, unknown>[]> {
+    const rows = await sql`SELECT outcome, error_code, estimated_micros::float8 AS estimated, ledger_state, settled_micros::float8 AS settled, vendor_status,
+                                  vendor_request_id, vendor_object_id, latency_ms, (spend_day IS NOT NULL) AS has_day, idempotency_key
+                             FROM audit_log WHERE key_id = ${keyId} ORDER BY id`;
+    return rows.map((r: any) => ({ ...r }));
+  }
+  async function totals(keyId: string) {
+    const [k] = await sql`SELECT spent_total_micros::float8 AS spent, reserved_total_micros::float8 AS reserved FROM vault_keys WHERE id = ${keyId}`;
+    return { ...k };
+  }
+
+  const fanOuts = [
+    { name: "daily cap, $1 calls", dailyUsd: 50, totalUsd: undefined, price: USD, calls: 120 },
+    { name: "daily cap, $3 calls", dailyUsd: 60, totalUsd: undefined, price: 3 * USD, calls: 60 },
+    { name: "lifetime cap under a large daily cap", dailyUsd: 1000, totalUsd: 40, price: 2 * USD, calls: 50 },
+  ];
+  for (const f of fanOuts) {
+    test(`batched fan-out over 2 replicas (${f.name}): exactly the cap, and the rows the one-at-a-time path writes`, async () => {
+      const k = await insertKey(sql, { dailyUsd: f.dailyUsd, totalUsd: f.totalUsd });
+      const key = (await a.findKeyByHash(k.hash))!;
+      const replicas = [a, b];
+      const batchedBefore = a.batchedWrites + b.batchedWrites;
+      const kinds = await Promise.all(
+        Array.from({ length: f.calls }, async (_, i) => {
+          const ledger = replicas[i % 2]!;
+          const r = await ledger.admit(key, call, f.price, Date.now(), null);
+          if (r.kind === "reserved") await ledger.settle(r.reservation, settlement(f.price), null);
+          return r.kind;
+        }),
+      );
+      const cap = Math.min(f.dailyUsd, f.totalUsd ?? Infinity) * USD;
+      const admitted = cap / f.price;
+      expect(a.batchedWrites + b.batchedWrites - batchedBefore).toBeGreaterThan(f.calls / 2); // most admissions and settlements went through batches
+      expect(kinds.filter((x) => x === "reserved").length).toBe(admitted);
+      expect(await day(sql, k.id)).toEqual({ spent: cap, reserved: 0 });
+      expect(await totals(k.id)).toEqual({ spent: cap, reserved: 0 });
+      const rows = await auditRows(k.id);
+      expect(rows.length).toBe(f.calls);
+
+      // The same calls, one at a time on a fresh key: every write its own transaction (the per-write path).
+      const solo = await insertKey(sql, { dailyUsd: f.dailyUsd, totalUsd: f.totalUsd });
+      const soloKey = (await a.findKeyByHash(solo.hash))!;
+      const soloBatched = a.batchedWrites;
+      for (let i = 0; i < f.calls; i++) {
+        const r = await a.admit(soloKey, call, f.price, Date.now(), null);
+        if (r.kind === "reserved") await a.settle(r.reservation, settlement(f.price), null);
+      }
+      expect(a.batchedWrites).toBe(soloBatched);
+      expect(rows).toEqual(await auditRows(solo.id));
+      expect(rows.filter((r) => r.ledger_state === "settled").length).toBe(admitted);
+      expect(rows.filter((r) => r.outcome === "cap_hit").length).toBe(f.calls - admitted);
+    }, 60_000);
+  }
+
+  /** The ledger with each call started only once the one before is done: groups of one, the per-write path. */
+  function serially(ledger: PgLedger): PgLedger {
+    let last: Promise<unknown> = Promise.resolve();
+    return new Proxy(ledger, {
+      get(target, prop) {
+        const v = (target as any)[prop];
+        if (typeof v !== "function") return v;
+        return (...args: unknown[]) => {
+          const next = last.then(() => v.apply(target, args));
+          last = next.catch(() => {});
+          return next;
+        };
+      },
+    });
+  }
+
+  /** Writes of one turn (one group, so one batch), each step after the one before has committed. */
+  type Step = (ledger: PgLedger, key: LiveKey, held: Reservation[]) => Promise<unknown>[];
+  const admitStep = (count: number, micros: number): Step => (ledger, key, held) =>
+    Array.from({ length: count }, () => ledger.admit(key, call, micros, Date.now(), null).then((r) => (r.kind === "reserved" && held.push(r.reservation), r)));
+  const mixes: { name: string; dailyUsd: number; steps: Step[] }[] = [
+    {
+      name: "settle, release, keep unsettled and refuse, then admit into what the releases freed",
+      dailyUsd: 10,
+      steps: [
+        admitStep(6, 2 * USD), // 5 reserved, 1 cap_hit
+        (ledger, key, held) => [
+          ledger.settle(held[0]!, settlement(2 * USD), null, { objectId: "pi_b1", kind: "payment_intent", amount: 200, currency: "usd", countedMicros: 2 * USD }),
+          ledger.release(held[1]!, { ...settlement(0), vendorStatus: 402 }, null),
+          ledger.keepUnsettled(held[2]!, { ...settlement(0), vendorStatus: null }, "upstream_timeout"),
+          ledger.settle(held[3]!, settlement(1 * USD), null), // cheaper than reserved: $1 back
+          ledger.recordRefusal(key, call, "endpoint_denied", "endpoint_not_allowed", Date.now()),
+          ...admitStep(3, 2 * USD)(ledger, key, held), // $3 free after the release and the cheaper settle: 1 fits, 2 refused
+        ],
+        (ledger, _key, held) => held.slice(4).map((r) => ledger.settle(r, settlement(r.micros), null)),
+      ],
+    },
+    {
+      name: "zero-priced calls, calls past the cap and on an expired key",
+      dailyUsd: 1,
+      steps: [
+        admitStep(4, 0),
+        (ledger, key, held) => [
+          ...admitStep(2, USD)(ledger, key, held), // 1 fits, 1 cap_hit
+          ...admitStep(2, 0)(ledger, key, held),
+          ledger.admit(key, call, 0, Date.now() + 7200_000, null), // past expires_at: refused "expired"
+        ],
+      ],
+    },
+  ];
+  for (const m of mixes) {
+    test(`batched group commit (${m.name}): the same results and rows as one transaction per write`, async () => {
+      const run = async (oneAtATime: boolean) => {
+        const k = await insertKey(sql, { dailyUsd: m.dailyUsd });
+        const key = (await a.findKeyByHash(k.hash))!;
+        const held: Reservation[] = [];
+        const results: unknown[] = [];
+        const ledger = oneAtATime ? serially(a) : a;
+        for (const step of m.steps) results.push(...(await Promise.all(step(ledger, key, held))));
+        return { results: JSON.parse(JSON.stringify(results.map((r) => (typeof r === "number" ? "audit id" : r))).replace(/"auditId":\d+/g, '"auditId":0').replace(/"keyId":"[^"]+"/g, '"keyId":""')), rows: await auditRows(k.id), day: await day(sql, k.id), totals: await totals(k.id) };
+      };
+      const before = a.batchedWrites;
+      const batched = await run(false);
+      expect(a.batchedWrites).toBeGreaterThan(before);
+      expect(batched).toEqual(await run(true));
+    });
+  }
 
   test("a replica SIGKILLed mid-fan-out leaves its reservations held, and the others count them", async () => {
     const k = await insertKey(sql, { dailyUsd: 100 });

@@ -23,13 +23,19 @@ export class PgCapAlerts {
     private readonly raised: (e: StoredEvent) => void = () => {},
   ) {}
 
-  async spent(tx: SQL, changes: readonly SpendChange[], day: string, now: number): Promise<boolean> {
-    const moved = changes.filter((c) => c.capMicros > 0 && c.after > c.before);
-    if (moved.length === 0) return false;
+  /** The thresholds subscribed to (the defaults when no webhook asks for cap.threshold), ascending. */
+  async thresholds(tx: SQL): Promise<number[]> {
     const rows = await tx`SELECT thresholds FROM webhooks WHERE deleted_at IS NULL AND events::jsonb ? 'cap.threshold'`;
     const set = new Set<number>();
     for (const r of rows) for (const t of JSON.parse(r.thresholds) as number[]) set.add(t);
-    const thresholds = rows.length ? [...set].sort((a, b) => a - b) : [...DEFAULT_THRESHOLDS];
+    return rows.length ? [...set].sort((a, b) => a - b) : [...DEFAULT_THRESHOLDS];
+  }
+
+  /** `known`: thresholds already read in this transaction (a batch reads them once), so only a crossing costs a round trip. */
+  async spent(tx: SQL, changes: readonly SpendChange[], day: string, now: number, known?: readonly number[]): Promise<boolean> {
+    const moved = changes.filter((c) => c.capMicros > 0 && c.after > c.before);
+    if (moved.length === 0) return false;
+    const thresholds = known ?? (await this.thresholds(tx));
     let queued = false;
     for (const { scope, before, after, capMicros } of moved) {
       for (const t of thresholds) {

@@ -1,0 +1,245 @@
+import type { SQL } from "bun";
+import type { SpendChange } from "../domain/alerts.ts";
+import type { Admission, AuditOutcome, CallFacts, LiveKey, Reservation, Settlement } from "../domain/ledger.ts";
+import { utcDay } from "../domain/time.ts";
+import type { PricedObject } from "../vendors/types.ts";
+import type { PgCapAlerts } from "./pg-alerts.ts";
+import { budgetIdsOver, dayState, decideOnKey, lockKey, type DayState, type KeyState } from "./pg-rows.ts";
+
+/**
+ * The batched path of PgLedger's group commit: a group of one key's writes decided in JS on the
+ * rows read in ONE pipelined round trip under the key's row lock, and written in a second one —
+ * a constant number of statements per batch instead of several per write. Only the common case
+ * takes it (see batchable); anything else runs through PgLedger's per-write code.
+ */
+
+/** A ledger write as data, so a batch can decide it without running it. */
+export type LedgerOp =
+  | { kind: "admit"; key: LiveKey; call: CallFacts; micros: number; now: number }
+  | { kind: "refusal"; key: Pick<LiveKey, "id" | "agent_run_label"> | null; call: CallFacts; outcome: AuditOutcome; errorCode: string; now: number }
+  | { kind: "finish"; r: Reservation; s: Settlement; state: "settled" | "released" | "unsettled"; errorCode: string | null; produced: PricedObject | null };
+
+/**
+ * The ops of a group the batch can take, or null: repeat guards (idempotency records), budget holds
+ * and carried-over retries stay on the per-write path, and so does a group whose admissions saw the
+ * key under different labels or vendors (one budget query serves the batch).
+ */
+export function batchable(keyId: string, ops: readonly (LedgerOp | null)[]): LedgerOp[] | null {
+  let admitted: LiveKey | null = null;
+  for (const op of ops) {
+    if (!op) return null;
+    if (op.kind === "admit") {
+      if (admitted && (admitted.vendor !== op.key.vendor || admitted.agent_run_label !== op.key.agent_run_label)) return null;
+      admitted = op.key;
+    }
+    if (op.kind === "finish" && (op.r.keyId !== keyId || op.r.guard !== null || op.r.retryAuditId !== null || op.r.budgets.length > 0)) return null;
+  }
+  return ops as LedgerOp[];
+}
+
+/** Columns of a new audit row, as insertAudit writes them. */
+interface NewAudit {
+  id: number;
+  ts: number;
+  key_id: string | null;
+  agent_run_label: string | null;
+  vendor: string;
+  method: string;
+  path: string;
+  outcome: string;
+  error_code: string | null;
+  estimated_micros: number;
+  ledger_state: string;
+  spend_day: string | null;
+  idempotency_key: string | null;
+}
+
+/** Columns of a settled, released or unsettled audit row, as finishAudit writes them. */
+interface FinishedAudit {
+  id: number;
+  outcome: string;
+  ledger_state: string;
+  settled_micros: number | null;
+  vendor_status: number | null;
+  vendor_request_id: string | null;
+  vendor_object_id: string | null;
+  latency_ms: number;
+  error_code: string | null;
+}
+
+interface Day extends DayState {
+  /** The row exists in the database (read in the first round trip) or is created by this batch. */
+  exists: boolean;
+  touched: boolean;
+}
+
+/**
+ * Runs the ops in arrival order; returns each op's result (as the per-write code would), or null
+ * before writing anything when the locked state shows the group needs the per-write path (budgets
+ * over the label of an admission). Throws — rolling the whole transaction back — if what was written
+ * is not what was decided.
+ */
+export async function runBatch(tx: SQL, queue: () => void, keyId: string, ops: readonly LedgerOp[], alerts: PgCapAlerts | null): Promise<unknown[] | null> {
+  const admission = ops.find((o) => o.kind === "admit");
+  const days = new Set<string>();
+  let newRows = 0;
+  let spends = false;
+  for (const op of ops) {
+    if (op.kind === "admit") days.add(utcDay(op.now));
+    if (op.kind === "finish" && op.state !== "unsettled") days.add(op.r.day);
+    if (op.kind !== "finish") newRows++;
+    if (op.kind === "finish" && op.state === "settled" && op.s.actualMicros > 0) spends = true;
+  }
+  // First round trip, pipelined behind AUDIT_ORDER_LOCK (sent by PgLedger.tx): the key row lock, then
+  // reads that each see the newest committed rows once it is granted (admitIn says why not joined).
+  const [key, dayRows, budgetIds, thresholds, ids] = await Promise.all([
+    lockKey(tx, keyId),
+    days.size ? tx`SELECT day, spent_micros, reserved_micros FROM key_spend_days WHERE key_id = ${keyId} AND day = ANY(${[...days]}::text[])` : [],
+    admission ? budgetIdsOver(tx, admission.key) : [],
+    alerts && spends ? alerts.thresholds(tx) : undefined,
+    newRows ? tx`SELECT nextval('audit_log_id_seq') AS id FROM generate_series(1, ${newRows})` : [],
+  ]);
+  if (budgetIds.length > 0) return null;
+  if (!key && (admission || days.size)) throw new Error(`ledger: key ${keyId} vanished`);
+
+  const dayOf = new Map<string, Day>();
+  for (const r of dayRows) dayOf.set(r.day, { ...dayState(r), exists: true, touched: false });
+  const day = (d: string): Day => dayOf.get(d) ?? dayOf.set(d, { spent: 0, reserved: 0, exists: false, touched: false }).get(d)!;
+  const start = key ? { spent: key.spentTotalMicros, reserved: key.reservedTotalMicros } : null;
+  const idList = (ids as { id: unknown }[]).map((r) => Number(r.id));
+  const inserts: NewAudit[] = [];
+  const finished: FinishedAudit[] = [];
+  const priced = new Map<string, PricedObject>();
+  // Alerts cost round trips only where one may be raised (a day's first refusal, a settlement's spend):
+  // raised after the writes, in arrival order; a threshold costs one only when crossed (thresholds read above).
+  const alertsDue: (() => Promise<boolean>)[] = [];
+  const hitDays = new Set<string>();
+
+  const audit = (now: number, k: Pick<LiveKey, "id" | "agent_run_label"> | null, call: CallFacts, outcome: string, errorCode: string | null, estimate: number, state: string, d: string | null): number => {
+    const id = idList[inserts.length]!;
+    inserts.push({ id, ts: now, key_id: k?.id ?? null, agent_run_label: k?.agent_run_label ?? null, vendor: call.vendor, method: call.method, path: call.path,
+      outcome, error_code: errorCode, estimated_micros: estimate, ledger_state: state, spend_day: d, idempotency_key: call.idempotencyKey });
+    return id;
+  };
+
+  const results = ops.map((op): unknown => {
+    if (op.kind === "refusal") return audit(op.now, op.key, op.call, op.outcome, op.errorCode, 0, "none", null);
+    if (op.kind === "admit") return admit(op, key!);
+    finish(op, key);
+    return undefined;
+  });
+
+  function admit(op: Extract<LedgerOp, { kind: "admit" }>, k: KeyState): Admission {
+    const today = utcDay(op.now);
+    const row = day(today);
+    const decided = decideOnKey(k, row, op.micros, op.now);
+    if (decided.kind === "closed") {
+      const auditId = audit(op.now, op.key, op.call, decided.outcome, decided.errorCode, op.micros, "none", null);
+      return { kind: "refused", outcome: decided.outcome, auditId, remainingMicros: 0 };
+    }
+    if (decided.kind === "cap_hit") {
+      const auditId = audit(op.now, op.key, op.call, "cap_hit", "cap_exceeded", op.micros, "none", today);
+      // Only a day's first refusal can raise cap.hit: its mark makes later ones of this batch no-ops anyway.
+      if (alerts && !hitDays.has(today)) {
+        hitDays.add(today);
+        const scope = { kind: "key" as const, id: keyId, label: op.key.agent_run_label };
+        alertsDue.push(() => alerts.hit(tx, scope, decided.heldMicros, op.micros, k.dailyCapMicros, today, op.now));
+      }
+      return { kind: "refused", outcome: "cap_hit", auditId, remainingMicros: decided.left, capScope: { kind: "key" } };
+    }
+    const auditId = audit(op.now, op.key, op.call, "forwarded", null, op.micros, op.micros > 0 ? "reserved" : "none", today);
+    if (op.micros > 0) {
+      k.reservedTotalMicros += op.micros;
+      row.reserved += op.micros;
+      row.exists = row.touched = true;
+    }
+    return { kind: "reserved", reservation: { auditId, keyId, day: today, micros: op.micros, remainingMicros: decided.left - op.micros, retryAuditId: null, guard: null, budgets: [] } };
+  }
+
+  function finish(op: Extract<LedgerOp, { kind: "finish" }>, k: KeyState | undefined): void {
+    const { r, s } = op;
+    const actual = op.state === "settled" ? s.actualMicros : 0;
+    if (op.state === "unsettled") {
+      finished.push({ id: r.auditId, outcome: "upstream_error", ledger_state: "unsettled", settled_micros: null, vendor_status: s.vendorStatus, vendor_request_id: s.vendorRequestId,
+        vendor_object_id: s.vendorObjectId, latency_ms: s.latencyMs, error_code: op.errorCode });
+      return;
+    }
+    finished.push({ id: r.auditId, outcome: "forwarded", ledger_state: op.state, settled_micros: actual, vendor_status: s.vendorStatus, vendor_request_id: s.vendorRequestId,
+      vendor_object_id: s.vendorObjectId, latency_ms: s.latencyMs, error_code: null });
+    if (op.produced) priced.set(op.produced.objectId, op.produced);
+    if (!(r.micros > 0 || actual > 0)) return;
+    k!.reservedTotalMicros -= r.micros;
+    k!.spentTotalMicros += actual;
+    const row = day(r.day);
+    if (!row.exists) return; // as finish's UPDATE of a missing day row: nothing to move, no alert
+    row.reserved -= r.micros;
+    row.spent += actual;
+    row.touched = true;
+    if (alerts && actual > 0) {
+      const changes: SpendChange[] = [{ scope: { kind: "key", id: keyId, label: k!.label }, before: row.spent - actual, after: row.spent, capMicros: k!.dailyCapMicros }];
+      alertsDue.push(() => alerts.spent(tx, changes, r.day, Date.now(), thresholds));
+    }
+  }
+
+  // Second round trip: everything decided, pipelined; each money statement returns what it wrote.
+  const writes: Promise<unknown>[] = [];
+  if (inserts.length) {
+    writes.push(tx`INSERT INTO audit_log (id, ts, key_id, agent_run_label, vendor, method, path, outcome, error_code, estimated_micros, ledger_state, spend_day, idempotency_key)
+                   SELECT * FROM jsonb_to_recordset(${JSON.stringify(inserts)}::text::jsonb) AS x(id bigint, ts bigint, key_id text, agent_run_label text, vendor text, method text,
+                     path text, outcome text, error_code text, estimated_micros bigint, ledger_state text, spend_day text, idempotency_key text)`);
+  }
+  if (key && start && (key.spentTotalMicros !== start.spent || key.reservedTotalMicros !== start.reserved)) {
+    writes.push(
+      expect(
+        `key ${keyId} totals`,
+        tx`UPDATE vault_keys SET reserved_total_micros = reserved_total_micros + ${key.reservedTotalMicros - start.reserved}, spent_total_micros = spent_total_micros + ${key.spentTotalMicros - start.spent}
+            WHERE id = ${keyId} RETURNING spent_total_micros AS spent, reserved_total_micros AS reserved`,
+        { spent: key.spentTotalMicros, reserved: key.reservedTotalMicros },
+      ),
+    );
+  }
+  const before = new Map((dayRows as any[]).map((r) => [r.day as string, dayState(r)]));
+  for (const [d, row] of dayOf) {
+    if (!row.touched) continue;
+    const was = before.get(d);
+    const want = { spent: row.spent, reserved: row.reserved };
+    writes.push(
+      expect(
+        `key ${keyId} day ${d}`,
+        was
+          ? tx`UPDATE key_spend_days SET spent_micros = spent_micros + ${row.spent - was.spent}, reserved_micros = reserved_micros + ${row.reserved - was.reserved}
+                WHERE key_id = ${keyId} AND day = ${d} RETURNING spent_micros AS spent, reserved_micros AS reserved`
+          : tx`INSERT INTO key_spend_days (key_id, day, spent_micros, reserved_micros) VALUES (${keyId}, ${d}, ${row.spent}, ${row.reserved})
+                RETURNING spent_micros AS spent, reserved_micros AS reserved`,
+        want,
+      ),
+    );
+  }
+  if (finished.length) {
+    writes.push(tx`UPDATE audit_log a SET outcome = v.outcome, ledger_state = v.ledger_state, settled_micros = v.settled_micros, vendor_status = v.vendor_status,
+                     vendor_request_id = v.vendor_request_id, vendor_object_id = v.vendor_object_id, latency_ms = v.latency_ms, error_code = v.error_code
+                     FROM jsonb_to_recordset(${JSON.stringify(finished)}::text::jsonb) AS v(id bigint, outcome text, ledger_state text, settled_micros bigint, vendor_status integer,
+                       vendor_request_id text, vendor_object_id text, latency_ms double precision, error_code text)
+                    WHERE a.id = v.id`);
+  }
+  if (priced.size) {
+    const rows = [...priced.values()].map((o) => ({ object_id: o.objectId, kind: o.kind, amount: o.amount, currency: o.currency, counted_micros: o.countedMicros }));
+    writes.push(tx`INSERT INTO priced_objects (key_id, object_id, kind, amount, currency, counted_micros, updated_at)
+                   SELECT ${keyId}, x.*, ${Date.now()}::bigint FROM jsonb_to_recordset(${JSON.stringify(rows)}::text::jsonb) AS x(object_id text, kind text, amount bigint, currency text, counted_micros bigint)
+                   ON CONFLICT (key_id, object_id) DO UPDATE SET kind = EXCLUDED.kind, amount = EXCLUDED.amount, currency = EXCLUDED.currency,
+                     counted_micros = EXCLUDED.counted_micros, updated_at = EXCLUDED.updated_at`);
+  }
+  await Promise.all(writes);
+
+  for (const raise of alertsDue) if (await raise()) queue();
+  return results;
+}
+
+/** The invariant, checked on what was written: the row holds exactly what the batch decided on (else the batch rolls back). */
+async function expect(what: string, q: Promise<any[]>, want: { spent: number; reserved: number }): Promise<void> {
+  const [row] = await q;
+  const got = { spent: Number(row?.spent), reserved: Number(row?.reserved) };
+  if (got.spent !== want.spent || got.reserved !== want.reserved) {
+    throw new Error(`ledger invariant broken: ${what} hold ${JSON.stringify(got)}, decided ${JSON.stringify(want)}`);
+  }
+}
