@@ -205,8 +205,20 @@ export interface KeyStore {
   /** Keys matching the filter, newest first, older than the cursor; at most `limit`. */
   list(f: KeyListFilter & { issuedBy?: string }, now: number): Promise<VaultKeyRow[]>;
   countByStatus(f: Pick<KeyFilter, "label" | "vendor">, now: number): Promise<Record<KeyStatus, number>>;
-  /** The key's row of key_spend_days for `day` (YYYY-MM-DD, UTC), if it spent or reserved anything. */
-  spendOn(keyId: string, day: string): Promise<{ spentMicros: number; reservedMicros: number } | null>;
+  /**
+   * The key's spend on `day` (YYYY-MM-DD, UTC; 0 before its first call) with its lifetime totals,
+   * read in ONE statement: a settlement moves money between both rows in one transaction, so
+   * reading them apart could show it neither reserved nor spent (a settlement on another replica
+   * committing between the two reads). Null when there is no such key.
+   */
+  spendOn(keyId: string, day: string): Promise<KeySpend | null>;
+}
+
+export interface KeySpend {
+  spentMicros: number;
+  reservedMicros: number;
+  spentTotalMicros: number;
+  reservedTotalMicros: number;
 }
 
 /** One page of a list asked for with `limit + 1` rows: the page, and the cursor of the next one. */
@@ -349,16 +361,17 @@ export class KeyService {
     return { rows, newlyRevoked: revokedIds.length };
   }
 
-  /** Spend today (UTC) and over the key's life, in USD. */
+  /** Spend today (UTC) and over the key's life, in USD, as of one moment. */
   async spend(row: VaultKeyRow, now = Date.now()) {
-    const today = await this.store.spendOn(row.id, utcDay(now));
-    const spent = today?.spentMicros ?? 0;
-    const reserved = today?.reservedMicros ?? 0;
+    const s = await this.store.spendOn(row.id, utcDay(now));
+    const spent = s?.spentMicros ?? 0;
+    const reserved = s?.reservedMicros ?? 0;
+    const totals = s ? { ...row, spentTotalMicros: s.spentTotalMicros, reservedTotalMicros: s.reservedTotalMicros } : row;
     return {
       spent_today_usd: microsToUsd(spent),
       reserved_usd: microsToUsd(reserved),
-      remaining_today_usd: microsToUsd(remainingMicros(row, spent, reserved)),
-      spent_total_usd: microsToUsd(row.spentTotalMicros),
+      remaining_today_usd: microsToUsd(remainingMicros(totals, spent, reserved)),
+      spent_total_usd: microsToUsd(totals.spentTotalMicros),
     };
   }
 

@@ -190,7 +190,7 @@ export async function runBatch(tx: SQL, queue: () => void, keyId: string, ops: r
   }
   if (key && start && (key.spentTotalMicros !== start.spent || key.reservedTotalMicros !== start.reserved)) {
     writes.push(
-      expect(
+      expectWritten(
         `key ${keyId} totals`,
         tx`UPDATE vault_keys SET reserved_total_micros = reserved_total_micros + ${key.reservedTotalMicros - start.reserved}, spent_total_micros = spent_total_micros + ${key.spentTotalMicros - start.spent}
             WHERE id = ${keyId} RETURNING spent_total_micros AS spent, reserved_total_micros AS reserved`,
@@ -204,7 +204,7 @@ export async function runBatch(tx: SQL, queue: () => void, keyId: string, ops: r
     const was = before.get(d);
     const want = { spent: row.spent, reserved: row.reserved };
     writes.push(
-      expect(
+      expectWritten(
         `key ${keyId} day ${d}`,
         was
           ? tx`UPDATE key_spend_days SET spent_micros = spent_micros + ${row.spent - was.spent}, reserved_micros = reserved_micros + ${row.reserved - was.reserved}
@@ -236,7 +236,7 @@ export async function runBatch(tx: SQL, queue: () => void, keyId: string, ops: r
 }
 
 /** The invariant, checked on what was written: the row holds exactly what the batch decided on (else the batch rolls back). */
-async function expect(what: string, q: Promise<any[]>, want: { spent: number; reserved: number }): Promise<void> {
+async function expectWritten(what: string, q: Promise<any[]>, want: { spent: number; reserved: number }): Promise<void> {
   const [row] = await q;
   const got = { spent: Number(row?.spent), reserved: Number(row?.reserved) };
   if (got.spent !== want.spent || got.reserved !== want.reserved) {

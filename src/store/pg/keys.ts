@@ -1,4 +1,4 @@
-import { and, desc, eq, inArray, isNull } from "drizzle-orm";
+import { and, desc, eq, inArray, isNull, sql } from "drizzle-orm";
 import type { VaultKeyRow } from "../../db/schema.ts";
 import type { NewEvent } from "../../domain/events.ts";
 import type { KeyChange, KeyFilter, KeyListFilter, KeySelector, KeyStatus, KeyStore } from "../../domain/keys.ts";
@@ -87,9 +87,15 @@ export class PgKeyStore implements KeyStore {
 
   async spendOn(keyId: string, day: string) {
     const [row] = await this.orm
-      .select({ spentMicros: keySpendDays.spentMicros, reservedMicros: keySpendDays.reservedMicros })
-      .from(keySpendDays)
-      .where(and(eq(keySpendDays.keyId, keyId), eq(keySpendDays.day, day)))
+      .select({
+        spentMicros: sql<number>`coalesce(${keySpendDays.spentMicros}, 0)`.mapWith(Number),
+        reservedMicros: sql<number>`coalesce(${keySpendDays.reservedMicros}, 0)`.mapWith(Number),
+        spentTotalMicros: vaultKeys.spentTotalMicros,
+        reservedTotalMicros: vaultKeys.reservedTotalMicros,
+      })
+      .from(vaultKeys)
+      .leftJoin(keySpendDays, and(eq(keySpendDays.keyId, vaultKeys.id), eq(keySpendDays.day, day)))
+      .where(eq(vaultKeys.id, keyId))
       .limit(1);
     return row ?? null;
   }

@@ -1,4 +1,4 @@
-import { and, desc, eq, isNull } from "drizzle-orm";
+import { and, desc, eq, isNull, sql } from "drizzle-orm";
 import type { Db } from "../../db/connection.ts";
 import { keySpendDays, vaultKeys, type VaultKeyRow } from "../../db/schema.ts";
 import type { EventLog, NewEvent } from "../../domain/events.ts";
@@ -85,9 +85,15 @@ export class SqliteKeyStore implements KeyStore {
 
   async spendOn(keyId: string, day: string) {
     const row = this.db.orm
-      .select({ spentMicros: keySpendDays.spentMicros, reservedMicros: keySpendDays.reservedMicros })
-      .from(keySpendDays)
-      .where(and(eq(keySpendDays.keyId, keyId), eq(keySpendDays.day, day)))
+      .select({
+        spentMicros: sql<number>`coalesce(${keySpendDays.spentMicros}, 0)`.mapWith(Number),
+        reservedMicros: sql<number>`coalesce(${keySpendDays.reservedMicros}, 0)`.mapWith(Number),
+        spentTotalMicros: vaultKeys.spentTotalMicros,
+        reservedTotalMicros: vaultKeys.reservedTotalMicros,
+      })
+      .from(vaultKeys)
+      .leftJoin(keySpendDays, and(eq(keySpendDays.keyId, vaultKeys.id), eq(keySpendDays.day, day)))
+      .where(eq(vaultKeys.id, keyId))
       .get();
     return row ?? null;
   }
