@@ -158,7 +158,8 @@ export class Ledger implements SpendLedger {
   private readonly commitBatch: (batch: PendingWrite[], results: { ok: boolean; value: unknown }[]) => void;
   private readonly budgets: BudgetLedger;
   private readonly walSync: WalSync;
-  private readonly counts: LedgerStats = { commits: 0, writes: 0, fsyncs: 0 };
+  /** Commits and writes so far (fsyncs are WalSync's own count). */
+  private readonly counts = { commits: 0, writes: 0 };
 
   /** `alerts` raises cap.threshold and cap.hit inside the transaction that moved the money. */
   constructor(

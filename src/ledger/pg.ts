@@ -47,7 +47,6 @@ import { budgetIdsOver, dayState, decideOnKey, lockKey, n, nn } from "./pg-rows.
 
 type Tx = SQL;
 
-
 interface PendingWrite {
   work: (tx: Tx, queue: () => void) => Promise<any>;
   /** The same write as data, for the batched path (runBatch). */

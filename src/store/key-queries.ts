@@ -93,3 +93,16 @@ export function daySpendTotals(d: SpendDaysTable) {
     reserved: num(sql`coalesce(sum(${d.reservedMicros}), 0)`),
   };
 }
+
+/** A key's spend on one day with its lifetime totals (KeyStore.spendOn: one statement, one moment). */
+export function keySpendWithTotals(k: KeyTable, d: SpendDaysTable) {
+  return {
+    spentMicros: num(sql`coalesce(${d.spentMicros}, 0)`),
+    reservedMicros: num(sql`coalesce(${d.reservedMicros}, 0)`),
+    spentTotalMicros: num(sql`${k.spentTotalMicros}`),
+    reservedTotalMicros: num(sql`${k.reservedTotalMicros}`),
+  };
+}
+
+/** The join of a key to its day row for `day` (absent before its first call of the day). */
+export const keyDayRow = (k: KeyTable, d: SpendDaysTable, day: string) => and(eq(d.keyId, k.id), eq(d.day, day))!;

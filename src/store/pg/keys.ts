@@ -1,9 +1,9 @@
-import { and, desc, eq, inArray, isNull, sql } from "drizzle-orm";
+import { and, desc, eq, inArray, isNull } from "drizzle-orm";
 import type { VaultKeyRow } from "../../db/schema.ts";
 import type { NewEvent } from "../../domain/events.ts";
 import type { KeyChange, KeyFilter, KeyListFilter, KeySelector, KeyStatus, KeyStore } from "../../domain/keys.ts";
 import { pgSchema, type PgOrm } from "../backend.ts";
-import { keyConditions, selected, statusCounts } from "../key-queries.ts";
+import { keyConditions, keyDayRow, keySpendWithTotals, selected, statusCounts } from "../key-queries.ts";
 import type { PgEventLog } from "./events.ts";
 
 const { keySpendDays, vaultKeys } = pgSchema;
@@ -87,14 +87,9 @@ export class PgKeyStore implements KeyStore {
 
   async spendOn(keyId: string, day: string) {
     const [row] = await this.orm
-      .select({
-        spentMicros: sql<number>`coalesce(${keySpendDays.spentMicros}, 0)`.mapWith(Number),
-        reservedMicros: sql<number>`coalesce(${keySpendDays.reservedMicros}, 0)`.mapWith(Number),
-        spentTotalMicros: vaultKeys.spentTotalMicros,
-        reservedTotalMicros: vaultKeys.reservedTotalMicros,
-      })
+      .select(keySpendWithTotals(vaultKeys, keySpendDays))
       .from(vaultKeys)
-      .leftJoin(keySpendDays, and(eq(keySpendDays.keyId, vaultKeys.id), eq(keySpendDays.day, day)))
+      .leftJoin(keySpendDays, keyDayRow(vaultKeys, keySpendDays, day))
       .where(eq(vaultKeys.id, keyId))
       .limit(1);
     return row ?? null;

@@ -1,9 +1,9 @@
-import { and, desc, eq, isNull, sql } from "drizzle-orm";
+import { and, desc, eq, isNull } from "drizzle-orm";
 import type { Db } from "../../db/connection.ts";
 import { keySpendDays, vaultKeys, type VaultKeyRow } from "../../db/schema.ts";
 import type { EventLog, NewEvent } from "../../domain/events.ts";
 import type { KeyChange, KeyFilter, KeyListFilter, KeySelector, KeyStatus, KeyStore } from "../../domain/keys.ts";
-import { keyConditions, selected, statusCounts } from "../key-queries.ts";
+import { keyConditions, keyDayRow, keySpendWithTotals, selected, statusCounts } from "../key-queries.ts";
 
 /**
  * Vault keys in the SQLite file. Every write is one IMMEDIATE transaction: it holds the file's
@@ -85,14 +85,9 @@ export class SqliteKeyStore implements KeyStore {
 
   async spendOn(keyId: string, day: string) {
     const row = this.db.orm
-      .select({
-        spentMicros: sql<number>`coalesce(${keySpendDays.spentMicros}, 0)`.mapWith(Number),
-        reservedMicros: sql<number>`coalesce(${keySpendDays.reservedMicros}, 0)`.mapWith(Number),
-        spentTotalMicros: vaultKeys.spentTotalMicros,
-        reservedTotalMicros: vaultKeys.reservedTotalMicros,
-      })
+      .select(keySpendWithTotals(vaultKeys, keySpendDays))
       .from(vaultKeys)
-      .leftJoin(keySpendDays, and(eq(keySpendDays.keyId, vaultKeys.id), eq(keySpendDays.day, day)))
+      .leftJoin(keySpendDays, keyDayRow(vaultKeys, keySpendDays, day))
       .where(eq(vaultKeys.id, keyId))
       .get();
     return row ?? null;
