@@ -354,9 +354,13 @@ export function seedAuditRows(dbFile: string, rows: number): number {
   return (performance.now() - t0) / 1000;
 }
 
-/** One wrk run of bench/pi.lua ($29 PaymentIntents) against `url`, on the load core. */
-export async function wrk(url: string, conns: number, seconds: number, key: string) {
-  const cmd = ["wrk", "-t1", `-c${conns}`, `-d${seconds}s`, "--timeout", "5s", "-s", join(ROOT, "bench", "pi.lua"), `${url}/v1/payment_intents`, "--", key];
+/**
+ * One wrk run of $29 PaymentIntents against `url`, on the load core: bench/pi.lua (no
+ * Idempotency-Key) unless `script` (or BENCH_LUA) names another, such as pi-idem.lua (a fresh
+ * key per call, as stripe-node sends).
+ */
+export async function wrk(url: string, conns: number, seconds: number, key: string, script = process.env.BENCH_LUA ?? "pi.lua") {
+  const cmd = ["wrk", "-t1", `-c${conns}`, `-d${seconds}s`, "--timeout", "5s", "-s", join(ROOT, "bench", script), `${url}/v1/payment_intents`, "--", key];
   const { stdout } = await runBounded(cmd, (seconds + 20) * 1000);
   const line = stdout.split("\n").find((l) => l.startsWith("WRK_RESULT "));
   if (!line) throw new Error(`wrk failed: ${stdout}`);
