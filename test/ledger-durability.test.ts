@@ -19,7 +19,7 @@ let stack: Awaited<ReturnType<typeof startProxyStack>>;
 beforeAll(async () => (stack = await startProxyStack()));
 afterAll(() => stack.stop());
 
-test("a reserving commit is on disk before the vendor sees its call; no commit fsyncs on the event loop; settlements and refusals wait for none", async () => {
+test("a reserving commit is on disk before the vendor sees its call; no commit fsyncs on the event loop; settlements, cap hits and refusals wait for none", async () => {
   const sqlite = sqliteOf(stack.kb.services);
   // The mode in force, read fresh (a cached PRAGMA statement can answer from before the change).
   const mode = () => (sqlite.prepare("PRAGMA synchronous").get() as { synchronous: number }).synchronous;
@@ -28,7 +28,7 @@ test("a reserving commit is on disk before the vendor sees its call; no commit f
   const commit = ledger.commitBatch;
   const fsync = (WalSync.prototype as unknown as { fsync: () => Promise<void> }).fsync;
   ledger.commitBatch = (batch, results) => {
-    trail.push(`commit ${mode()}:${batch.map((w) => (w.durable ? "reserve" : "other")).join(",")}`);
+    trail.push(`commit ${mode()}:${batch.map((w) => (w.durable ? "admit" : "other")).join(",")}`);
     return commit(batch, results);
   };
   (ledger.walSync as unknown as { fsync: () => Promise<void> }).fsync = async function (this: WalSync) {
@@ -40,11 +40,13 @@ test("a reserving commit is on disk before the vendor sees its call; no commit f
   const upstream = forwarder.fetchUpstream;
   forwarder.fetchUpstream = ((...args: Parameters<typeof fetch>) => (trail.push("vendor"), upstream(...args))) as typeof fetch;
   try {
-    const key = await stack.kb.issueKey(seedKeyBody({ daily_usd_cap: 100 }));
+    const key = await stack.kb.issueKey(seedKeyBody({ daily_usd_cap: 50 }));
     trail.length = 0;
     const ok = await proxied(stack.kb.url, key.vault_key, "POST", "/v1/payment_intents", { amount: "2900", currency: "usd" });
     expect(ok.status).toBe(200);
     await stack.kb.services.forwarder.settled(); // its settlement commits after the answer, in a batch of its own here
+    const capHit = await proxied(stack.kb.url, key.vault_key, "POST", "/v1/payment_intents", { amount: "2900", currency: "usd" });
+    expect(capHit.status).toBe(429); // $29 spent, $29 more does not fit under $50: nothing is forwarded
     const unknown = await proxied(stack.kb.url, "vk_nope", "POST", "/v1/payment_intents", { amount: "2900", currency: "usd" });
     expect(unknown.status).toBe(401);
   } finally {
@@ -53,7 +55,8 @@ test("a reserving commit is on disk before the vendor sees its call; no commit f
     delete (ledger.walSync as unknown as { fsync?: unknown }).fsync;
   }
   // 1 = NORMAL: no commit syncs inside itself; the reservation's fsync runs after its commit and before the vendor.
-  expect(trail).toEqual(["commit 1:reserve", "fsync begins", "fsync done", "vendor", "commit 1:other", "commit 1:other"]);
+  // The cap hit's admission commits and is answered with no fsync: it forwarded nothing.
+  expect(trail).toEqual(["commit 1:admit", "fsync begins", "fsync done", "vendor", "commit 1:other", "commit 1:admit", "commit 1:other"]);
   expect(mode()).toBe(1);
 });
 

@@ -146,11 +146,16 @@ interface RepeatRow {
 
 interface PendingWrite {
   write: () => unknown;
-  /** This write reserves money that is about to be forwarded: it resolves once its commit would survive power loss. */
-  durable: boolean;
+  /**
+   * Set on an admission that may reserve money: given what the write returned, says whether it did, so a
+   * call is about to be forwarded on it and it must resolve only once its commit would survive power loss.
+   */
+  durable: ((value: any) => boolean) | null;
   resolve: (value: any) => void;
   reject: (error: unknown) => void;
 }
+
+const reservesMoney = (a: Admission) => a.kind === "reserved";
 
 export class Ledger implements SpendLedger {
   private readonly q: Record<string, Statement<any, any[]>>;
@@ -261,7 +266,8 @@ export class Ledger implements SpendLedger {
 
   /** Admits a call: re-checks the key, recognises repeats, checks the caps and reserves; committed when it resolves. */
   admit(key: LiveKey, call: CallFacts, micros: number, now: number, guard: RepeatGuard | null): Promise<Admission> {
-    return this.write(() => this.admitInTransaction(key, call, micros, now, guard), micros > 0);
+    // A refusal, replay or mismatch forwards nothing, so it waits for no fsync (a lost refusal loses only its audit row).
+    return this.write(() => this.admitInTransaction(key, call, micros, now, guard), micros > 0 ? reservesMoney : null);
   }
 
   /** 2xx: the call cost `actualMicros`; the answer is kept for replays; what a priced call produced is recorded in the same transaction. */
@@ -297,7 +303,7 @@ export class Ledger implements SpendLedger {
   }
 
   /** Queues a write for the next group commit, which runs once this event-loop turn is done. */
-  private write<T>(write: () => T, durable = false): Promise<T> {
+  private write<T>(write: () => T, durable: ((value: T) => boolean) | null = null): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       if (this.pending.push({ write, durable, resolve, reject }) === 1) setImmediate(() => this.flush());
     });
@@ -322,7 +328,7 @@ export class Ledger implements SpendLedger {
     batch.forEach((w, i) => {
       const r = results[i]!;
       if (!r.ok) w.reject(r.value);
-      else if (w.durable) durable.push([w, r.value]);
+      else if (w.durable?.(r.value)) durable.push([w, r.value]);
       else w.resolve(r.value);
     });
     this.counts.commits++;
