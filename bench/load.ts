@@ -59,6 +59,8 @@ interface Scenario {
   vendor: VendorKind;
   conns: number;
   seconds: number;
+  /** The wrk script under bench/: pi.lua, or pi-idem.lua for stripe-node's fresh Idempotency-Key per call. */
+  lua: string;
 }
 
 export interface WrkResult {
@@ -106,7 +108,6 @@ const SLOW_SECONDS = Number(process.env.BENCH_SLOW_DURATION ?? (SMOKE ? 2 : 5));
 const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP ?? (SMOKE ? 1 : 2));
 /** Far above what any run can spend ($29 × ~10⁵ calls), below the API's $10⁹ maximum. */
 const BIG_CAP_USD = 1_000_000_000;
-const PI_LUA = join(ROOT, "bench", "pi.lua");
 
 const TARGETS: Record<VendorKind, Target[]> = {
   fast: [
@@ -131,17 +132,19 @@ const TARGETS: Record<VendorKind, Target[]> = {
 };
 
 const SCENARIOS: Scenario[] = [
-  { id: "fast-c1", vendor: "fast", conns: 1, seconds: SECONDS },
-  { id: "fast-c32", vendor: "fast", conns: 32, seconds: SECONDS },
-  { id: "slow50-c32", vendor: "slow", conns: 32, seconds: SLOW_SECONDS },
+  { id: "fast-c1", vendor: "fast", conns: 1, seconds: SECONDS, lua: "pi.lua" },
+  { id: "fast-c32", vendor: "fast", conns: 32, seconds: SECONDS, lua: "pi.lua" },
+  // What stripe-node really sends: every call takes the repeat-guard path and stores its answer.
+  { id: "fast-c32-idem", vendor: "fast", conns: 32, seconds: SECONDS, lua: "pi-idem.lua" },
+  { id: "slow50-c32", vendor: "slow", conns: 32, seconds: SLOW_SECONDS, lua: "pi.lua" },
 ];
 
 // ---------------------------------------------------------------------------
 // wrk
 // ---------------------------------------------------------------------------
 
-async function runWrk(url: string, conns: number, seconds: number, vaultKey: string): Promise<WrkResult> {
-  const cmd = ["wrk", "-t1", `-c${conns}`, `-d${seconds}s`, "--timeout", "5s", "-s", PI_LUA, `${url}/v1/payment_intents`, "--", vaultKey];
+async function runWrk(url: string, sc: Scenario, seconds: number, vaultKey: string): Promise<WrkResult> {
+  const cmd = ["wrk", "-t1", `-c${sc.conns}`, `-d${seconds}s`, "--timeout", "5s", "-s", join(ROOT, "bench", sc.lua), `${url}/v1/payment_intents`, "--", vaultKey];
   const { code, stdout, stderr } = await runBounded(cmd, (seconds + 20) * 1000);
   const line = stdout.split("\n").find((l) => l.startsWith("WRK_RESULT "));
   if (code !== 0 || !line) throw new Error(`wrk failed (exit ${code}): ${stderr || stdout}`);
@@ -211,7 +214,7 @@ async function vendorCounter(kind: VendorKind): Promise<() => Promise<number>> {
 
 async function runTarget(t: Target, sc: Scenario, round: number, seconds: number, checks: Check[]): Promise<Run> {
   if (!t.audit) {
-    const wrk = await runWrk(t.url, sc.conns, seconds, "vk_unused_by_plain_proxies");
+    const wrk = await runWrk(t.url, sc, seconds, "vk_unused_by_plain_proxies");
     return { round, scenario: sc.id, target: t.id, wrk };
   }
   // A fresh key per run, so each run's ledger can be checked on its own.
@@ -219,7 +222,7 @@ async function runTarget(t: Target, sc: Scenario, round: number, seconds: number
   const reachedVendor = await vendorCounter(sc.vendor);
   const counted = t.replicas ?? [t.url];
   const countersBefore = await ledgerCounters(counted);
-  const wrk = await runWrk(t.url, sc.conns, seconds, key.vault_key);
+  const wrk = await runWrk(t.url, sc, seconds, key.vault_key);
   const view = await settledView(t.url, key.key_id);
   const countersAfter = await ledgerCounters(counted);
   const writes = countersAfter.writes - countersBefore.writes;

@@ -58,6 +58,7 @@ const BACKENDS: [string, string][] = [
 const SCENARIO_NAMES: Record<string, string> = {
   "fast-c1": "nginx fake vendor, 1 connection",
   "fast-c32": "nginx fake vendor, 32 connections",
+  "fast-c32-idem": "nginx fake vendor, 32 connections, an Idempotency-Key per call",
   "slow50-c32": "50 ms Bun fake vendor, 32 connections",
 };
 
