@@ -21,7 +21,39 @@ describe("embedded migrations", () => {
     expect(migrate(db)).toEqual([]);
     expect(schema()).toEqual(before);
   });
+
+  test("0009 moves the stored answers into an ordinary table: every record as it was, still one per (key, Idempotency-Key)", () => {
+    const db = new Database(join(tempDir(), "k.db"));
+    // A data dir as the previous release left it: migrated up to 0008, with answers stored.
+    const upTo = MIGRATIONS.findIndex((m) => m.name.startsWith("0009"));
+    migrateOnly(db, MIGRATIONS.slice(0, upTo));
+    const put = db.prepare(
+      `INSERT INTO idempotency_records (key_id, idem_key, request_hash, state, audit_id, reserved_micros, spend_day, status, headers, body, updated_at, expires_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    );
+    put.run("key_a", "stripe-node-retry-1", "h1", "completed", 7, 29_000_000, "2026-12-02", 200, '[["request-id","req_1"]]', new Uint8Array([123, 0, 255]), 1, 2);
+    put.run("key_a", "stripe-node-retry-2", "h2", "in_flight", 8, 5, "2026-12-02", null, null, null, 3, 4);
+    put.run("key_b", "stripe-node-retry-1", "h3", "unknown", 9, 0, "2026-12-01", null, null, null, 5, 6);
+    const rows = () => db.query("SELECT * FROM idempotency_records ORDER BY key_id, idem_key").all();
+    const before = rows();
+    expect(migrate(db)).toEqual(["0009_idempotency_rowid.sql"]);
+    expect(rows()).toEqual(before);
+    const table = db.query("SELECT sql FROM sqlite_master WHERE name = 'idempotency_records'").get() as { sql: string };
+    expect(table.sql).not.toContain("WITHOUT ROWID");
+    expect(() => put.run("key_a", "stripe-node-retry-1", "h9", "in_flight", 10, 1, "2026-12-02", null, null, null, 7, 8)).toThrow(/UNIQUE/);
+    const indexes = db.query("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'idempotency_records' AND sql IS NOT NULL ORDER BY name").all();
+    expect(indexes).toEqual([{ name: "idempotency_audit" }, { name: "idempotency_expiry" }]);
+  });
 });
+
+/** Applies just these migrations, as an older release would have (recorded, so migrate() skips them). */
+function migrateOnly(db: Database, migrations: readonly { name: string; sql: string }[]): void {
+  db.exec("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)");
+  for (const m of migrations) {
+    db.exec(m.sql);
+    db.query("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)").run(m.name, 0);
+  }
+}
 
 describe("configuration", () => {
   const cases: [Record<string, string>, RegExp][] = [

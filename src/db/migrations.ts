@@ -11,6 +11,7 @@ import m0005 from "../../migrations/0005_priced_objects.sql" with { type: "text"
 import m0006 from "../../migrations/0006_operations.sql" with { type: "text" };
 import m0007 from "../../migrations/0007_token_roles.sql" with { type: "text" };
 import m0008 from "../../migrations/0008_budgets_webhooks.sql" with { type: "text" };
+import m0009 from "../../migrations/0009_idempotency_rowid.sql" with { type: "text" };
 import pg0001 from "../../migrations/pg/0001_init.sql" with { type: "text" };
 import pg0002 from "../../migrations/pg/0002_audit_bytewise_text.sql" with { type: "text" };
 import pg0003 from "../../migrations/pg/0003_vault_keys_label_collation.sql" with { type: "text" };
@@ -24,6 +25,7 @@ export const MIGRATIONS: readonly { name: string; sql: string }[] = [
   { name: "0006_operations.sql", sql: m0006 },
   { name: "0007_token_roles.sql", sql: m0007 },
   { name: "0008_budgets_webhooks.sql", sql: m0008 },
+  { name: "0009_idempotency_rowid.sql", sql: m0009 },
 ];
 
 /** PostgreSQL (SPEC §8): the same tables in migrations/pg/; test/pg-schema.test.ts keeps both in step. */
