@@ -95,6 +95,8 @@ export class PgLedger implements SpendLedger {
   private pending = new Map<string, PendingWrite[]>();
   /** Writes run through the batched path (runBatch): tests check that it is taken. */
   batchedWrites = 0;
+  /** Batches rolled back (a write failed, or what was written was not what was decided) and run again one write at a time. */
+  batchFailures = 0;
   /** The batch of each key now running (or queued behind one): the next batch of that key starts after it. */
   private readonly running = new Map<string, Promise<void>>();
   /** The batch of each key queued behind its running one, still open to new writes until it starts or is full. */
@@ -174,6 +176,7 @@ export class PgLedger implements SpendLedger {
       });
     } catch (e) {
       if (e instanceof LedgerUnavailable) return void group.forEach((w) => w.reject(e));
+      this.batchFailures++;
       for (const w of group) await this.committed(w.work).then(w.resolve, w.reject);
       return;
     }
