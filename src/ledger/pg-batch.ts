@@ -1,6 +1,6 @@
 import type { SQL } from "bun";
 import type { SpendChange } from "../domain/alerts.ts";
-import type { Admission, AuditOutcome, CallFacts, LiveKey, Reservation, Settlement } from "../domain/ledger.ts";
+import type { Admission, AuditOutcome, CallFacts, LiveKey, RepeatGuard, Reservation, Settlement, StoredAnswer } from "../domain/ledger.ts";
 import { utcDay } from "../domain/time.ts";
 import type { PricedObject } from "../vendors/types.ts";
 import type { PgCapAlerts } from "./pg-alerts.ts";
@@ -15,26 +15,50 @@ import { budgetIdsOver, dayState, decideOnKey, lockKey, type DayState, type KeyS
 
 /** A ledger write as data, so a batch can decide it without running it. */
 export type LedgerOp =
-  | { kind: "admit"; key: LiveKey; call: CallFacts; micros: number; now: number }
+  | { kind: "admit"; key: LiveKey; call: CallFacts; micros: number; now: number; guard: RepeatGuard | null }
   | { kind: "refusal"; key: Pick<LiveKey, "id" | "agent_run_label"> | null; call: CallFacts; outcome: AuditOutcome; errorCode: string; now: number }
-  | { kind: "finish"; r: Reservation; s: Settlement; state: "settled" | "released" | "unsettled"; errorCode: string | null; produced: PricedObject | null };
+  | { kind: "finish"; r: Reservation; s: Settlement; state: "settled" | "released" | "unsettled"; errorCode: string | null; produced: PricedObject | null; answer: StoredAnswer | null };
 
 /**
- * The ops of a group the batch can take, or null: repeat guards (idempotency records), budget holds
- * and carried-over retries stay on the per-write path, and so does a group whose admissions saw the
- * key under different labels or vendors (one budget query serves the batch).
+ * The ops of a group the batch can take, or null: budget holds and carried-over retries stay on the
+ * per-write path, and so does a group whose admissions saw the key under different labels or vendors
+ * (one budget query serves the batch) or where two writes share a repeat guard (their order on one
+ * idempotency record matters). Whether the guards' records allow the batch is known only once the
+ * key is locked (guardsClear).
  */
 export function batchable(keyId: string, ops: readonly (LedgerOp | null)[]): LedgerOp[] | null {
   let admitted: LiveKey | null = null;
+  const guarded = new Set<string>();
   for (const op of ops) {
     if (!op) return null;
     if (op.kind === "admit") {
       if (admitted && (admitted.vendor !== op.key.vendor || admitted.agent_run_label !== op.key.agent_run_label)) return null;
       admitted = op.key;
     }
-    if (op.kind === "finish" && (op.r.keyId !== keyId || op.r.guard !== null || op.r.retryAuditId !== null || op.r.budgets.length > 0)) return null;
+    if (op.kind === "finish" && (op.r.keyId !== keyId || op.r.retryAuditId !== null || op.r.budgets.length > 0)) return null;
+    const idem = guardOf(op)?.idemKey;
+    if (idem !== undefined) {
+      if (guarded.has(idem)) return null;
+      guarded.add(idem);
+    }
   }
   return ops as LedgerOp[];
+}
+
+const guardOf = (op: LedgerOp): RepeatGuard | null => (op.kind === "admit" ? op.guard : op.kind === "finish" ? op.r.guard : null);
+
+/**
+ * Whether the idempotency records read under the key's lock leave nothing for a guard to decide:
+ * no record for any guarded admission (a repeat, an in-flight call, a conflict or an expired record
+ * all take the per-write path), and each guarded finish's record still the one its admission wrote.
+ */
+export function guardsClear(ops: readonly LedgerOp[], records: readonly { idem_key: string; audit_id: unknown }[]): boolean {
+  const auditOf = new Map(records.map((r) => [r.idem_key, Number(r.audit_id)]));
+  return ops.every((op) => {
+    if (op.kind === "admit" && op.guard) return !auditOf.has(op.guard.idemKey);
+    if (op.kind === "finish" && op.r.guard) return auditOf.get(op.r.guard.idemKey) === op.r.auditId;
+    return true;
+  });
 }
 
 /** Columns of a new audit row, as insertAudit writes them. */
@@ -92,14 +116,16 @@ export async function runBatch(tx: SQL, queue: () => void, keyId: string, ops: r
   }
   // First round trip, pipelined behind AUDIT_ORDER_LOCK (sent by PgLedger.tx): the key row lock, then
   // reads that each see the newest committed rows once it is granted (admitIn says why not joined).
-  const [key, dayRows, budgetIds, thresholds, ids] = await Promise.all([
+  const idemKeys = ops.flatMap((op) => guardOf(op)?.idemKey ?? []);
+  const [key, dayRows, budgetIds, thresholds, ids, guardRows] = await Promise.all([
     lockKey(tx, keyId),
     days.size ? tx`SELECT day, spent_micros, reserved_micros FROM key_spend_days WHERE key_id = ${keyId} AND day = ANY(${[...days]}::text[])` : [],
     admission ? budgetIdsOver(tx, admission.key) : [],
     alerts && spends ? alerts.thresholds(tx) : undefined,
     newRows ? tx`SELECT nextval('audit_log_id_seq') AS id FROM generate_series(1, ${newRows})` : [],
+    idemKeys.length ? tx`SELECT idem_key, audit_id FROM idempotency_records WHERE key_id = ${keyId} AND idem_key = ANY(${idemKeys}::text[])` : [],
   ]);
-  if (budgetIds.length > 0) return null;
+  if (budgetIds.length > 0 || !guardsClear(ops, guardRows)) return null;
   if (!key && (admission || days.size)) throw new Error(`ledger: key ${keyId} vanished`);
 
   const dayOf = new Map<string, Day>();
@@ -110,6 +136,7 @@ export async function runBatch(tx: SQL, queue: () => void, keyId: string, ops: r
   const inserts: NewAudit[] = [];
   const finished: FinishedAudit[] = [];
   const priced = new Map<string, PricedObject>();
+  const records = new RecordWrites();
   // Alerts cost round trips only where one may be raised (a day's first refusal, a settlement's spend):
   // raised after the writes, in arrival order; a threshold costs one only when crossed (thresholds read above).
   const alertsDue: (() => Promise<boolean>)[] = [];
@@ -148,17 +175,19 @@ export async function runBatch(tx: SQL, queue: () => void, keyId: string, ops: r
       return { kind: "refused", outcome: "cap_hit", auditId, remainingMicros: decided.left, capScope: { kind: "key" } };
     }
     const auditId = audit(op.now, op.key, op.call, "forwarded", null, op.micros, op.micros > 0 ? "reserved" : "none", today);
+    if (op.guard) records.admitted(op.guard, auditId, op.micros, today, op.now);
     if (op.micros > 0) {
       k.reservedTotalMicros += op.micros;
       row.reserved += op.micros;
       row.exists = row.touched = true;
     }
-    return { kind: "reserved", reservation: { auditId, keyId, day: today, micros: op.micros, remainingMicros: decided.left - op.micros, retryAuditId: null, guard: null, budgets: [] } };
+    return { kind: "reserved", reservation: { auditId, keyId, day: today, micros: op.micros, remainingMicros: decided.left - op.micros, retryAuditId: null, guard: op.guard, budgets: [] } };
   }
 
   function finish(op: Extract<LedgerOp, { kind: "finish" }>, k: KeyState | undefined): void {
     const { r, s } = op;
     const actual = op.state === "settled" ? s.actualMicros : 0;
+    if (r.guard) records.finished(r.guard, r.auditId, op.state, op.answer);
     if (op.state === "unsettled") {
       finished.push({ id: r.auditId, outcome: "upstream_error", ledger_state: "unsettled", settled_micros: null, vendor_status: s.vendorStatus, vendor_request_id: s.vendorRequestId,
         vendor_object_id: s.vendorObjectId, latency_ms: s.latencyMs, error_code: op.errorCode });
@@ -229,6 +258,7 @@ export async function runBatch(tx: SQL, queue: () => void, keyId: string, ops: r
                    ON CONFLICT (key_id, object_id) DO UPDATE SET kind = EXCLUDED.kind, amount = EXCLUDED.amount, currency = EXCLUDED.currency,
                      counted_micros = EXCLUDED.counted_micros, updated_at = EXCLUDED.updated_at`);
   }
+  writes.push(...records.write(tx, keyId));
   await Promise.all(writes);
 
   for (const raise of alertsDue) if (await raise()) queue();
@@ -242,4 +272,64 @@ async function expectWritten(what: string, q: Promise<any[]>, want: { spent: num
   if (got.spent !== want.spent || got.reserved !== want.reserved) {
     throw new Error(`ledger invariant broken: ${what} hold ${JSON.stringify(got)}, decided ${JSON.stringify(want)}`);
   }
+}
+
+/**
+ * What a batch does to its guards' idempotency records: exactly what admitIn, finish and keepUnsettled
+ * write, as one multi-row statement per kind. Each statement only touches the records guardsClear saw
+ * (absent for an insert, this reservation's for the rest), and must touch every one of them.
+ */
+class RecordWrites {
+  private readonly inserts: { idem_key: string; request_hash: string; audit_id: number; reserved_micros: number; spend_day: string; updated_at: number; expires_at: number }[] = [];
+  private readonly completed: { idem_key: string; audit_id: number; status: number; headers: string; body: string; updated_at: number }[] = [];
+  private readonly unknown: { idem_key: string; audit_id: number; updated_at: number }[] = [];
+  private readonly dropped: { idem_key: string; audit_id: number }[] = [];
+
+  admitted(g: RepeatGuard, auditId: number, micros: number, day: string, now: number): void {
+    this.inserts.push({ idem_key: g.idemKey, request_hash: g.requestHash, audit_id: auditId, reserved_micros: micros, spend_day: day, updated_at: now, expires_at: now + g.ttlMs });
+  }
+
+  /** A settled or released call keeps its answer for replays (none kept: the record goes); an unsettled one's outcome is unknown. */
+  finished(g: RepeatGuard, auditId: number, state: "settled" | "released" | "unsettled", answer: StoredAnswer | null): void {
+    const at = { idem_key: g.idemKey, audit_id: auditId };
+    if (state === "unsettled") this.unknown.push({ ...at, updated_at: Date.now() });
+    else if (answer) this.completed.push({ ...at, status: answer.status, headers: JSON.stringify(answer.headers), body: Buffer.from(answer.body).toString("base64"), updated_at: Date.now() });
+    else this.dropped.push(at);
+  }
+
+  write(tx: SQL, keyId: string): Promise<void>[] {
+    const json = (rows: object[]) => JSON.stringify(rows);
+    const out: Promise<void>[] = [];
+    if (this.inserts.length) {
+      out.push(expectRows(`key ${keyId} idempotency records inserted`, this.inserts.length,
+        tx`INSERT INTO idempotency_records (key_id, idem_key, request_hash, state, audit_id, reserved_micros, spend_day, updated_at, expires_at)
+           SELECT ${keyId}, x.idem_key, x.request_hash, 'in_flight', x.audit_id, x.reserved_micros, x.spend_day, x.updated_at, x.expires_at
+             FROM jsonb_to_recordset(${json(this.inserts)}::text::jsonb) AS x(idem_key text, request_hash text, audit_id bigint, reserved_micros bigint, spend_day text, updated_at bigint, expires_at bigint)
+           ON CONFLICT DO NOTHING RETURNING 1`));
+    }
+    if (this.completed.length) {
+      out.push(expectRows(`key ${keyId} idempotency records completed`, this.completed.length,
+        tx`UPDATE idempotency_records r SET state = 'completed', status = v.status, headers = v.headers, body = decode(v.body, 'base64'), updated_at = v.updated_at
+             FROM jsonb_to_recordset(${json(this.completed)}::text::jsonb) AS v(idem_key text, audit_id bigint, status integer, headers text, body text, updated_at bigint)
+            WHERE r.key_id = ${keyId} AND r.idem_key = v.idem_key AND r.audit_id = v.audit_id RETURNING 1`));
+    }
+    if (this.unknown.length) {
+      out.push(expectRows(`key ${keyId} idempotency records left unknown`, this.unknown.length,
+        tx`UPDATE idempotency_records r SET state = 'unknown', updated_at = v.updated_at
+             FROM jsonb_to_recordset(${json(this.unknown)}::text::jsonb) AS v(idem_key text, audit_id bigint, updated_at bigint)
+            WHERE r.key_id = ${keyId} AND r.idem_key = v.idem_key AND r.audit_id = v.audit_id RETURNING 1`));
+    }
+    if (this.dropped.length) {
+      out.push(expectRows(`key ${keyId} idempotency records deleted`, this.dropped.length,
+        tx`DELETE FROM idempotency_records r USING jsonb_to_recordset(${json(this.dropped)}::text::jsonb) AS v(idem_key text, audit_id bigint)
+            WHERE r.key_id = ${keyId} AND r.idem_key = v.idem_key AND r.audit_id = v.audit_id RETURNING 1`));
+    }
+    return out;
+  }
+}
+
+/** A record missing here (pruneRepeats deletes expired ones without the key's lock) rolls the batch back: its writes then run one at a time. */
+async function expectRows(what: string, want: number, q: Promise<unknown[]>): Promise<void> {
+  const got = (await q).length;
+  if (got !== want) throw new Error(`ledger invariant broken: ${what}: ${got} of ${want}`);
 }

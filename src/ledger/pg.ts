@@ -31,8 +31,9 @@ import { budgetIdsOver, dayState, decideOnKey, lockKey, n, nn } from "./pg-rows.
  *
  * Writes of one key that arrive together share one such transaction (group commit, below); the
  * checks of each still run on the locked rows, after the writes before it. In the common case
- * (no repeat guard, no budgets, no carried-over retry) the batch reads the key row FOR UPDATE and
- * its day rows once, decides every write in arrival order in memory on that state with the same
+ * (no budgets, no carried-over retry, and no idempotency record yet for a guarded admission — a
+ * fresh Idempotency-Key per call) the batch reads the key row FOR UPDATE, its day rows and its
+ * guards' records once, decides every write in arrival order in memory on that state with the same
  * decision function as admitIn (src/ledger/pg-rows.ts), and writes the net result (pg-batch.ts).
  * That is as exact as one transaction per write: the key row lock is held from the first read to
  * the commit, so nothing else can change what was decided on in between; the day rows are written
@@ -46,6 +47,9 @@ import { budgetIdsOver, dayState, decideOnKey, lockKey, n, nn } from "./pg-rows.
  */
 
 type Tx = SQL;
+
+/** The most writes of one key that share a transaction: bounds its locks' hold time and its statements' size under a flood. */
+export const MAX_BATCH = 256;
 
 interface PendingWrite {
   work: (tx: Tx, queue: () => void) => Promise<any>;
@@ -91,10 +95,14 @@ export class PgLedger implements SpendLedger {
   private pending = new Map<string, PendingWrite[]>();
   /** Writes run through the batched path (runBatch): tests check that it is taken. */
   batchedWrites = 0;
+  /** Batches rolled back (a write failed, or what was written was not what was decided) and run again one write at a time. */
+  batchFailures = 0;
   /** The batch of each key now running (or queued behind one): the next batch of that key starts after it. */
   private readonly running = new Map<string, Promise<void>>();
-  /** The batch of each key queued behind its running one, still open to new writes until it starts. */
+  /** The batch of each key queued behind its running one, still open to new writes until it starts or is full. */
   private readonly waiting = new Map<string, PendingWrite[]>();
+  /** The most writes one transaction has carried: tests check MAX_BATCH holds. */
+  largestBatch = 0;
 
   private write<T>(keyId: string, op: LedgerOp | null, work: (tx: Tx, queue: () => void) => Promise<T>): Promise<T> {
     this.counts.writes++;
@@ -110,28 +118,42 @@ export class PgLedger implements SpendLedger {
   private flush(): void {
     const groups = [...this.pending];
     this.pending = new Map();
-    for (const [keyId, group] of groups) {
-      // One key's batches run one after another, in the order their writes arrived (as every write
-      // does on SQLite): a call admitted after an answer always sees that answer's settlement, which
-      // was queued before it — two batches in flight at once could take the key's row lock in either order.
-      // Writes that arrive while the key's batch runs all join the one batch waiting behind it, not a batch
-      // per event-loop turn: under load a key's batches grow with its arrival rate instead of queuing up.
-      const waiting = this.waiting.get(keyId);
-      if (waiting) {
-        waiting.push(...group);
-        continue;
-      }
-      const before = this.running.get(keyId);
-      if (before) this.waiting.set(keyId, group);
-      const start = (): Promise<void> => {
-        if (this.waiting.get(keyId) === group) this.waiting.delete(keyId); // started: later writes wait for the next one
-        return this.runGroup(keyId, group);
-      };
-      const run: Promise<void> = (before ? before.then(start) : start()).finally(() => {
-        if (this.running.get(keyId) === run) this.running.delete(keyId);
-      });
-      this.running.set(keyId, run);
+    for (const [keyId, group] of groups) this.enqueue(keyId, group);
+  }
+
+  /**
+   * One key's batches run one after another, in the order their writes arrived (as every write
+   * does on SQLite): a call admitted after an answer always sees that answer's settlement, which
+   * was queued before it — two batches in flight at once could take the key's row lock in either order.
+   * Writes that arrive while the key's batch runs join the batch waiting behind it, not a batch per
+   * event-loop turn: under load a key's batches grow with its arrival rate instead of queuing up —
+   * up to MAX_BATCH writes, so a flood makes more batches, never one unbounded transaction.
+   */
+  private enqueue(keyId: string, writes: PendingWrite[]): void {
+    let rest = writes;
+    while (rest.length > 0) {
+      const open = this.waiting.get(keyId);
+      const room = open ? MAX_BATCH - open.length : 0;
+      const taken = rest.slice(0, room > 0 ? room : MAX_BATCH);
+      if (room > 0) open!.push(...taken);
+      else this.schedule(keyId, taken);
+      rest = rest.slice(taken.length);
     }
+  }
+
+  /** Starts the batch now if the key has none running, else queues it behind the last one (open to new writes until it starts). */
+  private schedule(keyId: string, group: PendingWrite[]): void {
+    const before = this.running.get(keyId);
+    if (before) this.waiting.set(keyId, group);
+    const start = (): Promise<void> => {
+      if (this.waiting.get(keyId) === group) this.waiting.delete(keyId); // started: later writes wait for the next one
+      this.largestBatch = Math.max(this.largestBatch, group.length);
+      return this.runGroup(keyId, group);
+    };
+    const run: Promise<void> = (before ? before.then(start) : start()).finally(() => {
+      if (this.running.get(keyId) === run) this.running.delete(keyId);
+    });
+    this.running.set(keyId, run);
   }
 
   private async runGroup(keyId: string, group: PendingWrite[]): Promise<void> {
@@ -154,6 +176,7 @@ export class PgLedger implements SpendLedger {
       });
     } catch (e) {
       if (e instanceof LedgerUnavailable) return void group.forEach((w) => w.reject(e));
+      this.batchFailures++;
       for (const w of group) await this.committed(w.work).then(w.resolve, w.reject);
       return;
     }
@@ -225,8 +248,7 @@ export class PgLedger implements SpendLedger {
   }
 
   admit(key: LiveKey, call: CallFacts, micros: number, now: number, guard: RepeatGuard | null): Promise<Admission> {
-    const op: LedgerOp | null = guard ? null : { kind: "admit", key, call, micros, now };
-    return this.write(key.id, op, (tx, queue) => this.admitIn(tx, queue, key, call, micros, now, guard));
+    return this.write(key.id, { kind: "admit", key, call, micros, now, guard }, (tx, queue) => this.admitIn(tx, queue, key, call, micros, now, guard));
   }
 
   private async admitIn(tx: Tx, queue: () => void, key: LiveKey, call: CallFacts, micros: number, now: number, guard: RepeatGuard | null): Promise<Admission> {
@@ -338,7 +360,7 @@ export class PgLedger implements SpendLedger {
   }
 
   settle(r: Reservation, s: Settlement, answer: StoredAnswer | null, produced?: PricedObject | null): Promise<void> {
-    return this.write(r.keyId, { kind: "finish", r, s, state: "settled", errorCode: null, produced: produced ?? null }, async (tx, queue) => {
+    return this.write(r.keyId, { kind: "finish", r, s, state: "settled", errorCode: null, produced: produced ?? null, answer }, async (tx, queue) => {
       const spent = await finish(tx, r, s, s.actualMicros, "settled", answer);
       if (this.alerts && s.actualMicros > 0 && (await this.alerts.spent(tx, spent, r.day, Date.now()))) queue();
       if (produced) {
@@ -352,11 +374,11 @@ export class PgLedger implements SpendLedger {
   }
 
   release(r: Reservation, s: Settlement, answer: StoredAnswer | null): Promise<void> {
-    return this.write(r.keyId, { kind: "finish", r, s, state: "released", errorCode: null, produced: null }, async (tx) => void (await finish(tx, r, s, 0, "released", answer)));
+    return this.write(r.keyId, { kind: "finish", r, s, state: "released", errorCode: null, produced: null, answer }, async (tx) => void (await finish(tx, r, s, 0, "released", answer)));
   }
 
   keepUnsettled(r: Reservation, s: Settlement, errorCode: string): Promise<void> {
-    return this.write(r.keyId, { kind: "finish", r, s, state: "unsettled", errorCode, produced: null }, async (tx) => {
+    return this.write(r.keyId, { kind: "finish", r, s, state: "unsettled", errorCode, produced: null, answer: null }, async (tx) => {
       await finishAudit(tx, r.auditId, "upstream_error", "unsettled", null, s, s.vendorObjectId, errorCode);
       if (r.retryAuditId !== null) await finishAudit(tx, r.retryAuditId, "upstream_error", "none", 0, s, null, errorCode);
       if (r.guard) await tx`UPDATE idempotency_records SET state = 'unknown', updated_at = ${Date.now()} WHERE key_id = ${r.keyId} AND idem_key = ${r.guard.idemKey}`;
