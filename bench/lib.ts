@@ -112,15 +112,20 @@ export async function keyView(base: string, keyId: string): Promise<KeyView> {
 }
 
 /**
- * Waits (bounded) until nothing is reserved on the key any more: when wrk stops,
- * calls it abandoned may still be in flight inside Keybrake and settle a moment later.
+ * Waits (bounded) until nothing is reserved on the key and its spend holds still across two reads
+ * 250 ms apart: when wrk stops, calls it abandoned may still be in flight inside Keybrake — some
+ * not even admitted yet (a PostgreSQL key's writes queue behind its running batch), so one read
+ * of "nothing reserved" can come before their reservations exist.
  */
 export async function settledView(base: string, keyId: string, timeoutMs = 5000): Promise<KeyView> {
   const deadline = performance.now() + timeoutMs;
+  let last: KeyView | null = null;
   for (;;) {
     const v = await keyView(base, keyId);
-    if (v.reserved_usd === 0 || performance.now() > deadline) return v;
-    await Bun.sleep(50);
+    const still = last !== null && last.reserved_usd === 0 && v.reserved_usd === 0 && last.spent_total_usd === v.spent_total_usd;
+    if (still || performance.now() > deadline) return v;
+    last = v;
+    await Bun.sleep(v.reserved_usd === 0 ? 250 : 50);
   }
 }
 
