@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { migratePostgres, openPostgres, type Pg } from "../src/db/pg.ts";
 import type { CallFacts, LiveKey, RepeatGuard, Reservation, StoredAnswer } from "../src/domain/ledger.ts";
 import { MAX_BATCH, PgLedger } from "../src/ledger/pg.ts";
-import { freshDatabase, postgresAvailable } from "./pg.ts";
+import { freshDatabase, postgresAvailable, serially } from "./pg.ts";
 
 const USD = 1_000_000;
 const NOW = Date.now(); // every admission's clock, so both runs write the same record times
@@ -28,22 +28,6 @@ async function insertKey(sql: Pg, dailyUsd: number): Promise<string> {
   await sql`INSERT INTO vault_keys (id, key_hash, key_hint, vendor, daily_cap_micros, total_cap_micros, allowed_endpoints, agent_run_label, expires_at, created_at)
             VALUES (${id}, ${hash}, 'vk_', 'stripe', ${dailyUsd * USD}, NULL, '["POST /v1/charges"]', ${"run/" + id}, ${NOW + 3600_000}, ${NOW})`;
   return hash;
-}
-
-/** The ledger with each call started only once the one before is done: groups of one, the per-write path. */
-function serially(ledger: PgLedger): PgLedger {
-  let last: Promise<unknown> = Promise.resolve();
-  return new Proxy(ledger, {
-    get(target, prop) {
-      const v = (target as any)[prop];
-      if (typeof v !== "function") return v;
-      return (...args: unknown[]) => {
-        const next = last.then(() => v.apply(target, args));
-        last = next.catch(() => {});
-        return next;
-      };
-    },
-  });
 }
 
 /** Held reservations by the guard's idem key (or "plain-<n>"), so a later step finishes the one it means. */

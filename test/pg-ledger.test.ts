@@ -16,7 +16,7 @@ import { PgCapAlerts } from "../src/ledger/pg-alerts.ts";
 import { LedgerUnavailable } from "../src/ledger/types.ts";
 import { createLogger } from "../src/log.ts";
 import { Forwarder } from "../src/proxy/forward.ts";
-import { freshDatabase, postgresAvailable, startCluster } from "./pg.ts";
+import { freshDatabase, postgresAvailable, serially, startCluster } from "./pg.ts";
 
 const USD = 1_000_000;
 const WORKER = join(import.meta.dir, "pg-replica-worker.ts");
@@ -238,22 +238,6 @@ describe.skipIf(!postgresAvailable())("PostgreSQL ledger across replicas", () =>
       expect(rows.filter((r) => r.ledger_state === "settled").length).toBe(admitted);
       expect(rows.filter((r) => r.outcome === "cap_hit").length).toBe(f.calls - admitted);
     }, 60_000);
-  }
-
-  /** The ledger with each call started only once the one before is done: groups of one, the per-write path. */
-  function serially(ledger: PgLedger): PgLedger {
-    let last: Promise<unknown> = Promise.resolve();
-    return new Proxy(ledger, {
-      get(target, prop) {
-        const v = (target as any)[prop];
-        if (typeof v !== "function") return v;
-        return (...args: unknown[]) => {
-          const next = last.then(() => v.apply(target, args));
-          last = next.catch(() => {});
-          return next;
-        };
-      },
-    });
   }
 
   /** Writes of one turn (one group, so one batch), each step after the one before has committed. */

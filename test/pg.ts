@@ -115,3 +115,22 @@ export async function freshDatabase(prefix = "kb"): Promise<string> {
   const c = await shared;
   return c.createDatabase(`${prefix}_${process.pid}_${++dbCount}`);
 }
+
+/**
+ * The ledger (or any object) with each method call started only once the one before is done: on a
+ * PgLedger, groups of one, so every write takes the per-write path the batch is compared with.
+ */
+export function serially<T extends object>(ledger: T): T {
+  let last: Promise<unknown> = Promise.resolve();
+  return new Proxy(ledger, {
+    get(target, prop) {
+      const v = (target as any)[prop];
+      if (typeof v !== "function") return v;
+      return (...args: unknown[]) => {
+        const next = last.then(() => v.apply(target, args));
+        last = next.catch(() => {});
+        return next;
+      };
+    },
+  });
+}
