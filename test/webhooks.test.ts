@@ -252,46 +252,31 @@ describe("deliveries", () => {
 });
 
 describe("a slow or dead receiver never slows the proxy", () => {
-  test("proxy latency with the receiver hanging (every send slot stuck, a backlog queued) matches latency without it, same run", async () => {
+  // Structural, not a timing threshold: every proxied call is answered while every send slot
+  // stays stuck on a receiver that never answers. A proxy that waited on a send (or on a lock
+  // held while sending) could answer none of them until a send ended, and none ends here.
+  test("every proxied call is answered while every send slot hangs and a backlog waits", async () => {
     const { kb } = stack;
     const key = await kb.issueKey(seedKeyBody({ agent_run_label: "latency/run", daily_usd_cap: 100_000 }));
-    const call = async () => {
-      const t = performance.now();
-      const r = await proxied(kb.url, key.vault_key, "POST", "/v1/payment_intents", { amount: "100", currency: "usd" });
-      expect(r.status).toBe(200);
-      return performance.now() - t;
-    };
-    const sample = async (n: number) => {
-      const out: number[] = [];
-      for (let i = 0; i < n; i++) out.push(await call());
-      return out;
-    };
-    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-    await sample(10); // warm up
-
-    const baseline1 = await sample(40);
-    // Now a webhook whose receiver hangs, fed 20 events: the worker's send slots fill and stay stuck.
     const hook = await createWebhook({ events: ["budget.updated"] });
     rx.hang();
     for (let i = 0; i < 20; i++) await kb.api("POST", "/budgets", { name: `hang ${i}`, label_prefix: `hang-${i}/`, daily_usd_cap: 1 });
     await until(() => rx.hungCount() >= 4, "the send slots to fill");
-    const hanging1 = await sample(40);
-    const baseline2Start = rx.hungCount();
-    const hanging2 = await sample(40);
-    // The receiver never answered during the samples: every send slot was stuck the whole time.
-    expect(rx.hungCount()).toBe(baseline2Start);
+    const stuck = rx.hungCount();
+
+    const calls = 80;
+    const answers = await Promise.all(
+      Array.from({ length: calls }, (_, i) =>
+        proxied(kb.url, key.vault_key, "POST", "/v1/payment_intents", { amount: String(100 + i), currency: "usd" }),
+      ),
+    );
+    expect(answers.map((r) => r.status)).toEqual(Array(calls).fill(200));
+    // No send ended (none answered, none timed out and freed a slot) while the calls ran.
+    expect(rx.hungCount()).toBe(stuck);
     const pending = (await dbRow<{ n: number }>(kb.services, "SELECT count(*) AS n FROM webhook_deliveries WHERE webhook_id = ? AND state = 'pending'", hook.webhook_id))!;
     expect(pending.n).toBe(20);
     rx.release();
     await kb.api("DELETE", `/webhooks/${hook.webhook_id}`);
-    const baseline2 = await sample(40);
-
-    const without = median([...baseline1, ...baseline2]);
-    const withHang = median([...hanging1, ...hanging2]);
-    // Relative, in the same run: the medians are the same call's cost; a proxy that waited on the
-    // webhook (or a lock held while sending) would be slower by the receiver's whole hang.
-    expect(withHang).toBeLessThan(without * 2);
-    console.log(`proxy median latency: ${without.toFixed(2)} ms without a webhook, ${withHang.toFixed(2)} ms with a hanging receiver`);
   }, 60_000);
 });
 
