@@ -100,6 +100,9 @@ interface LedgerSnapshot {
   /** Group commit during the run (GET /metrics, every replica): ledger writes per commit, and per WAL fsync (SQLite). */
   writesPerCommit: number;
   writesPerFsync: number | null;
+  /** PostgreSQL: the share of writes committed by multi-row statements, and batches rolled back and rerun one write at a time. */
+  multiRowShare: number | null;
+  batchRollbacks: number;
 }
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? (SMOKE ? 1 : 3));
@@ -239,6 +242,8 @@ async function runTarget(t: Target, sc: Scenario, round: number, seconds: number
     replicaSpentMicros: replicaViews?.map((v) => usdToMicros(v.spent_total_usd)),
     writesPerCommit: writes / (countersAfter.commits - countersBefore.commits),
     writesPerFsync: fsyncs > 0 ? writes / fsyncs : null,
+    multiRowShare: t.id.startsWith("keybrake-pg") ? (countersAfter.multiRow - countersBefore.multiRow) / writes : null,
+    batchRollbacks: countersAfter.rollbacks - countersBefore.rollbacks,
   };
   checkLedger(`${t.id} ${sc.id} round ${round}`, sc.conns, wrk, ledger, checks);
   return { round, scenario: sc.id, target: t.id, wrk, ledger };

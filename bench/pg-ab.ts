@@ -12,7 +12,7 @@
  */
 import { join, resolve } from "node:path";
 import { postgresAvailable, startCluster } from "../test/pg.ts";
-import { issueKey, keybrakeEnv, makeTempDir, median, PG_MASTER_KEY, PI_MICROS, ROOT, settledView, startServer, usdToMicros, wrk, writeResult, type Server } from "./lib.ts";
+import { issueKey, keybrakeEnv, ledgerCounters, makeTempDir, median, PG_MASTER_KEY, PI_MICROS, ROOT, settledView, startServer, usdToMicros, wrk, writeResult, type Server } from "./lib.ts";
 
 const arg = (name: string) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -48,8 +48,12 @@ async function main() {
     for (const conns of CONNS) {
       for (const t of round % 2 ? [...targets].reverse() : targets) {
         const key = await issueKey(t.server.url, 1e9, `bench/pg-ab/${t.id}/c${conns}/r${round}`);
+        const counters = await ledgerCounters([t.server.url]);
         const w = await wrk(t.server.url, conns, round === 0 ? 2 : SECONDS, key.vault_key);
         const v = await settledView(t.server.url, key.key_id, 10_000);
+        const after = await ledgerCounters([t.server.url]);
+        const writes = after.writes - counters.writes;
+        const batching = `${(writes / (after.commits - counters.commits)).toFixed(1)} writes/commit, ${Math.round((100 * (after.multiRow - counters.multiRow)) / writes)}% multi-row, ${after.rollbacks - counters.rollbacks} rollbacks`;
         const calls = usdToMicros(v.spent_total_usd) / PI_MICROS;
         const ok = w.non2xx === 0 && w.errors === 0 && v.reserved_usd === 0 && calls >= w.ok2xx && calls <= w.ok2xx + conns;
         if (!ok) {
@@ -57,7 +61,7 @@ async function main() {
           console.error(`LEDGER FAIL ${t.id} c${conns} r${round}: reserved $${v.reserved_usd}, spent calls ${calls}, wrk 2xx ${w.ok2xx}, non2xx ${w.non2xx}, errors ${w.errors}`);
         }
         if (round > 0) samples.push({ round, conns, target: t.id, rps: w.rps, p50: w.p50, p99: w.p99, ok });
-        console.log(`r${round} c${conns} ${t.id.padEnd(7)} ${w.rps.toFixed(0).padStart(6)} rps  p50 ${w.p50} µs  p99 ${w.p99} µs${ok ? "" : "  FAIL"}`);
+        console.log(`r${round} c${conns} ${t.id.padEnd(7)} ${w.rps.toFixed(0).padStart(6)} rps  p50 ${w.p50} µs  p99 ${w.p99} µs  ${batching}${ok ? "" : "  FAIL"}`);
       }
     }
   }

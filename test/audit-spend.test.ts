@@ -112,7 +112,7 @@ describe("GET /metrics", () => {
 });
 
 describe("GET /metrics: the ledger's group commit", () => {
-  test("40 concurrent calls are 80 ledger writes sharing fewer commits; SQLite fsyncs once per commit that reserves at most", async () => {
+  test("40 concurrent calls are 80 ledger writes sharing fewer commits; SQLite fsyncs once per commit that reserves at most; PostgreSQL counts its multi-row writes", async () => {
     const { kb } = stack;
     const read = async () => {
       const text = await (await fetch(`${kb.url}/metrics`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).text();
@@ -120,7 +120,17 @@ describe("GET /metrics: the ledger's group commit", () => {
         expect(text).toContain(`# TYPE ${name} counter`);
         return Number(new RegExp(`^${name} (\\d+)$`, "m").exec(text)![1]);
       };
-      return { commits: counter("keybrake_ledger_commits_total"), writes: counter("keybrake_ledger_writes_total"), fsyncs: counter("keybrake_ledger_fsyncs_total") };
+      const pgOnly = (name: string) => {
+        if (TEST_BACKEND !== "postgres") return expect(text).not.toContain(name);
+        return counter(name);
+      };
+      return {
+        commits: counter("keybrake_ledger_commits_total"),
+        writes: counter("keybrake_ledger_writes_total"),
+        fsyncs: counter("keybrake_ledger_fsyncs_total"),
+        multiRow: pgOnly("keybrake_ledger_multirow_writes_total") ?? 0,
+        rollbacks: pgOnly("keybrake_ledger_batch_rollbacks_total") ?? 0,
+      };
     };
     const key = await kb.issueKey(seedKeyBody({ agent_run_label: `${label}-metrics`, daily_usd_cap: 10_000 }));
     const before = await read();
@@ -132,8 +142,12 @@ describe("GET /metrics: the ledger's group commit", () => {
     expect(commits).toBeGreaterThan(0);
     expect(commits).toBeLessThan(80);
     const fsyncs = after.fsyncs - before.fsyncs;
-    if (TEST_BACKEND === "postgres") expect(fsyncs).toBe(0);
-    else {
+    if (TEST_BACKEND === "postgres") {
+      expect(fsyncs).toBe(0);
+      expect(after.multiRow - before.multiRow).toBeGreaterThan(0); // the batches shared their statements
+      expect(after.multiRow - before.multiRow).toBeLessThanOrEqual(80);
+      expect(after.rollbacks - before.rollbacks).toBe(0);
+    } else {
       expect(fsyncs).toBeGreaterThan(0);
       expect(fsyncs).toBeLessThanOrEqual(commits);
     }

@@ -190,6 +190,8 @@ export function managementRoutes(s: Services, proxyBaseUrl: () => string) {
           keybrake_ledger_commits_total: ledger.commits,
           keybrake_ledger_writes_total: ledger.writes,
           keybrake_ledger_fsyncs_total: ledger.fsyncs,
+          ...(ledger.multiRowWrites === undefined ? {} : { keybrake_ledger_multirow_writes_total: ledger.multiRowWrites }),
+          ...(ledger.batchRollbacks === undefined ? {} : { keybrake_ledger_batch_rollbacks_total: ledger.batchRollbacks }),
         },
       );
       return new Response(body, { headers: { "content-type": "text/plain; version=0.0.4" } });

@@ -123,7 +123,12 @@ export async function runBatch(tx: SQL, queue: () => void, keyId: string, ops: r
     admission ? budgetIdsOver(tx, admission.key) : [],
     alerts && spends ? alerts.thresholds(tx) : undefined,
     newRows ? tx`SELECT nextval('audit_log_id_seq') AS id FROM generate_series(1, ${newRows})` : [],
-    idemKeys.length ? tx`SELECT idem_key, audit_id FROM idempotency_records WHERE key_id = ${keyId} AND idem_key = ANY(${idemKeys}::text[])` : [],
+    // One primary-key probe per Idempotency-Key (LIMIT 1 keeps each one a probe): `idem_key = ANY(…)` was
+    // planned as a scan of every record of the key, and a busy key holds a day of them.
+    idemKeys.length
+      ? tx`SELECT r.idem_key, r.audit_id FROM unnest(${idemKeys}::text[]) AS k(idem_key)
+             CROSS JOIN LATERAL (SELECT idem_key, audit_id FROM idempotency_records WHERE key_id = ${keyId} AND idem_key = k.idem_key LIMIT 1) r`
+      : [],
   ]);
   if (budgetIds.length > 0 || !guardsClear(ops, guardRows)) return null;
   if (!key && (admission || days.size)) throw new Error(`ledger: key ${keyId} vanished`);
@@ -244,12 +249,12 @@ export async function runBatch(tx: SQL, queue: () => void, keyId: string, ops: r
       ),
     );
   }
-  if (finished.length) {
-    writes.push(tx`UPDATE audit_log a SET outcome = v.outcome, ledger_state = v.ledger_state, settled_micros = v.settled_micros, vendor_status = v.vendor_status,
-                     vendor_request_id = v.vendor_request_id, vendor_object_id = v.vendor_object_id, latency_ms = v.latency_ms, error_code = v.error_code
-                     FROM jsonb_to_recordset(${JSON.stringify(finished)}::text::jsonb) AS v(id bigint, outcome text, ledger_state text, settled_micros bigint, vendor_status integer,
-                       vendor_request_id text, vendor_object_id text, latency_ms double precision, error_code text)
-                    WHERE a.id = v.id`);
+  // One statement per settled row, naming its primary key: always planned as a probe of that row
+  // (a multi-row join was planned as a scan of the whole log while its statistics lagged, RecordWrites).
+  for (const f of finished) {
+    writes.push(tx`UPDATE audit_log SET outcome = ${f.outcome}, ledger_state = ${f.ledger_state}, settled_micros = ${f.settled_micros}, vendor_status = ${f.vendor_status},
+                     vendor_request_id = ${f.vendor_request_id}, vendor_object_id = ${f.vendor_object_id}, latency_ms = ${f.latency_ms}, error_code = ${f.error_code}
+                    WHERE id = ${f.id}`);
   }
   if (priced.size) {
     const rows = [...priced.values()].map((o) => ({ object_id: o.objectId, kind: o.kind, amount: o.amount, currency: o.currency, counted_micros: o.countedMicros }));
@@ -276,14 +281,15 @@ async function expectWritten(what: string, q: Promise<any[]>, want: { spent: num
 
 /**
  * What a batch does to its guards' idempotency records: exactly what admitIn, finish and keepUnsettled
- * write, as one multi-row statement per kind. Each statement only touches the records guardsClear saw
- * (absent for an insert, this reservation's for the rest), and must touch every one of them.
+ * write. The inserts are one multi-row statement; each completion, `unknown` mark and delete is a
+ * statement of its own, pipelined with the rest, because only a statement naming the whole primary key
+ * is planned as a probe of that one row whatever the statistics say (a multi-row join was planned as a
+ * scan of every record of the key). Each only touches the record guardsClear saw (absent for an insert,
+ * this reservation's for the rest), and must touch every one.
  */
 class RecordWrites {
   private readonly inserts: { idem_key: string; request_hash: string; audit_id: number; reserved_micros: number; spend_day: string; updated_at: number; expires_at: number }[] = [];
-  private readonly completed: { idem_key: string; audit_id: number; status: number; headers: string; body: string; updated_at: number }[] = [];
-  private readonly unknown: { idem_key: string; audit_id: number; updated_at: number }[] = [];
-  private readonly dropped: { idem_key: string; audit_id: number }[] = [];
+  private readonly finishes: { idemKey: string; auditId: number; state: "settled" | "released" | "unsettled"; answer: StoredAnswer | null; at: number }[] = [];
 
   admitted(g: RepeatGuard, auditId: number, micros: number, day: string, now: number): void {
     this.inserts.push({ idem_key: g.idemKey, request_hash: g.requestHash, audit_id: auditId, reserved_micros: micros, spend_day: day, updated_at: now, expires_at: now + g.ttlMs });
@@ -291,38 +297,28 @@ class RecordWrites {
 
   /** A settled or released call keeps its answer for replays (none kept: the record goes); an unsettled one's outcome is unknown. */
   finished(g: RepeatGuard, auditId: number, state: "settled" | "released" | "unsettled", answer: StoredAnswer | null): void {
-    const at = { idem_key: g.idemKey, audit_id: auditId };
-    if (state === "unsettled") this.unknown.push({ ...at, updated_at: Date.now() });
-    else if (answer) this.completed.push({ ...at, status: answer.status, headers: JSON.stringify(answer.headers), body: Buffer.from(answer.body).toString("base64"), updated_at: Date.now() });
-    else this.dropped.push(at);
+    this.finishes.push({ idemKey: g.idemKey, auditId, state, answer, at: Date.now() });
   }
 
   write(tx: SQL, keyId: string): Promise<void>[] {
-    const json = (rows: object[]) => JSON.stringify(rows);
     const out: Promise<void>[] = [];
     if (this.inserts.length) {
       out.push(expectRows(`key ${keyId} idempotency records inserted`, this.inserts.length,
         tx`INSERT INTO idempotency_records (key_id, idem_key, request_hash, state, audit_id, reserved_micros, spend_day, updated_at, expires_at)
            SELECT ${keyId}, x.idem_key, x.request_hash, 'in_flight', x.audit_id, x.reserved_micros, x.spend_day, x.updated_at, x.expires_at
-             FROM jsonb_to_recordset(${json(this.inserts)}::text::jsonb) AS x(idem_key text, request_hash text, audit_id bigint, reserved_micros bigint, spend_day text, updated_at bigint, expires_at bigint)
+             FROM jsonb_to_recordset(${JSON.stringify(this.inserts)}::text::jsonb) AS x(idem_key text, request_hash text, audit_id bigint, reserved_micros bigint, spend_day text, updated_at bigint, expires_at bigint)
            ON CONFLICT DO NOTHING RETURNING 1`));
     }
-    if (this.completed.length) {
-      out.push(expectRows(`key ${keyId} idempotency records completed`, this.completed.length,
-        tx`UPDATE idempotency_records r SET state = 'completed', status = v.status, headers = v.headers, body = decode(v.body, 'base64'), updated_at = v.updated_at
-             FROM jsonb_to_recordset(${json(this.completed)}::text::jsonb) AS v(idem_key text, audit_id bigint, status integer, headers text, body text, updated_at bigint)
-            WHERE r.key_id = ${keyId} AND r.idem_key = v.idem_key AND r.audit_id = v.audit_id RETURNING 1`));
-    }
-    if (this.unknown.length) {
-      out.push(expectRows(`key ${keyId} idempotency records left unknown`, this.unknown.length,
-        tx`UPDATE idempotency_records r SET state = 'unknown', updated_at = v.updated_at
-             FROM jsonb_to_recordset(${json(this.unknown)}::text::jsonb) AS v(idem_key text, audit_id bigint, updated_at bigint)
-            WHERE r.key_id = ${keyId} AND r.idem_key = v.idem_key AND r.audit_id = v.audit_id RETURNING 1`));
-    }
-    if (this.dropped.length) {
-      out.push(expectRows(`key ${keyId} idempotency records deleted`, this.dropped.length,
-        tx`DELETE FROM idempotency_records r USING jsonb_to_recordset(${json(this.dropped)}::text::jsonb) AS v(idem_key text, audit_id bigint)
-            WHERE r.key_id = ${keyId} AND r.idem_key = v.idem_key AND r.audit_id = v.audit_id RETURNING 1`));
+    for (const f of this.finishes) {
+      const what = `key ${keyId} idempotency record ${f.state === "unsettled" ? "left unknown" : f.answer ? "completed" : "deleted"}`;
+      const { idemKey, auditId, answer, at } = f;
+      out.push(expectRows(what, 1,
+        f.state === "unsettled"
+          ? tx`UPDATE idempotency_records SET state = 'unknown', updated_at = ${at} WHERE key_id = ${keyId} AND idem_key = ${idemKey} AND audit_id = ${auditId} RETURNING 1`
+          : answer
+            ? tx`UPDATE idempotency_records SET state = 'completed', status = ${answer.status}, headers = ${JSON.stringify(answer.headers)}, body = ${Buffer.from(answer.body)}, updated_at = ${at}
+                  WHERE key_id = ${keyId} AND idem_key = ${idemKey} AND audit_id = ${auditId} RETURNING 1`
+            : tx`DELETE FROM idempotency_records WHERE key_id = ${keyId} AND idem_key = ${idemKey} AND audit_id = ${auditId} RETURNING 1`));
     }
     return out;
   }

@@ -1,0 +1,90 @@
+/**
+ * The PostgreSQL ledger's batches touch only their own rows, however big the tables are and whatever
+ * the planner's statistics say. A busy key holds a day of idempotency records and the audit log
+ * grows faster than autovacuum samples it; a batch that joined its rows to those tables was planned
+ * as a scan of all of them (the key's every record, the whole log), so each batch cost more as they
+ * grew. Measured here by what PostgreSQL itself counts — rows read by sequential and index scans of
+ * each table — not by time: bounded by the batch's own rows, not by the table's.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { migratePostgres, openPostgres, type Pg } from "../src/db/pg.ts";
+import type { CallFacts, RepeatGuard, Reservation } from "../src/domain/ledger.ts";
+import { PgLedger } from "../src/ledger/pg.ts";
+import { freshDatabase, postgresAvailable } from "./pg.ts";
+
+const USD = 1_000_000;
+const NOW = Date.now();
+const SEEDED = 20_000; // records of the one key and audit rows already there, never analyzed
+const BATCHES = 12; // more than the 5 executions after which PostgreSQL may switch to a cached generic plan
+const PER_BATCH = 16;
+const call: CallFacts = { vendor: "stripe", method: "POST", path: "/v1/charges", idempotencyKey: null };
+const guard = (idemKey: string): RepeatGuard => ({ idemKey, requestHash: `h-${idemKey}`, ttlMs: 86_400_000, vendorDedupes: true, staleAfterMs: 60_000 });
+
+/** Rows read from each table (sequential scans + index scans), as the statistics collector has them. */
+async function rowsRead(sql: Pg): Promise<Record<string, number>> {
+  await sql`SELECT pg_stat_clear_snapshot()`;
+  const rows = await sql`SELECT t.relname, t.seq_tup_read + coalesce(sum(i.idx_tup_read), 0) AS read, t.n_tup_upd AS updated
+                           FROM pg_stat_user_tables t LEFT JOIN pg_stat_user_indexes i ON i.relid = t.relid
+                          WHERE t.relname IN ('audit_log', 'idempotency_records') GROUP BY t.relname, t.seq_tup_read, t.n_tup_upd`;
+  return Object.fromEntries(rows.flatMap((r: any) => [[r.relname, Number(r.read)], [`${r.relname} updated`, Number(r.updated)]]));
+}
+
+describe.skipIf(!postgresAvailable())("PostgreSQL ledger: a batch reads its own rows, not the tables", () => {
+  let sql: Pg;
+  let url: string;
+  let keyId: string;
+  let keyHash: string;
+
+  beforeAll(async () => {
+    url = await freshDatabase("scale");
+    sql = openPostgres(url);
+    await migratePostgres(sql);
+    keyId = `key_scale_${process.pid}`;
+    keyHash = new Bun.CryptoHasher("sha256").update(`vk_${keyId}`).digest("hex");
+    await sql`INSERT INTO vault_keys (id, key_hash, key_hint, vendor, daily_cap_micros, total_cap_micros, allowed_endpoints, agent_run_label, expires_at, created_at)
+              VALUES (${keyId}, ${keyHash}, 'vk_', 'stripe', ${1_000_000 * USD}, NULL, '["POST /v1/charges"]', 'run/scale', ${NOW + 3600_000}, ${NOW})`;
+    // A day of this key's traffic, settled, with its answers kept: what a busy key's batches run next to.
+    await sql.unsafe(`INSERT INTO audit_log (ts, key_id, agent_run_label, vendor, method, path, outcome, estimated_micros, ledger_state, settled_micros, spend_day, idempotency_key)
+                      SELECT ${NOW}, '${keyId}', 'run/scale', 'stripe', 'POST', '/v1/charges', 'forwarded', 0, 'settled', 0, '2026-01-01', 'seed-' || g FROM generate_series(1, ${SEEDED}) g`);
+    await sql.unsafe(`INSERT INTO idempotency_records (key_id, idem_key, request_hash, state, audit_id, reserved_micros, spend_day, updated_at, expires_at, status, headers, body)
+                      SELECT '${keyId}', 'seed-' || g, 'h', 'completed', g, 0, '2026-01-01', ${NOW}, ${NOW + 86_400_000}, 200, '[]', decode(repeat('7b7d', 400), 'hex')
+                        FROM generate_series(1, ${SEEDED}) g`);
+  });
+  afterAll(async () => {
+    await sql?.close();
+  });
+
+  test(`${BATCHES} batches of ${PER_BATCH} guarded calls (admitted, then settled with their answers) next to ${SEEDED.toLocaleString("en")} rows`, async () => {
+    const before = await rowsRead(sql);
+    // The ledger on connections of its own: closing them makes their backends report their statistics.
+    const own = openPostgres(url, { max: 2 });
+    const ledger = new PgLedger(own);
+    const key = (await ledger.findKeyByHash(keyHash))!;
+    for (let b = 0; b < BATCHES; b++) {
+      const admitted = await Promise.all(Array.from({ length: PER_BATCH }, (_, i) => ledger.admit(key, { ...call, idempotencyKey: `b${b}-${i}` }, USD, NOW, guard(`b${b}-${i}`))));
+      const held = admitted.map((a) => (a.kind === "reserved" ? a.reservation : null)).filter((r): r is Reservation => r !== null);
+      expect(held.length).toBe(PER_BATCH);
+      const body = new TextEncoder().encode(`{"id":"ch_${b}"}`);
+      await Promise.all(held.map((r) => ledger.settle(r, { vendorStatus: 200, actualMicros: USD, vendorRequestId: "req", vendorObjectId: `ch_${b}`, latencyMs: 1 }, { status: 200, headers: [], body })));
+    }
+    expect(ledger.batchedWrites).toBe(2 * BATCHES * PER_BATCH); // every write went through the multi-row batch
+    expect(ledger.batchFailures).toBe(0);
+    await own.close();
+
+    const calls = BATCHES * PER_BATCH;
+    let after = await rowsRead(sql);
+    // The closed backends' statistics land a moment after they exit: wait for their updates to show.
+    for (let i = 0; i < 100 && after["idempotency_records updated"]! - before["idempotency_records updated"]! < calls; i++) {
+      await Bun.sleep(50);
+      after = await rowsRead(sql);
+    }
+    expect(after["idempotency_records updated"]! - before["idempotency_records updated"]!).toBe(calls);
+    expect(after["audit_log updated"]! - before["audit_log updated"]!).toBe(calls);
+    // A few index entries per call (its record looked up, then completed; its audit row settled), never a
+    // scan: one batch scanning the key's records or the log would read 20,000 rows on its own.
+    expect(after.idempotency_records! - before.idempotency_records!).toBeLessThanOrEqual(4 * calls);
+    expect(after.audit_log! - before.audit_log!).toBeLessThanOrEqual(4 * calls);
+    const [money] = await sql`SELECT spent_total_micros::float8 AS spent, reserved_total_micros::float8 AS reserved FROM vault_keys WHERE id = ${keyId}`;
+    expect(money).toEqual({ spent: calls * USD, reserved: 0 });
+  }, 60_000);
+});
