@@ -37,6 +37,15 @@ interface AuditResult {
     labelExportJsonl: { medianMs: number; rows: number };
     load: { seconds: number; requests: number };
   };
+  /** The same rows and queries on PostgreSQL, and the proxy next to them against an empty database. */
+  postgres?: {
+    rows: number;
+    seedSeconds: number;
+    labelQuery: { medianMs: number; maxMs: number; samples: number };
+    filterQueries: Record<string, { medianMs: number; maxMs: number; rows: number }>;
+    labelExportJsonl: { medianMs: number; rows: number };
+    proxyRps: { empty: number; seeded: number };
+  };
   checks: Check[];
 }
 
@@ -178,6 +187,20 @@ function auditSection(a: AuditResult): string[] {
     `| GET /vault/audit?label=… (first page of 100), median of ${s.labelQuery.samples} | ${s.labelQuery.medianMs.toFixed(1)} ms (max ${s.labelQuery.maxMs.toFixed(1)} ms) |`,
     `| GET /vault/audit?label=…&format=jsonl (${int(s.labelExportJsonl.rows)} rows), median of 5 | ${s.labelExportJsonl.medianMs.toFixed(1)} ms |`,
     ...Object.entries(s.filterQueries ?? {}).map(([k, v]) => `| GET /vault/audit filtered by ${k} (first page), median of ${s.labelQuery.samples} | ${v.medianMs.toFixed(1)} ms (max ${v.maxMs.toFixed(1)} ms) |`),
+    ...(a.postgres ? ["", ...pgAuditSection(a.postgres)] : []),
+  ];
+}
+
+function pgAuditSection(p: NonNullable<AuditResult["postgres"]>): string[] {
+  return [
+    `### The same on PostgreSQL: ${int(p.rows)} rows (seeded and analyzed in ${p.seedSeconds.toFixed(1)} s)`,
+    "",
+    "| measure | value |",
+    "|---|---:|",
+    `| GET /vault/audit?label=… (first page of 100), median of ${p.labelQuery.samples} | ${p.labelQuery.medianMs.toFixed(1)} ms (max ${p.labelQuery.maxMs.toFixed(1)} ms) |`,
+    `| GET /vault/audit?label=…&format=jsonl (${int(p.labelExportJsonl.rows)} rows), median of 5 | ${p.labelExportJsonl.medianMs.toFixed(1)} ms |`,
+    ...Object.entries(p.filterQueries).map(([k, v]) => `| GET /vault/audit filtered by ${k} (first page), median of ${p.labelQuery.samples} | ${v.medianMs.toFixed(1)} ms (max ${v.maxMs.toFixed(1)} ms) |`),
+    `| proxy RPS at 32 connections, empty database → next to ${int(p.rows)} rows (median of alternating runs) | ${int(p.proxyRps.empty)} → ${int(p.proxyRps.seeded)} (${ratio(p.proxyRps.seeded, p.proxyRps.empty)}) |`,
   ];
 }
 
@@ -208,6 +231,14 @@ function targets(load: LoadResult | null, audit: AuditResult | null): Target[] {
       { name: "RSS < 150 MB after 1M audit rows", measured: `peak ${audit.summary.rssMb.peak.toFixed(0)} MB${note}`, met: audit.summary.rssMb.peak < 150 },
       { name: "audit-by-label query < 50 ms", measured: `median ${audit.summary.labelQuery.medianMs.toFixed(1)} ms${note}`, met: audit.summary.labelQuery.medianMs < 50 },
     );
+    const pg = audit.postgres;
+    if (pg) {
+      const slowest = Math.max(pg.labelQuery.medianMs, ...Object.values(pg.filterQueries).map((f) => f.medianMs));
+      out.push(
+        { name: "PostgreSQL: every audit filter < 50 ms", measured: `slowest median ${slowest.toFixed(1)} ms${note}`, met: slowest < 50 },
+        { name: "PostgreSQL: proxy RPS next to the big log within 10% of an empty database", measured: `${ratio(pg.proxyRps.seeded, pg.proxyRps.empty)}${note}`, met: pg.proxyRps.seeded >= 0.9 * pg.proxyRps.empty },
+      );
+    }
   }
   return out;
 }
