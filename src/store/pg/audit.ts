@@ -65,14 +65,22 @@ export class PgAuditStore implements AuditStore {
     return h.held === null ? Number(h.top) : Math.min(Number(h.top), Number(h.held));
   }
 
-  /** The page query, for the query-plan tests. */
+  /**
+   * The page query, for the query-plan tests. For a time window with nothing else to narrow by, the
+   * planner walks the id index down from the newest row, filtering on ts: it cannot know that ids and
+   * times rise together, so a day two weeks back cost a walk over two weeks of rows (40-60 ms among 1M).
+   * A window nearer its start than the present is read through the ts index instead, as ids, sorted,
+   * then the page's rows (OFFSET 0 keeps the planner from turning it back into the walk): 38 → 8 ms for
+   * that day. Both read the same rows; each is the fast one when its end of the log is the nearer.
+   */
   pageQuery(f: AuditFilter, beforeId: number, limit: number) {
-    return this.orm
-      .select()
-      .from(auditLog)
-      .where(and(...auditConditions(auditLog, dialect, f, beforeId)))
-      .orderBy(desc(auditLog.id))
-      .limit(limit);
+    const conditions = and(...auditConditions(auditLog, dialect, f, beforeId));
+    const narrowWindow = f.since !== undefined && f.until !== undefined && !f.key_id && f.label === undefined && f.until - f.since < Date.now() - f.until;
+    if (narrowWindow) {
+      const ids = sql`(SELECT id FROM (SELECT id FROM ${auditLog} WHERE ${conditions} OFFSET 0) w ORDER BY id DESC LIMIT ${limit})`;
+      return this.orm.select().from(auditLog).where(sql`${auditLog.id} IN ${ids}`).orderBy(desc(auditLog.id));
+    }
+    return this.orm.select().from(auditLog).where(conditions).orderBy(desc(auditLog.id)).limit(limit);
   }
 
   async page(f: AuditFilter, beforeId: number | undefined, limit: number) {
