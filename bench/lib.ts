@@ -133,15 +133,15 @@ export async function settledView(base: string, keyId: string, timeoutMs = 5000)
 export const usdToMicros = (usd: number) => Math.round(usd * 1e6);
 
 /** The ledger's group-commit counters (GET /metrics), summed over every replica named; the multi-row ones are PostgreSQL's (0 on SQLite). */
-export async function ledgerCounters(urls: string[]): Promise<{ commits: number; writes: number; fsyncs: number; multiRow: number; rollbacks: number }> {
-  const sum = { commits: 0, writes: 0, fsyncs: 0, multiRow: 0, rollbacks: 0 };
+export async function ledgerCounters(urls: string[]): Promise<{ commits: number; writes: number; fsyncs: number; batched: number; rollbacks: number }> {
+  const sum = { commits: 0, writes: 0, fsyncs: 0, batched: 0, rollbacks: 0 };
   for (const url of urls) {
     const text = await (await fetch(`${url}/metrics`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).text();
     const read = (name: string) => Number(new RegExp(`^keybrake_ledger_${name}_total (\\d+)$`, "m").exec(text)?.[1] ?? NaN);
     sum.commits += read("commits");
     sum.writes += read("writes");
     sum.fsyncs += read("fsyncs");
-    sum.multiRow += read("multirow_writes") || 0;
+    sum.batched += read("batched_writes") || 0;
     sum.rollbacks += read("batch_rollbacks") || 0;
   }
   return sum;

@@ -101,7 +101,7 @@ interface LedgerSnapshot {
   writesPerCommit: number;
   writesPerFsync: number | null;
   /** PostgreSQL: the share of writes committed by multi-row statements, and batches rolled back and rerun one write at a time. */
-  multiRowShare: number | null;
+  batchedShare: number | null;
   batchRollbacks: number;
 }
 
@@ -242,7 +242,7 @@ async function runTarget(t: Target, sc: Scenario, round: number, seconds: number
     replicaSpentMicros: replicaViews?.map((v) => usdToMicros(v.spent_total_usd)),
     writesPerCommit: writes / (countersAfter.commits - countersBefore.commits),
     writesPerFsync: fsyncs > 0 ? writes / fsyncs : null,
-    multiRowShare: t.id.startsWith("keybrake-pg") ? (countersAfter.multiRow - countersBefore.multiRow) / writes : null,
+    batchedShare: t.id.startsWith("keybrake-pg") ? (countersAfter.batched - countersBefore.batched) / writes : null,
     batchRollbacks: countersAfter.rollbacks - countersBefore.rollbacks,
   };
   checkLedger(`${t.id} ${sc.id} round ${round}`, sc.conns, wrk, ledger, checks);

@@ -53,7 +53,7 @@ async function main() {
         const v = await settledView(t.server.url, key.key_id, 10_000);
         const after = await ledgerCounters([t.server.url]);
         const writes = after.writes - counters.writes;
-        const batching = `${(writes / (after.commits - counters.commits)).toFixed(1)} writes/commit, ${Math.round((100 * (after.multiRow - counters.multiRow)) / writes)}% multi-row, ${after.rollbacks - counters.rollbacks} rollbacks`;
+        const batching = `${(writes / (after.commits - counters.commits)).toFixed(1)} writes/commit, ${Math.round((100 * (after.batched - counters.batched)) / writes)}% batched, ${after.rollbacks - counters.rollbacks} rollbacks`;
         const calls = usdToMicros(v.spent_total_usd) / PI_MICROS;
         const ok = w.non2xx === 0 && w.errors === 0 && v.reserved_usd === 0 && calls >= w.ok2xx && calls <= w.ok2xx + conns;
         if (!ok) {

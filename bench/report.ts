@@ -121,17 +121,17 @@ function backendsSection(load: LoadResult): string[] {
   const lines = [
     "## Keybrake on each backend, side by side (medians over rounds)",
     "",
-    "| Keybrake on | scenario | RPS | ÷ Bun floor | p50 | p99 | p99 ÷ floor's | writes per commit | writes per fsync | multi-row share (rollbacks) |",
+    "| Keybrake on | scenario | RPS | ÷ Bun floor | p50 | p99 | p99 ÷ floor's | writes per commit | writes per fsync | batched share (rollbacks) |",
     "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
   ];
   const batching = (sc: string, t: string, f: (l: NonNullable<Run["ledger"]>) => number | null) => {
     const xs = load.runs.filter((r) => r.round > 0 && r.scenario === sc && r.target === t && r.ledger).map((r) => f(r.ledger!)).filter((x): x is number => x !== null && Number.isFinite(x));
     return xs.length ? median(xs).toFixed(1) : "–";
   };
-  const multiRow = (sc: string, t: string) => {
-    const ls = load.runs.filter((r) => r.round > 0 && r.scenario === sc && r.target === t && r.ledger?.multiRowShare != null).map((r) => r.ledger!);
+  const batched = (sc: string, t: string) => {
+    const ls = load.runs.filter((r) => r.round > 0 && r.scenario === sc && r.target === t && r.ledger?.batchedShare != null).map((r) => r.ledger!);
     if (ls.length === 0) return "–";
-    return `${Math.round(100 * median(ls.map((l) => l.multiRowShare!)))}% (${ls.reduce((n, l) => n + l.batchRollbacks, 0)})`;
+    return `${Math.round(100 * median(ls.map((l) => l.batchedShare!)))}% (${ls.reduce((n, l) => n + l.batchRollbacks, 0)})`;
   };
   const floorP99 = (sc: string) => load.summary.find((x) => x.scenario === sc && x.target === "bun-floor")!.p99_us;
   const sameRound = (sc: string, t: string) => {
@@ -141,7 +141,7 @@ function backendsSection(load: LoadResult): string[] {
   for (const [id, name] of BACKENDS) {
     for (const s of load.summary.filter((x) => x.target === id && x.rounds > 0)) {
       lines.push(
-        `| ${name} | ${SCENARIO_NAMES[s.scenario] ?? s.scenario} | ${int(s.rps)} | ${sameRound(s.scenario, id).toFixed(2)}× | ${ms(s.p50_us)} ms | ${ms(s.p99_us)} ms | ${ratio(s.p99_us, floorP99(s.scenario))} | ${batching(s.scenario, id, (l) => l.writesPerCommit)} | ${batching(s.scenario, id, (l) => l.writesPerFsync)} | ${multiRow(s.scenario, id)} |`,
+        `| ${name} | ${SCENARIO_NAMES[s.scenario] ?? s.scenario} | ${int(s.rps)} | ${sameRound(s.scenario, id).toFixed(2)}× | ${ms(s.p50_us)} ms | ${ms(s.p99_us)} ms | ${ratio(s.p99_us, floorP99(s.scenario))} | ${batching(s.scenario, id, (l) => l.writesPerCommit)} | ${batching(s.scenario, id, (l) => l.writesPerFsync)} | ${batched(s.scenario, id)} |`,
       );
     }
   }

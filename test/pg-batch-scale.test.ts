@@ -67,7 +67,7 @@ describe.skipIf(!postgresAvailable())("PostgreSQL ledger: a batch reads its own 
       const body = new TextEncoder().encode(`{"id":"ch_${b}"}`);
       await Promise.all(held.map((r) => ledger.settle(r, { vendorStatus: 200, actualMicros: USD, vendorRequestId: "req", vendorObjectId: `ch_${b}`, latencyMs: 1 }, { status: 200, headers: [], body })));
     }
-    expect(ledger.batchedWrites).toBe(2 * BATCHES * PER_BATCH); // every write went through the multi-row batch
+    expect(ledger.batchedWrites).toBe(2 * BATCHES * PER_BATCH); // every write took the batched path
     expect(ledger.batchFailures).toBe(0);
     await own.close();
 

@@ -190,7 +190,7 @@ export function managementRoutes(s: Services, proxyBaseUrl: () => string) {
           keybrake_ledger_commits_total: ledger.commits,
           keybrake_ledger_writes_total: ledger.writes,
           keybrake_ledger_fsyncs_total: ledger.fsyncs,
-          ...(ledger.multiRowWrites === undefined ? {} : { keybrake_ledger_multirow_writes_total: ledger.multiRowWrites }),
+          ...(ledger.batchedWrites === undefined ? {} : { keybrake_ledger_batched_writes_total: ledger.batchedWrites }),
           ...(ledger.batchRollbacks === undefined ? {} : { keybrake_ledger_batch_rollbacks_total: ledger.batchRollbacks }),
         },
       );

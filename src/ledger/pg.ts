@@ -69,7 +69,7 @@ export class PgLedger implements SpendLedger {
   private readonly counts: LedgerStats = { commits: 0, writes: 0, fsyncs: 0 };
 
   stats(): LedgerStats {
-    return { ...this.counts, multiRowWrites: this.batchedWrites, batchRollbacks: this.batchFailures };
+    return { ...this.counts, batchedWrites: this.batchedWrites, batchRollbacks: this.batchFailures };
   }
 
   /** Set by a transaction that queued a webhook delivery: the sender is kicked once it has committed. */

@@ -35,8 +35,8 @@ export interface LedgerStats {
   writes: number;
   /** WAL fsyncs made for reservations (SQLite; 0 on PostgreSQL, whose server syncs its own log). */
   fsyncs: number;
-  /** PostgreSQL: writes committed by the batch's multi-row statements (the rest of a batch runs one statement set per write). */
-  multiRowWrites?: number;
+  /** PostgreSQL: writes decided together under the key's lock and written in one round trip (src/ledger/pg-batch.ts); the others take the per-write path. */
+  batchedWrites?: number;
   /** PostgreSQL: batches rolled back (a write failed, or a statement touched other rows than decided) and run again one write at a time. */
   batchRollbacks?: number;
 }
