@@ -77,8 +77,10 @@ export class PgAuditStore implements AuditStore {
     const conditions = and(...auditConditions(auditLog, dialect, f, beforeId));
     const narrowWindow = f.since !== undefined && f.until !== undefined && !f.key_id && f.label === undefined && f.until - f.since < Date.now() - f.until;
     if (narrowWindow) {
-      const ids = sql`(SELECT id FROM (SELECT id FROM ${auditLog} WHERE ${conditions} OFFSET 0) w ORDER BY id DESC LIMIT ${limit})`;
-      return this.orm.select().from(auditLog).where(sql`${auditLog.id} IN ${ids}`).orderBy(desc(auditLog.id));
+      // = ANY(ARRAY(…)): the page's ids are computed once, then each row is fetched by its primary key
+      // (an IN (…) was planned as a hash join over a scan of the whole log).
+      const ids = sql`ARRAY(SELECT id FROM (SELECT id FROM ${auditLog} WHERE ${conditions} OFFSET 0) w ORDER BY id DESC LIMIT ${limit})`;
+      return this.orm.select().from(auditLog).where(sql`${auditLog.id} = ANY(${ids})`).orderBy(desc(auditLog.id));
     }
     return this.orm.select().from(auditLog).where(conditions).orderBy(desc(auditLog.id)).limit(limit);
   }

@@ -1,6 +1,8 @@
 /**
- * The PostgreSQL ledger's batches touch only their own rows, however big the tables are and whatever
- * the planner's statistics say. A busy key holds a day of idempotency records and the audit log
+ * PostgreSQL reads the rows it needs, not the tables, however big they are and whatever the planner's
+ * statistics say: the ledger's batches, and the audit log's pages by time.
+ *
+ * The ledger's batches touch only their own rows. A busy key holds a day of idempotency records and the audit log
  * grows faster than autovacuum samples it; a batch that joined its rows to those tables was planned
  * as a scan of all of them (the key's every record, the whole log), so each batch cost more as they
  * grew. Measured here by what PostgreSQL itself counts — rows read by sequential and index scans of
@@ -10,6 +12,9 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { migratePostgres, openPostgres, type Pg } from "../src/db/pg.ts";
 import type { CallFacts, RepeatGuard, Reservation } from "../src/domain/ledger.ts";
 import { PgLedger } from "../src/ledger/pg.ts";
+import { parseAuditQuery } from "../src/domain/audit.ts";
+import { pgOrm } from "../src/store/backend.ts";
+import { PgAuditStore } from "../src/store/pg/audit.ts";
 import { freshDatabase, postgresAvailable } from "./pg.ts";
 
 const USD = 1_000_000;
@@ -86,5 +91,48 @@ describe.skipIf(!postgresAvailable())("PostgreSQL ledger: a batch reads its own 
     expect(after.audit_log! - before.audit_log!).toBeLessThanOrEqual(4 * calls);
     const [money] = await sql`SELECT spent_total_micros::float8 AS spent, reserved_total_micros::float8 AS reserved FROM vault_keys WHERE id = ${keyId}`;
     expect(money).toEqual({ spent: calls * USD, reserved: 0 });
+  }, 60_000);
+});
+
+describe.skipIf(!postgresAvailable())("PostgreSQL audit pages by time read the window, not the log", () => {
+  // 30 days of rows, one every 2 minutes; ids rise with time, as they do in a real log.
+  const ROWS = 21_600;
+  const START = Date.UTC(2026, 9, 1);
+  const STEP = (30 * 86_400_000) / ROWS;
+  let sql: Pg;
+  let url: string;
+
+  beforeAll(async () => {
+    url = await freshDatabase("scale_audit");
+    sql = openPostgres(url);
+    await migratePostgres(sql);
+    await sql.unsafe(`INSERT INTO audit_log (ts, key_id, agent_run_label, vendor, method, path, outcome, estimated_micros, ledger_state)
+                      SELECT ${START} + (g::float8 * ${STEP})::bigint, 'key_' || (g % 50), 'run/' || (g % 50), 'stripe', 'POST', '/v1/charges', 'forwarded', 0, 'settled'
+                        FROM generate_series(0, ${ROWS - 1}) g`);
+    await sql.unsafe("VACUUM ANALYZE audit_log");
+  });
+  afterAll(async () => {
+    await sql?.close();
+  });
+
+  test("the first page of one day two weeks back reads about that day's rows, and is that day's newest rows", async () => {
+    const day = { since: new Date(START + 14 * 86_400_000).toISOString(), until: new Date(START + 15 * 86_400_000).toISOString() };
+    const perDay = ROWS / 30;
+    const before = await rowsRead(sql);
+    const own = openPostgres(url, { max: 1 }); // closed below, so its backend reports what it read
+    const store = new PgAuditStore(pgOrm(own), own);
+    const pages = [];
+    for (let i = 0; i < 5; i++) pages.push(await store.page(parseAuditQuery(day), undefined, 101));
+    await own.close();
+    let after = await rowsRead(sql);
+    for (let i = 0; i < 100 && after.audit_log === before.audit_log; i++) {
+      await Bun.sleep(50);
+      after = await rowsRead(sql);
+    }
+    const [expected] = await sql`SELECT array_agg(id ORDER BY id DESC) AS ids FROM (SELECT id FROM audit_log WHERE ts >= ${Date.parse(day.since)} AND ts < ${Date.parse(day.until)} ORDER BY id DESC LIMIT 101) x`;
+    for (const page of pages) expect(page.map((r) => Number(r.id))).toEqual(expected.ids.map(Number));
+    // Five pages: the day's rows from the ts index and the page's rows, each time; walking the ids down
+    // from the newest row would read the 16 newer days first (~11,500 rows a page).
+    expect(after.audit_log! - before.audit_log!).toBeLessThanOrEqual(5 * 2 * (perDay + 101));
   }, 60_000);
 });
