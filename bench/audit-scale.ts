@@ -33,11 +33,10 @@ import {
   median,
   memoryMb,
   PG_MASTER_KEY,
-  ROOT,
-  runBounded,
   seedAuditRows,
   SMOKE,
   startServer,
+  wrk,
   writeResult,
   type Check,
   type Server,
@@ -79,12 +78,8 @@ async function queryLatency(kb: Server, path: string, times: number): Promise<La
 
 async function proxyLoad(kb: Server, seconds: number): Promise<{ requests: number; ok2xx: number; rps: number }> {
   const key = await issueKey(kb.url, 1_000_000_000, "bench/audit-scale/load");
-  const cmd = ["wrk", "-t1", "-c32", `-d${seconds}s`, "-s", join(ROOT, "bench", "pi.lua"), `${kb.url}/v1/payment_intents`, "--", key.vault_key];
-  const { stdout } = await runBounded(cmd, (seconds + 20) * 1000);
-  const m = /requests=(\d+) ok2xx=(\d+)/.exec(stdout);
-  const d = /duration_us=(\d+)/.exec(stdout);
-  const requests = Number(m?.[1] ?? 0);
-  return { requests, ok2xx: Number(m?.[2] ?? 0), rps: requests / (Number(d?.[1] ?? NaN) / 1e6) };
+  const { requests, ok2xx, rps } = await wrk(kb.url, 32, seconds, key.vault_key, "pi.lua");
+  return { requests, ok2xx, rps };
 }
 
 /** The audit API's filters, each over the same big log: a label's first page and its export, a key, an outcome, one day, a label with no match. */

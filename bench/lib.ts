@@ -132,7 +132,7 @@ export async function settledView(base: string, keyId: string, timeoutMs = 5000)
 /** USD as returned by the API → integer micro-dollars (the API rounds to 6 decimals). */
 export const usdToMicros = (usd: number) => Math.round(usd * 1e6);
 
-/** The ledger's group-commit counters (GET /metrics), summed over every replica named; the multi-row ones are PostgreSQL's (0 on SQLite). */
+/** The ledger's group-commit counters (GET /metrics), summed over every replica named; the batch ones are PostgreSQL's (0 on SQLite). */
 export async function ledgerCounters(urls: string[]): Promise<{ commits: number; writes: number; fsyncs: number; batched: number; rollbacks: number }> {
   const sum = { commits: 0, writes: 0, fsyncs: 0, batched: 0, rollbacks: 0 };
   for (const url of urls) {
@@ -361,14 +361,18 @@ export function seedAuditRows(dbFile: string, rows: number): number {
   return (performance.now() - t0) / 1000;
 }
 
+/** The wrk command line for `script` (under bench/) against `url`'s PaymentIntents, with the vault key `key`. */
+export function wrkCommand(url: string, conns: number, seconds: number, key: string, script: string): string[] {
+  return ["wrk", "-t1", `-c${conns}`, `-d${seconds}s`, "--timeout", "5s", "-s", join(ROOT, "bench", script), `${url}/v1/payment_intents`, "--", key];
+}
+
 /**
  * One wrk run of $29 PaymentIntents against `url`, on the load core: bench/pi.lua (no
  * Idempotency-Key) unless `script` (or BENCH_LUA) names another, such as pi-idem.lua (a fresh
  * key per call, as stripe-node sends).
  */
 export async function wrk(url: string, conns: number, seconds: number, key: string, script = process.env.BENCH_LUA ?? "pi.lua") {
-  const cmd = ["wrk", "-t1", `-c${conns}`, `-d${seconds}s`, "--timeout", "5s", "-s", join(ROOT, "bench", script), `${url}/v1/payment_intents`, "--", key];
-  const { stdout } = await runBounded(cmd, (seconds + 20) * 1000);
+  const { stdout } = await runBounded(wrkCommand(url, conns, seconds, key, script), (seconds + 20) * 1000);
   const line = stdout.split("\n").find((l) => l.startsWith("WRK_RESULT "));
   if (!line) throw new Error(`wrk failed: ${stdout}`);
   const f = Object.fromEntries(line.slice(11).trim().split(" ").map((kv) => kv.split("=") as [string, string]));

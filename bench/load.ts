@@ -19,7 +19,6 @@
  * environment; this script only drives wrk and checks. Results go to
  * bench/results/load.json; bench/report.ts turns them into the table.
  */
-import { join } from "node:path";
 import {
   auditCounts,
   check,
@@ -30,11 +29,11 @@ import {
   median,
   pgAuditCounts,
   PI_MICROS,
-  ROOT,
   runBounded,
   settledView,
   SMOKE,
   usdToMicros,
+  wrkCommand,
   writeResult,
   type AuditCounts,
   type Check,
@@ -100,7 +99,7 @@ interface LedgerSnapshot {
   /** Group commit during the run (GET /metrics, every replica): ledger writes per commit, and per WAL fsync (SQLite). */
   writesPerCommit: number;
   writesPerFsync: number | null;
-  /** PostgreSQL: the share of writes committed by multi-row statements, and batches rolled back and rerun one write at a time. */
+  /** PostgreSQL: the share of writes that took the batched path, and batches rolled back and rerun one write at a time. */
   batchedShare: number | null;
   batchRollbacks: number;
 }
@@ -147,8 +146,7 @@ const SCENARIOS: Scenario[] = [
 // ---------------------------------------------------------------------------
 
 async function runWrk(url: string, sc: Scenario, seconds: number, vaultKey: string): Promise<WrkResult> {
-  const cmd = ["wrk", "-t1", `-c${sc.conns}`, `-d${seconds}s`, "--timeout", "5s", "-s", join(ROOT, "bench", sc.lua), `${url}/v1/payment_intents`, "--", vaultKey];
-  const { code, stdout, stderr } = await runBounded(cmd, (seconds + 20) * 1000);
+  const { code, stdout, stderr } = await runBounded(wrkCommand(url, sc.conns, seconds, vaultKey, sc.lua), (seconds + 20) * 1000);
   const line = stdout.split("\n").find((l) => l.startsWith("WRK_RESULT "));
   if (code !== 0 || !line) throw new Error(`wrk failed (exit ${code}): ${stderr || stdout}`);
   const fields = Object.fromEntries(line.slice("WRK_RESULT ".length).trim().split(" ").map((kv) => kv.split("=") as [string, string]));

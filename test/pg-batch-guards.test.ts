@@ -176,10 +176,10 @@ describe.skipIf(!postgresAvailable())("PostgreSQL ledger: batched writes with re
         const normal = JSON.parse(JSON.stringify(results.map((r) => (typeof r === "number" ? "count or id" : r))).replace(/"(auditId|retryAuditId)":\d+/g, '"$1":0').replace(/"keyId":"[^"]+"/g, '"keyId":""'));
         return { took, results: normal, ...(await state(key.id)) };
       };
-      const failuresBefore = ledger.batchFailures;
+      const failuresBefore = ledger.batchRollbacks;
       const batched = await run(false);
       const perWrite = await run(true);
-      expect(ledger.batchFailures).toBe(failuresBefore); // no batch rolled back by its own checks: the guard was decided right the first time
+      expect(ledger.batchRollbacks).toBe(failuresBefore); // no batch rolled back by its own checks: the guard was decided right the first time
       expect(batched.took).toEqual(s.steps.map((st) => st.batched));
       expect(perWrite.took).toEqual(s.steps.map(() => false));
       expect({ ...batched, took: null }).toEqual({ ...perWrite, took: null });
@@ -195,7 +195,7 @@ describe.skipIf(!postgresAvailable())("PostgreSQL ledger: batched writes with re
     expect(flood.largestBatch).toBe(MAX_BATCH);
     expect(flood.stats().commits).toBe(3);
     expect(flood.batchedWrites).toBe(calls);
-    expect(flood.batchFailures).toBe(0);
+    expect(flood.batchRollbacks).toBe(0);
     expect(kinds.filter((k) => k === "reserved").length).toBe(500);
     const { money, records } = await state(key.id);
     expect(money).toEqual({ spent: 0, reserved: 500 * USD, day_spent: 0, day_reserved: 500 * USD });

@@ -4,7 +4,7 @@ import type { Admission, AuditOutcome, CallFacts, LiveKey, RepeatGuard, Reservat
 import { utcDay } from "../domain/time.ts";
 import type { PricedObject } from "../vendors/types.ts";
 import type { PgCapAlerts } from "./pg-alerts.ts";
-import { budgetIdsOver, dayState, decideOnKey, lockKey, type DayState, type KeyState } from "./pg-rows.ts";
+import { budgetIdsOver, dayState, decideOnKey, finishAudit, lockKey, type DayState, type KeyState } from "./pg-rows.ts";
 
 /**
  * The batched path of PgLedger's group commit: a group of one key's writes decided in JS on the
@@ -78,19 +78,6 @@ interface NewAudit {
   idempotency_key: string | null;
 }
 
-/** Columns of a settled, released or unsettled audit row, as finishAudit writes them. */
-interface FinishedAudit {
-  id: number;
-  outcome: string;
-  ledger_state: string;
-  settled_micros: number | null;
-  vendor_status: number | null;
-  vendor_request_id: string | null;
-  vendor_object_id: string | null;
-  latency_ms: number;
-  error_code: string | null;
-}
-
 interface Day extends DayState {
   /** The row exists in the database (read in the first round trip) or is created by this batch. */
   exists: boolean;
@@ -139,7 +126,8 @@ export async function runBatch(tx: SQL, queue: () => void, keyId: string, ops: r
   const start = key ? { spent: key.spentTotalMicros, reserved: key.reservedTotalMicros } : null;
   const idList = (ids as { id: unknown }[]).map((r) => Number(r.id));
   const inserts: NewAudit[] = [];
-  const finished: FinishedAudit[] = [];
+  /** Each finished call's audit row, written in the second round trip. */
+  const finished: (() => Promise<void>)[] = [];
   const priced = new Map<string, PricedObject>();
   const records = new RecordWrites();
   // Alerts cost round trips only where one may be raised (a day's first refusal, a settlement's spend):
@@ -194,12 +182,10 @@ export async function runBatch(tx: SQL, queue: () => void, keyId: string, ops: r
     const actual = op.state === "settled" ? s.actualMicros : 0;
     if (r.guard) records.finished(r.guard, r.auditId, op.state, op.answer);
     if (op.state === "unsettled") {
-      finished.push({ id: r.auditId, outcome: "upstream_error", ledger_state: "unsettled", settled_micros: null, vendor_status: s.vendorStatus, vendor_request_id: s.vendorRequestId,
-        vendor_object_id: s.vendorObjectId, latency_ms: s.latencyMs, error_code: op.errorCode });
+      finished.push(() => finishAudit(tx, r.auditId, "upstream_error", "unsettled", null, s, s.vendorObjectId, op.errorCode));
       return;
     }
-    finished.push({ id: r.auditId, outcome: "forwarded", ledger_state: op.state, settled_micros: actual, vendor_status: s.vendorStatus, vendor_request_id: s.vendorRequestId,
-      vendor_object_id: s.vendorObjectId, latency_ms: s.latencyMs, error_code: null });
+    finished.push(() => finishAudit(tx, r.auditId, "forwarded", op.state, actual, s, s.vendorObjectId, null));
     if (op.produced) priced.set(op.produced.objectId, op.produced);
     if (!(r.micros > 0 || actual > 0)) return;
     k!.reservedTotalMicros -= r.micros;
@@ -249,13 +235,9 @@ export async function runBatch(tx: SQL, queue: () => void, keyId: string, ops: r
       ),
     );
   }
-  // One statement per settled row, naming its primary key: always planned as a probe of that row
-  // (a multi-row join was planned as a scan of the whole log while its statistics lagged, RecordWrites).
-  for (const f of finished) {
-    writes.push(tx`UPDATE audit_log SET outcome = ${f.outcome}, ledger_state = ${f.ledger_state}, settled_micros = ${f.settled_micros}, vendor_status = ${f.vendor_status},
-                     vendor_request_id = ${f.vendor_request_id}, vendor_object_id = ${f.vendor_object_id}, latency_ms = ${f.latency_ms}, error_code = ${f.error_code}
-                    WHERE id = ${f.id}`);
-  }
+  // One statement per settled row, as the per-write path writes it (a multi-row join was planned as a
+  // scan of the whole log while its statistics lagged, RecordWrites).
+  for (const write of finished) writes.push(write());
   if (priced.size) {
     const rows = [...priced.values()].map((o) => ({ object_id: o.objectId, kind: o.kind, amount: o.amount, currency: o.currency, counted_micros: o.countedMicros }));
     writes.push(tx`INSERT INTO priced_objects (key_id, object_id, kind, amount, currency, counted_micros, updated_at)

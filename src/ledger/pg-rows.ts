@@ -1,5 +1,5 @@
 import type { SQL } from "bun";
-import type { LiveKey } from "../domain/ledger.ts";
+import type { LiveKey, Settlement } from "../domain/ledger.ts";
 import { remainingMicros } from "../domain/keys.ts";
 
 /**
@@ -67,4 +67,11 @@ export function decideOnKey(k: KeyState, today: DayState, micros: number, now: n
   if (k.expiresAt <= now) return { kind: "closed", outcome: "expired", errorCode: "key_expired" };
   const left = remainingMicros(k, today.spent, today.reserved);
   return micros > left ? { kind: "cap_hit", left, heldMicros: today.spent + today.reserved } : { kind: "fits", left };
+}
+
+/** An audit row's outcome once its call is answered (or not), by its primary key: one row, probed whatever the statistics say. */
+export async function finishAudit(tx: SQL, id: number, outcome: string, ledgerState: string, settled: number | null, s: Settlement, objectId: string | null, errorCode: string | null): Promise<void> {
+  await tx`UPDATE audit_log SET outcome = ${outcome}, ledger_state = ${ledgerState}, settled_micros = ${settled}, vendor_status = ${s.vendorStatus},
+                                vendor_request_id = ${s.vendorRequestId}, vendor_object_id = ${objectId}, latency_ms = ${s.latencyMs}, error_code = ${errorCode}
+            WHERE id = ${id}`;
 }

@@ -9,7 +9,7 @@ import { AUDIT_ORDER_LOCK } from "../store/pg/audit.ts";
 import { isUnreachable } from "../db/pg.ts";
 import { LedgerUnavailable, type LedgerStats, type SpendLedger } from "./types.ts";
 import { batchable, runBatch, type LedgerOp } from "./pg-batch.ts";
-import { budgetIdsOver, dayState, decideOnKey, lockKey, n, nn } from "./pg-rows.ts";
+import { budgetIdsOver, dayState, decideOnKey, finishAudit, lockKey, n, nn } from "./pg-rows.ts";
 
 /**
  * The spend ledger on PostgreSQL (SPEC §8): any number of replicas share it, and every guarantee
@@ -69,7 +69,7 @@ export class PgLedger implements SpendLedger {
   private readonly counts: LedgerStats = { commits: 0, writes: 0, fsyncs: 0 };
 
   stats(): LedgerStats {
-    return { ...this.counts, batchedWrites: this.batchedWrites, batchRollbacks: this.batchFailures };
+    return { ...this.counts, batchedWrites: this.batchedWrites, batchRollbacks: this.batchRollbacks };
   }
 
   /** Set by a transaction that queued a webhook delivery: the sender is kicked once it has committed. */
@@ -96,7 +96,7 @@ export class PgLedger implements SpendLedger {
   /** Writes run through the batched path (runBatch): tests check that it is taken. */
   batchedWrites = 0;
   /** Batches rolled back (a write failed, or what was written was not what was decided) and run again one write at a time. */
-  batchFailures = 0;
+  batchRollbacks = 0;
   /** The batch of each key now running (or queued behind one): the next batch of that key starts after it. */
   private readonly running = new Map<string, Promise<void>>();
   /** The batch of each key queued behind its running one, still open to new writes until it starts or is full. */
@@ -176,7 +176,7 @@ export class PgLedger implements SpendLedger {
       });
     } catch (e) {
       if (e instanceof LedgerUnavailable) return void group.forEach((w) => w.reject(e));
-      this.batchFailures++;
+      this.batchRollbacks++;
       for (const w of group) await this.committed(w.work).then(w.resolve, w.reject);
       return;
     }
@@ -447,12 +447,6 @@ async function finish(tx: Tx, r: Reservation, s: Settlement, actual: number, sta
   }
   await tail;
   return changes;
-}
-
-async function finishAudit(tx: Tx, id: number, outcome: string, ledgerState: string, settled: number | null, s: Settlement, objectId: string | null, errorCode: string | null): Promise<void> {
-  await tx`UPDATE audit_log SET outcome = ${outcome}, ledger_state = ${ledgerState}, settled_micros = ${settled}, vendor_status = ${s.vendorStatus},
-                                vendor_request_id = ${s.vendorRequestId}, vendor_object_id = ${objectId}, latency_ms = ${s.latencyMs}, error_code = ${errorCode}
-            WHERE id = ${id}`;
 }
 
 async function insertAudit(
