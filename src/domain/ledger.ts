@@ -185,12 +185,13 @@ export class Ledger implements SpendLedger {
                 require_idempotency_key, allow_unpriced, stripe_accounts, expires_at, revoked_at
            FROM vault_keys WHERE key_hash = ?`,
       ),
-      // The key's caps and totals with today's row, in one statement.
+      // The key's caps and totals with today's row, in one statement. Scalar subqueries, not a LEFT JOIN:
+      // the same two primary-key probes, but the join ran 3× slower here (7.9 vs 2.6 µs, scratch-measured).
       capRow: p(
         `SELECT k.revoked_at, k.expires_at, k.daily_cap_micros, k.total_cap_micros, k.spent_total_micros, k.reserved_total_micros,
-                coalesce(d.spent_micros, 0) AS spent_today, coalesce(d.reserved_micros, 0) AS reserved_today
-           FROM vault_keys k LEFT JOIN key_spend_days d ON d.key_id = k.id AND d.day = ?
-          WHERE k.id = ?`,
+                coalesce((SELECT spent_micros FROM key_spend_days WHERE key_id = k.id AND day = ?1), 0) AS spent_today,
+                coalesce((SELECT reserved_micros FROM key_spend_days WHERE key_id = k.id AND day = ?1), 0) AS reserved_today
+           FROM vault_keys k WHERE k.id = ?2`,
       ),
       reserveDay: p(
         `INSERT INTO key_spend_days (key_id, day, reserved_micros) VALUES (?, ?, ?)
