@@ -6,7 +6,9 @@
  *
  * Measured: drain time (first send → last answer) through Keybrake, compared
  * with the same client sending the same 1,000 calls straight to the vendor;
- * once with one Keybrake process and once with two on one data dir (requests
+ * and with the Bun floor (bench/bun-proxy.ts: Bun.serve + fetch, no cap, so all of them are
+ * forwarded) in front of the same vendor: no Bun-based proxy can drain faster than that.
+ * Keybrake runs once with one process and once with two on one data dir (requests
  * alternate between them, so the cap is enforced across processes by SQLite),
  * then the same on PostgreSQL: one replica, and two replicas on one database
  * (a throwaway cluster, test/pg.ts) with the calls alternating between them.
@@ -43,7 +45,7 @@ const ROUNDS = Number(process.env.BENCH_CONTENTION_ROUNDS ?? (SMOKE ? 1 : 3));
 const PORT_BASE = Number(process.env.BENCH_PORT_BASE ?? 18400);
 
 interface Burst {
-  mode: "direct" | "keybrake×1" | "keybrake×2" | "pg×1" | "pg×2";
+  mode: "direct" | "bun-floor" | "keybrake×1" | "keybrake×2" | "pg×1" | "pg×2";
   round: number;
   drainMs: number;
   statuses: Record<string, number>;
@@ -92,6 +94,16 @@ async function directBurst(vendor: Server, round: number, checks: Check[]): Prom
   return { mode: "direct", round, drainMs: b.drainMs, statuses, atVendor };
 }
 
+/** The Bun floor forwards every call: all of them must reach the vendor and answer 200. */
+async function floorBurst(floor: Server, vendor: Server, round: number, checks: Check[]): Promise<Burst> {
+  await resetVendor(vendor);
+  const b = await burst([floor.url], "vk_unused");
+  const atVendor = await vendorCount(vendor);
+  const statuses = tally(b.statuses);
+  check(checks, `bun-floor round ${round}: all ${TOTAL} forwarded and answered 200`, statuses["200"] === TOTAL && atVendor === TOTAL, `${JSON.stringify(statuses)}, ${atVendor} at the vendor`);
+  return { mode: "bun-floor", round, drainMs: b.drainMs, statuses, atVendor };
+}
+
 async function cappedBurst(mode: Burst["mode"], keybrakes: Server[], auditOf: (keyId: string) => Promise<AuditCounts>, vendor: Server, round: number, checks: Check[]): Promise<Burst> {
   const key = await issueKey(keybrakes[0]!.url, (ALLOWED * PI_MICROS) / 1e6, `bench/contention/${mode}/round-${round}`);
   await resetVendor(vendor);
@@ -132,18 +144,20 @@ async function main() {
   const bursts: Burst[] = [];
   const dataDir = makeTempDir("keybrake-bench-contention-");
   const servers: Server[] = [];
-  const ports = { vendor: PORT_BASE + 10, a: PORT_BASE + 11, b: PORT_BASE + 12, pgA: PORT_BASE + 13, pgB: PORT_BASE + 19 };
+  const ports = { vendor: PORT_BASE + 10, a: PORT_BASE + 11, b: PORT_BASE + 12, pgA: PORT_BASE + 13, floor: PORT_BASE + 14, pgB: PORT_BASE + 19 };
   const sqliteAudit = async (keyId: string) => auditCounts(dataDir, keyId);
   const log = (x: Burst) => console.log(`[${x.mode} round ${x.round}] drain ${x.drainMs.toFixed(0)} ms, ${JSON.stringify(x.statuses)}, ${x.atVendor} at the vendor`);
   try {
     const vendor = await startServer("counting-vendor", [process.execPath, "bench/fake-vendor.ts", String(ports.vendor), "0"], ports.vendor, {}, "/__count");
     servers.push(vendor);
+    const floor = await startServer("bun-floor", [process.execPath, "bench/bun-proxy.ts", String(ports.floor), vendor.url], ports.floor, {}, "/__count");
+    servers.push(floor);
     const a = await startServer("keybrake-a", keybrakeCommand(), ports.a, keybrakeEnv(ports.a, dataDir, vendor.url), "/healthz");
     servers.push(a);
     console.log(`contention: ${TOTAL} concurrent calls, cap allows ${ALLOWED}; ${ROUNDS} round(s)`);
 
     for (let round = 1; round <= ROUNDS; round++) {
-      for (const run of [() => directBurst(vendor, round, checks), () => cappedBurst("keybrake×1", [a], sqliteAudit, vendor, round, checks)]) {
+      for (const run of [() => directBurst(vendor, round, checks), () => floorBurst(floor, vendor, round, checks), () => cappedBurst("keybrake×1", [a], sqliteAudit, vendor, round, checks)]) {
         const x = await run();
         bursts.push(x);
         log(x);
@@ -158,6 +172,7 @@ async function main() {
     }
     await b.stop();
     await a.stop();
+    await floor.stop();
 
     // PostgreSQL: the replicas share one database; the same calls, one replica then two.
     const cluster = await startCluster();
@@ -184,12 +199,12 @@ async function main() {
     total: TOTAL,
     allowed: ALLOWED,
     rounds: ROUNDS,
-    drainMs: { direct: drain("direct"), one: drain("keybrake×1"), two: drain("keybrake×2"), pgOne: drain("pg×1"), pgTwo: drain("pg×2") },
+    drainMs: { direct: drain("direct"), floor: drain("bun-floor"), one: drain("keybrake×1"), two: drain("keybrake×2"), pgOne: drain("pg×1"), pgTwo: drain("pg×2") },
   };
   writeResult("contention", { summary, bursts, checks });
   const failed = checks.filter((c) => !c.ok).length;
   console.log(
-    `contention: median drain direct ${summary.drainMs.direct.toFixed(0)} ms, keybrake×1 ${summary.drainMs.one.toFixed(0)} ms, keybrake×2 ${summary.drainMs.two.toFixed(0)} ms, pg×1 ${summary.drainMs.pgOne.toFixed(0)} ms, pg×2 ${summary.drainMs.pgTwo.toFixed(0)} ms; ${checks.length - failed}/${checks.length} checks passed`,
+    `contention: median drain direct ${summary.drainMs.direct.toFixed(0)} ms, bun-floor ${summary.drainMs.floor.toFixed(0)} ms, keybrake×1 ${summary.drainMs.one.toFixed(0)} ms, keybrake×2 ${summary.drainMs.two.toFixed(0)} ms, pg×1 ${summary.drainMs.pgOne.toFixed(0)} ms, pg×2 ${summary.drainMs.pgTwo.toFixed(0)} ms; ${checks.length - failed}/${checks.length} checks passed`,
   );
   process.exit(failed ? 1 : 0);
 }

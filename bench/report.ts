@@ -20,7 +20,7 @@ interface LoadResult {
   checks: Check[];
 }
 interface ContentionResult {
-  summary: { total: number; allowed: number; rounds: number; drainMs: { direct: number; one: number; two: number; pgOne: number; pgTwo: number } };
+  summary: { total: number; allowed: number; rounds: number; drainMs: { direct: number; floor?: number; one: number; two: number; pgOne: number; pgTwo: number } };
   checks: Check[];
 }
 interface LedgerBackendsResult {
@@ -113,6 +113,12 @@ function loadSection(load: LoadResult): string[] {
   return [...lines, "", ...backendsSection(load)];
 }
 
+/** RPS ÷ the Bun floor's RPS of the same round (only that run is comparable on a shared machine), median over rounds. */
+function floorRatio(load: LoadResult, scenario: string, target: string): number {
+  const mine = load.runs.filter((r) => r.round > 0 && r.scenario === scenario);
+  return median(mine.filter((r) => r.target === target).map((r) => r.wrk.rps / mine.find((f) => f.round === r.round && f.target === "bun-floor")!.wrk.rps));
+}
+
 /**
  * Keybrake on each backend, side by side. The ratio to the Bun floor is taken within each round
  * (on a shared machine only the floor's run of the same round is comparable), then the median over rounds.
@@ -134,10 +140,7 @@ function backendsSection(load: LoadResult): string[] {
     return `${Math.round(100 * median(ls.map((l) => l.batchedShare!)))}% (${ls.reduce((n, l) => n + l.batchRollbacks, 0)})`;
   };
   const floorP99 = (sc: string) => load.summary.find((x) => x.scenario === sc && x.target === "bun-floor")!.p99_us;
-  const sameRound = (sc: string, t: string) => {
-    const mine = load.runs.filter((r) => r.round > 0 && r.scenario === sc);
-    return median(mine.filter((r) => r.target === t).map((r) => r.wrk.rps / mine.find((f) => f.round === r.round && f.target === "bun-floor")!.wrk.rps));
-  };
+  const sameRound = (sc: string, t: string) => floorRatio(load, sc, t);
   for (const [id, name] of BACKENDS) {
     for (const s of load.summary.filter((x) => x.target === id && x.rounds > 0)) {
       lines.push(
@@ -166,6 +169,7 @@ function contentionSection(c: ContentionResult): string[] {
     "| client → | drain time | vs direct |",
     "|---|---:|---:|",
     `| fake vendor directly (all ${s.total} executed) | ${s.drainMs.direct.toFixed(0)} ms | 1.00× |`,
+    ...(s.drainMs.floor === undefined ? [] : [`| the Bun floor (Bun.serve + fetch, no cap: all ${s.total} forwarded) | ${s.drainMs.floor.toFixed(0)} ms | ${ratio(s.drainMs.floor, s.drainMs.direct)} |`]),
     `| one Keybrake process | ${s.drainMs.one.toFixed(0)} ms | ${ratio(s.drainMs.one, s.drainMs.direct)} |`,
     `| two Keybrake processes, one data dir | ${s.drainMs.two.toFixed(0)} ms | ${ratio(s.drainMs.two, s.drainMs.direct)} |`,
     `| Keybrake on PostgreSQL, one replica | ${s.drainMs.pgOne.toFixed(0)} ms | ${ratio(s.drainMs.pgOne, s.drainMs.direct)} |`,
@@ -210,7 +214,7 @@ interface Target {
   met: boolean;
 }
 
-function targets(load: LoadResult | null, audit: AuditResult | null): Target[] {
+function targets(load: LoadResult | null, audit: AuditResult | null, contention: ContentionResult | null): Target[] {
   const out: Target[] = [];
   if (load) {
     const get = (sc: string, t: string) => load.summary.find((s) => s.scenario === sc && s.target === t)!;
@@ -224,6 +228,21 @@ function targets(load: LoadResult | null, audit: AuditResult | null): Target[] {
       { name: "added p50 over direct ≤ 100 µs (1 conn)", measured: `+${int(added)} µs`, met: added <= 100 },
       { name: "p99 ≤ 5 ms (32 conns)", measured: `${ms(kb32.p99_us)} ms`, met: kb32.p99_us <= 5000 },
     );
+    // Issue 15's goals, stated against the Bun floor of the same run.
+    const floor1 = get("fast-c1", "bun-floor");
+    const floor32 = get("fast-c32", "bun-floor");
+    const vsFloor = floorRatio(load, "fast-c32", "keybrake");
+    const p50Over = get("fast-c1", "keybrake").p50_us - floor1.p50_us;
+    out.push(
+      { name: "Keybrake RPS ≥ 0.5× the Bun floor's (32 conns)", measured: `${vsFloor.toFixed(2)}×`, met: vsFloor >= 0.5 },
+      { name: "p50 within 120 µs of the Bun floor's (1 conn)", measured: `+${int(p50Over)} µs`, met: p50Over <= 120 },
+      { name: "p99 ≤ 3× the Bun floor's (32 conns)", measured: ratio(kb32.p99_us, floor32.p99_us), met: kb32.p99_us <= 3 * floor32.p99_us },
+    );
+  }
+  if (contention) {
+    const d = contention.summary.drainMs;
+    const floor = d.floor === undefined ? "" : ` (the Bun floor, forwarding all: ${ratio(d.floor, d.direct)})`;
+    out.push({ name: `${int(contention.summary.total)}-way contention drain ≤ 1.4× direct (one process)`, measured: `${ratio(d.one, d.direct)}${floor}`, met: d.one <= 1.4 * d.direct });
   }
   if (audit) {
     const note = audit.summary.rows < 1_000_000 ? ` (only ${int(audit.summary.rows)} rows)` : "";
@@ -271,7 +290,7 @@ async function main() {
     else missing.push(name);
   }
 
-  const t = targets(load, audit);
+  const t = targets(load, audit, contention);
   lines.push("## Targets", "", "| target | measured | |", "|---|---|---|");
   for (const x of t) lines.push(`| ${x.name} | ${x.measured} | ${x.met ? "met" : "**not met**"} |`);
   if (load) lines.push("", floorNote(load));
