@@ -6,8 +6,8 @@
  *
  * Measured: drain time (first send → last answer) through Keybrake, compared
  * with the same client sending the same 1,000 calls straight to the vendor;
- * and with the Bun floor (bench/bun-proxy.ts: Bun.serve + fetch, no cap, so all of them are
- * forwarded) in front of the same vendor: no Bun-based proxy can drain faster than that.
+ * and through the Bun floor (bench/bun-proxy.ts: Bun.serve + fetch, no cap, so all of them are
+ * forwarded): what the runtime alone costs to pass the burst on.
  * Keybrake runs once with one process and once with two on one data dir (requests
  * alternate between them, so the cap is enforced across processes by SQLite),
  * then the same on PostgreSQL: one replica, and two replicas on one database

@@ -186,7 +186,7 @@ export class Ledger implements SpendLedger {
            FROM vault_keys WHERE key_hash = ?`,
       ),
       // The key's caps and totals with today's row, in one statement. Scalar subqueries, not a LEFT JOIN:
-      // the same two primary-key probes, but the join ran 3× slower here (7.9 vs 2.6 µs, scratch-measured).
+      // the same two primary-key probes, but bun:sqlite ran the join in 7.3 µs and these in 1.1–1.5.
       capRow: p(
         `SELECT k.revoked_at, k.expires_at, k.daily_cap_micros, k.total_cap_micros, k.spent_total_micros, k.reserved_total_micros,
                 coalesce((SELECT spent_micros FROM key_spend_days WHERE key_id = k.id AND day = ?1), 0) AS spent_today,
