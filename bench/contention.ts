@@ -85,23 +85,14 @@ async function resetVendor(vendor: Server): Promise<void> {
   await (await fetch(`${vendor.url}/__reset`, { method: "POST" })).arrayBuffer();
 }
 
-async function directBurst(vendor: Server, round: number, checks: Check[]): Promise<Burst> {
+/** No cap in the way (the vendor itself, or the Bun floor in front of it): every call must reach the vendor and answer 200. */
+async function uncappedBurst(mode: "direct" | "bun-floor", url: string, vendor: Server, round: number, checks: Check[]): Promise<Burst> {
   await resetVendor(vendor);
-  const b = await burst([vendor.url], "vk_unused");
+  const b = await burst([url], "vk_unused");
   const atVendor = await vendorCount(vendor);
   const statuses = tally(b.statuses);
-  check(checks, `direct round ${round}: all ${TOTAL} answered 200`, statuses["200"] === TOTAL && atVendor === TOTAL, `${JSON.stringify(statuses)}, ${atVendor} at the vendor`);
-  return { mode: "direct", round, drainMs: b.drainMs, statuses, atVendor };
-}
-
-/** The Bun floor forwards every call: all of them must reach the vendor and answer 200. */
-async function floorBurst(floor: Server, vendor: Server, round: number, checks: Check[]): Promise<Burst> {
-  await resetVendor(vendor);
-  const b = await burst([floor.url], "vk_unused");
-  const atVendor = await vendorCount(vendor);
-  const statuses = tally(b.statuses);
-  check(checks, `bun-floor round ${round}: all ${TOTAL} forwarded and answered 200`, statuses["200"] === TOTAL && atVendor === TOTAL, `${JSON.stringify(statuses)}, ${atVendor} at the vendor`);
-  return { mode: "bun-floor", round, drainMs: b.drainMs, statuses, atVendor };
+  check(checks, `${mode} round ${round}: all ${TOTAL} reached the vendor and answered 200`, statuses["200"] === TOTAL && atVendor === TOTAL, `${JSON.stringify(statuses)}, ${atVendor} at the vendor`);
+  return { mode, round, drainMs: b.drainMs, statuses, atVendor };
 }
 
 async function cappedBurst(mode: Burst["mode"], keybrakes: Server[], auditOf: (keyId: string) => Promise<AuditCounts>, vendor: Server, round: number, checks: Check[]): Promise<Burst> {
@@ -144,7 +135,7 @@ async function main() {
   const bursts: Burst[] = [];
   const dataDir = makeTempDir("keybrake-bench-contention-");
   const servers: Server[] = [];
-  const ports = { vendor: PORT_BASE + 10, a: PORT_BASE + 11, b: PORT_BASE + 12, pgA: PORT_BASE + 13, floor: PORT_BASE + 14, pgB: PORT_BASE + 19 };
+  const ports = { vendor: PORT_BASE + 10, a: PORT_BASE + 11, b: PORT_BASE + 12, pgA: PORT_BASE + 13, floor: PORT_BASE + 28, pgB: PORT_BASE + 19 };
   const sqliteAudit = async (keyId: string) => auditCounts(dataDir, keyId);
   const log = (x: Burst) => console.log(`[${x.mode} round ${x.round}] drain ${x.drainMs.toFixed(0)} ms, ${JSON.stringify(x.statuses)}, ${x.atVendor} at the vendor`);
   try {
@@ -157,7 +148,7 @@ async function main() {
     console.log(`contention: ${TOTAL} concurrent calls, cap allows ${ALLOWED}; ${ROUNDS} round(s)`);
 
     for (let round = 1; round <= ROUNDS; round++) {
-      for (const run of [() => directBurst(vendor, round, checks), () => floorBurst(floor, vendor, round, checks), () => cappedBurst("keybrake×1", [a], sqliteAudit, vendor, round, checks)]) {
+      for (const run of [() => uncappedBurst("direct", vendor.url, vendor, round, checks), () => uncappedBurst("bun-floor", floor.url, vendor, round, checks), () => cappedBurst("keybrake×1", [a], sqliteAudit, vendor, round, checks)]) {
         const x = await run();
         bursts.push(x);
         log(x);

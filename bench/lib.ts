@@ -366,6 +366,14 @@ export function wrkCommand(url: string, conns: number, seconds: number, key: str
   return ["wrk", "-t1", `-c${conns}`, `-d${seconds}s`, "--timeout", "5s", "-s", join(ROOT, "bench", script), `${url}/v1/payment_intents`, "--", key];
 }
 
+/** The numbers the Lua script's done() prints on its WRK_RESULT line, by name; null when wrk printed none. */
+export function wrkResultFields(stdout: string): ((name: string) => number) | null {
+  const line = stdout.split("\n").find((l) => l.startsWith("WRK_RESULT "));
+  if (!line) return null;
+  const fields = Object.fromEntries(line.slice("WRK_RESULT ".length).trim().split(" ").map((kv) => kv.split("=") as [string, string]));
+  return (name) => Number(fields[name]);
+}
+
 /**
  * One wrk run of $29 PaymentIntents against `url`, on the load core: bench/pi.lua (no
  * Idempotency-Key) unless `script` (or BENCH_LUA) names another, such as pi-idem.lua (a fresh
@@ -373,9 +381,7 @@ export function wrkCommand(url: string, conns: number, seconds: number, key: str
  */
 export async function wrk(url: string, conns: number, seconds: number, key: string, script = process.env.BENCH_LUA ?? "pi.lua") {
   const { stdout } = await runBounded(wrkCommand(url, conns, seconds, key, script), (seconds + 20) * 1000);
-  const line = stdout.split("\n").find((l) => l.startsWith("WRK_RESULT "));
-  if (!line) throw new Error(`wrk failed: ${stdout}`);
-  const f = Object.fromEntries(line.slice(11).trim().split(" ").map((kv) => kv.split("=") as [string, string]));
-  const n = (k: string) => Number(f[k]);
+  const n = wrkResultFields(stdout);
+  if (!n) throw new Error(`wrk failed: ${stdout}`);
   return { requests: n("requests"), ok2xx: n("ok2xx"), non2xx: n("non2xx"), errors: n("connect") + n("read") + n("write") + n("timeout"), rps: n("requests") / (n("duration_us") / 1e6), p50: n("p50_us"), p99: n("p99_us") };
 }

@@ -34,6 +34,7 @@ import {
   SMOKE,
   usdToMicros,
   wrkCommand,
+  wrkResultFields,
   writeResult,
   type AuditCounts,
   type Check,
@@ -147,10 +148,8 @@ const SCENARIOS: Scenario[] = [
 
 async function runWrk(url: string, sc: Scenario, seconds: number, vaultKey: string): Promise<WrkResult> {
   const { code, stdout, stderr } = await runBounded(wrkCommand(url, sc.conns, seconds, vaultKey, sc.lua), (seconds + 20) * 1000);
-  const line = stdout.split("\n").find((l) => l.startsWith("WRK_RESULT "));
-  if (code !== 0 || !line) throw new Error(`wrk failed (exit ${code}): ${stderr || stdout}`);
-  const fields = Object.fromEntries(line.slice("WRK_RESULT ".length).trim().split(" ").map((kv) => kv.split("=") as [string, string]));
-  const n = (k: string) => Number(fields[k]);
+  const n = wrkResultFields(stdout);
+  if (code !== 0 || !n) throw new Error(`wrk failed (exit ${code}): ${stderr || stdout}`);
   const r = {
     requests: n("requests"),
     ok2xx: n("ok2xx"),

@@ -37,7 +37,7 @@ KEYBRAKE_PG_SLOW_PORT=$((PORT_BASE + 22))  # the same three in front of the 50 m
 KEYBRAKE_PG_SLOW_A_PORT=$((PORT_BASE + 23))
 KEYBRAKE_PG_SLOW_B_PORT=$((PORT_BASE + 24))
 KEYBRAKE_PG_SLOW_PAIR_PORT=$((PORT_BASE + 25))
-# contention.ts uses PORT_BASE+10..+13 and +19, audit-scale.ts PORT_BASE+20..+21 and +26..+27.
+# contention.ts uses PORT_BASE+10..+13, +19 and +28, audit-scale.ts PORT_BASE+20..+21 and +26..+27.
 
 RUN_DIR=$(mktemp -d /tmp/keybrake-bench.XXXXXX)
 PIDS=()     # servers started by start()
